@@ -1,0 +1,509 @@
+"""Configuration: parsed and validated once at start-up into a frozen object.
+
+Precedence, lowest first: built-in defaults -> TOML file -> environment
+(``DATABASE_PATH``, ``DATABASE_URL``, then ``REPLICATOR_<SECTION>_<KEY>``) ->
+command-line flags. The dataclasses below are the single source of truth:
+each field's ``metadata["doc"]`` is its documentation, the loader validates
+against them, and ``docs/configuration.md`` is checked against them by a test.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+from urllib.parse import urlsplit
+
+from psycopg import conninfo
+
+from replicator.errors import ConfigError
+
+
+class Secret:
+    """A string that refuses to be printed: ``repr`` and ``str`` redact it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    def __str__(self) -> str:
+        return redact_dsn(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+
+def redact_dsn(dsn: str) -> str:
+    """The DSN with any password replaced by ``***`` (URL or key=value form)."""
+    if not dsn:
+        return dsn
+    if "://" in dsn:
+        parts = urlsplit(dsn)
+        try:
+            netloc = parts.netloc
+        except ValueError:  # pragma: no cover - urlsplit is lenient
+            return "<unparseable connection string>"
+        if "@" in netloc:
+            userinfo, hostinfo = netloc.rsplit("@", 1)
+            user = userinfo.split(":", 1)[0]
+            netloc = f"{user}:***@{hostinfo}" if ":" in userinfo else f"{user}@{hostinfo}"
+        query = "&".join(
+            "password=***" if q.lower().startswith("password=") else q
+            for q in parts.query.split("&")
+            if q
+        )
+        rebuilt = f"{parts.scheme}://{netloc}{parts.path}"
+        return f"{rebuilt}?{query}" if query else rebuilt
+    try:
+        params = conninfo.conninfo_to_dict(dsn)
+    except Exception:
+        return "<unparseable connection string>"
+    if "password" in params:
+        params["password"] = "***"  # noqa: S105 - the mask, not a password
+    return " ".join(f"{k}={v}" for k, v in params.items())
+
+
+def _doc(text: str) -> dict[str, str]:
+    return {"doc": text}
+
+
+@dataclass(frozen=True, slots=True)
+class SourceConfig:
+    path: Path | None = field(
+        default=None,
+        metadata=_doc("The application's SQLite database file. Env: DATABASE_PATH."),
+    )
+    busy_timeout_ms: int = field(
+        default=5000,
+        metadata=_doc("How long a SQLite statement waits for a lock before failing (ms)."),
+    )
+    readonly: bool = field(
+        default=False,
+        metadata=_doc(
+            "Open the source strictly read-only (SQLite mode=ro). Implied by cursor capture."
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class TargetConfig:
+    url: Secret | None = field(
+        default=None,
+        metadata=_doc("PostgreSQL connection URL of the target. Env: DATABASE_URL."),
+    )
+    schema: str = field(
+        default="public", metadata=_doc("Schema in PostgreSQL that holds the replicated tables.")
+    )
+    state_schema: str = field(
+        default="replicator",
+        metadata=_doc(
+            "Schema holding the replicator's own state (positions, progress, dead letters) "
+            "and its migration history; never the application's."
+        ),
+    )
+    connect_timeout: int = field(
+        default=10, metadata=_doc("Seconds to wait for a PostgreSQL connection.")
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class TablesConfig:
+    include: tuple[str, ...] = field(
+        default=("*",), metadata=_doc("Glob patterns of source tables to replicate.")
+    )
+    exclude: tuple[str, ...] = field(
+        default=("sqlite_*", "alembic_version", "_replicator_*"),
+        metadata=_doc(
+            "Glob patterns of source tables never replicated. sqlite_* are SQLite's "
+            "internal tables; alembic_version is excluded because the target's own "
+            "migration history must survive; _replicator_* are our change log."
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotConfig:
+    chunk_rows: int = field(
+        default=20000,
+        metadata=_doc(
+            "Rows per snapshot chunk; each chunk is one short SQLite read and one "
+            "PostgreSQL transaction with its checkpoint."
+        ),
+    )
+    on_error: Literal["deadletter", "stop"] = field(
+        default="deadletter",
+        metadata=_doc(
+            "What a value that cannot be written does: 'deadletter' records the row in "
+            "the dead-letter table and goes on; 'stop' makes it fatal."
+        ),
+    )
+    create_tables: bool = field(
+        default=True,
+        metadata=_doc("Create target tables that do not exist, using the documented mapping."),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class StreamConfig:
+    batch_max_changes: int = field(
+        default=10000, metadata=_doc("Most change-log entries applied in one transaction.")
+    )
+    batch_max_bytes: int = field(
+        default=16 * 1024 * 1024,
+        metadata=_doc("Most bytes of row images read into one batch."),
+    )
+    poll_interval: float = field(
+        default=1.0,
+        metadata=_doc("Seconds between polls when no file-change event arrives."),
+    )
+    watch: bool = field(
+        default=True,
+        metadata=_doc("Wake on file-change events for the SQLite file and its -wal (watchfiles)."),
+    )
+    prune_batch: int = field(
+        default=5000,
+        metadata=_doc("Most change-log rows deleted per SQLite write transaction when pruning."),
+    )
+    shutdown_timeout: float = field(
+        default=30.0,
+        metadata=_doc("Seconds a graceful shutdown may take to finish the batch in hand."),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    address: str = field(
+        default="127.0.0.1:9479",
+        metadata=_doc("host:port of the metrics and health HTTP server; empty to disable."),
+    )
+    lag_ready_seconds: float = field(
+        default=5.0,
+        metadata=_doc("Lag under which /readyz reports ready (the cutover signal)."),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    level: Literal["debug", "info", "warning", "error"] = field(
+        default="info", metadata=_doc("Lowest log level written.")
+    )
+    format: Literal["auto", "json", "console"] = field(
+        default="auto",
+        metadata=_doc("'auto': readable on a terminal, JSON lines otherwise."),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnConfig:
+    type: str | None = field(
+        default=None,
+        metadata=_doc(
+            "Target type for this column when the replicator creates the table "
+            "(e.g. 'jsonb' for a TEXT column holding JSON)."
+        ),
+    )
+    epoch: Literal["s", "ms", "us"] | None = field(
+        default=None,
+        metadata=_doc("Numbers in this timestamp column are unix epoch in this unit."),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class TableConfig:
+    target: str | None = field(
+        default=None, metadata=_doc("Target table name when it differs from the source's.")
+    )
+    columns: Mapping[str, ColumnConfig] = field(
+        default_factory=dict, metadata=_doc("Per-column options, keyed by source column name.")
+    )
+
+
+SECTIONS: dict[str, type[Any]] = {
+    "source": SourceConfig,
+    "target": TargetConfig,
+    "tables": TablesConfig,
+    "snapshot": SnapshotConfig,
+    "stream": StreamConfig,
+    "metrics": MetricsConfig,
+    "log": LogConfig,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    source: SourceConfig = SourceConfig()
+    target: TargetConfig = TargetConfig()
+    tables: TablesConfig = TablesConfig()
+    snapshot: SnapshotConfig = SnapshotConfig()
+    stream: StreamConfig = StreamConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    log: LogConfig = LogConfig()
+    table: Mapping[str, TableConfig] = field(default_factory=dict)
+
+    def table_config(self, name: str) -> TableConfig:
+        return self.table.get(name, TableConfig())
+
+    def require_source(self) -> Path:
+        if self.source.path is None:
+            raise ConfigError("no source database: set DATABASE_PATH, [source] path, or --source")
+        return self.source.path
+
+    def require_target(self) -> str:
+        if self.target.url is None:
+            raise ConfigError("no target database: set DATABASE_URL, [target] url, or --target")
+        return self.target.url.reveal()
+
+
+def env_name(section: str, key: str) -> str:
+    return f"REPLICATOR_{section.upper()}_{key.upper()}"
+
+
+# Names the application already uses, honoured as-is.
+APP_ENV = {"DATABASE_PATH": ("source", "path"), "DATABASE_URL": ("target", "url")}
+
+
+def _did_you_mean(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _field_types(cls: type[Any]) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _convert(value: Any, hint: Any, where: str) -> Any:
+    """Check and convert one raw value (TOML, env text or CLI) to ``hint``."""
+    origin = get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in get_args(hint) if a is not type(None)]
+        if value is None:
+            return None
+        return _convert(value, args[0], where)
+    if origin is Literal:
+        allowed = get_args(hint)
+        if value not in allowed:
+            options = ", ".join(repr(a) for a in allowed)
+            raise ConfigError(f"{where}: {value!r} is not one of {options}")
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a whole number, got {value!r}")
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a whole number, got {value!r}") from None
+        if number < 0:
+            raise ConfigError(f"{where}: must not be negative, got {number}")
+        return number
+    if hint is float:
+        try:
+            number_f = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+        if number_f < 0:
+            raise ConfigError(f"{where}: must not be negative, got {number_f}")
+        return number_f
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    if hint is Path:
+        if not isinstance(value, str | Path) or not str(value):
+            raise ConfigError(f"{where}: expected a file path, got {value!r}")
+        return Path(value).expanduser()
+    if hint is Secret:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a connection URL string")
+        return Secret(value)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
+        return tuple(value)
+    raise ConfigError(f"{where}: unsupported setting type {hint!r}")  # pragma: no cover
+
+
+def _build_section(cls: type[Any], raw: Mapping[str, Any], where: str) -> Any:
+    hints = _field_types(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in names:
+            raise ConfigError(f"unknown setting '{where}.{key}'{_did_you_mean(key, names)}")
+        values[key] = _convert(value, hints[key], f"{where}.{key}")
+    return cls(**values)
+
+
+def _build_table(name: str, raw: Mapping[str, Any]) -> TableConfig:
+    where = f"table.{name}"
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: expected a table of settings")
+    known = [f.name for f in dataclasses.fields(TableConfig)]
+    target = None
+    columns: dict[str, ColumnConfig] = {}
+    for key, value in raw.items():
+        if key == "target":
+            target = _convert(value, str, f"{where}.target")
+        elif key == "columns":
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{where}.columns: expected a table of columns")
+            for col, opts in value.items():
+                if not isinstance(opts, Mapping):
+                    raise ConfigError(f"{where}.columns.{col}: expected a table of settings")
+                columns[col] = _build_section(ColumnConfig, opts, f"{where}.columns.{col}")
+        else:
+            raise ConfigError(f"unknown setting '{where}.{key}'{_did_you_mean(key, known)}")
+    return TableConfig(target=target, columns=columns)
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def load_config(
+    path: Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Merge defaults, file, environment and flags; validate; return a frozen Config.
+
+    ``overrides`` maps ``"section.key"`` to a value (from CLI flags); ``None``
+    values are ignored so that unset flags do not mask the file or env.
+    """
+    env = os.environ if env is None else env
+    raw: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    tables_raw: Mapping[str, Any] = {}
+    if path is not None:
+        data = read_toml(path)
+        for section, body in data.items():
+            if section == "table":
+                if not isinstance(body, Mapping):
+                    raise ConfigError("[table] must hold one sub-table per source table")
+                tables_raw = body
+                continue
+            if section not in SECTIONS:
+                choices = [*SECTIONS, "table"]
+                raise ConfigError(
+                    f"unknown section [{section}] in {path}{_did_you_mean(section, choices)}"
+                )
+            if not isinstance(body, Mapping):
+                raise ConfigError(f"[{section}] in {path} must be a table of settings")
+            raw[section].update(body)
+
+    for var, (section, key) in APP_ENV.items():
+        if env.get(var):
+            raw[section][key] = env[var]
+    prefix = "REPLICATOR_"
+    known_env = {
+        env_name(s, f.name): (s, f.name)
+        for s, cls in SECTIONS.items()
+        for f in dataclasses.fields(cls)
+    }
+    for var, value in env.items():
+        if (
+            not var.startswith(prefix)
+            or var in ("REPLICATOR_CONFIG",)
+            or var.startswith("REPLICATOR_TEST")
+        ):
+            continue
+        if var not in known_env:
+            raise ConfigError(
+                f"unknown environment variable {var}{_did_you_mean(var, list(known_env))}"
+            )
+        section, key = known_env[var]
+        raw[section][key] = value
+
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        section, key = dotted.split(".", 1)
+        raw[section][key] = value
+
+    sections = {name: _build_section(cls, raw[name], name) for name, cls in SECTIONS.items()}
+    tables = {name: _build_table(name, body) for name, body in tables_raw.items()}
+    config = Config(**sections, table=tables)
+    _validate(config)
+    return config
+
+
+def _validate(config: Config) -> None:
+    if config.target.url is not None:
+        validate_dsn(config.target.url.reveal())
+    if config.snapshot.chunk_rows < 1:
+        raise ConfigError("snapshot.chunk_rows must be at least 1")
+    if config.stream.batch_max_changes < 1:
+        raise ConfigError("stream.batch_max_changes must be at least 1")
+    if config.metrics.address:
+        parse_address(config.metrics.address)
+    for name in (config.target.schema, config.target.state_schema):
+        if not name or "\x00" in name:
+            raise ConfigError(f"schema name {name!r} is not a valid identifier")
+    if config.target.schema == config.target.state_schema:
+        raise ConfigError(
+            "target.state_schema must differ from target.schema: the replicator's state "
+            "must not mix with the application's tables"
+        )
+
+
+def validate_dsn(dsn: str) -> None:
+    shown = redact_dsn(dsn)
+    if "://" in dsn:
+        scheme = dsn.split("://", 1)[0]
+        if scheme not in ("postgresql", "postgres"):
+            raise ConfigError(
+                f"target URL {shown} is not a PostgreSQL URL (expected postgresql://...)"
+            )
+    try:
+        conninfo.conninfo_to_dict(dsn)
+    except Exception as exc:
+        raise ConfigError(f"target URL {shown} is malformed: {_first_line(exc)}") from None
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"metrics.address {address!r} is not host:port")
+    return (host.strip("[]") or "127.0.0.1"), int(port)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

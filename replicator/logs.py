@@ -1,0 +1,65 @@
+"""Structured logging: JSON lines off a terminal, readable lines on one.
+
+Event names are stable (``snapshot_chunk``, ``batch_applied``, ``retrying``,
+``recovered``, ``dead_letter`` ...) and carry bound context. A processor
+redacts anything that looks like a connection string with a password, so a
+DSN can never leak through a log line.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+from replicator.config import redact_dsn
+
+_DSN = re.compile(r"postgres(?:ql)?://[^\s'\"]+")
+_KV_PASSWORD = re.compile(r"(password\s*=\s*)(\S+)", re.IGNORECASE)
+
+
+def scrub(text: str) -> str:
+    """Redact passwords in any DSN-looking part of ``text``."""
+    text = _DSN.sub(lambda m: redact_dsn(m.group(0)), text)
+    return _KV_PASSWORD.sub(r"\1***", text)
+
+
+def _redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key, value in event.items():
+        if isinstance(value, str) and ("://" in value or "password" in value.lower()):
+            event[key] = scrub(value)
+    return event
+
+
+def configure(level: str = "info", fmt: str = "auto", stream: Any = None) -> None:
+    stream = stream or sys.stderr
+    if fmt == "auto":
+        fmt = "console" if stream.isatty() else "json"
+    renderer: Any = (
+        structlog.dev.ConsoleRenderer(colors=stream.isatty())
+        if fmt == "console"
+        else structlog.processors.JSONRenderer()
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            _redact,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
+        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(**context: Any) -> Any:
+    return structlog.get_logger("replicator").bind(**context)

@@ -1,0 +1,547 @@
+"""Table plans: how each source table maps onto its PostgreSQL target.
+
+When the target table already exists (the application's own migrations made
+it), its column types are the truth and every value is coerced to them. When
+it does not, we create it from the SQLite declaration with the mapping in
+``docs/type-mapping.md``: the table and its primary key before the load,
+secondary indexes and foreign keys after it (the way pgloader does it).
+
+Every problem found while planning is collected and reported at once, before
+anything is written.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from replicator.config import Config
+from replicator.errors import SchemaError, SourceError
+from replicator.identifiers import PG_MAX_IDENTIFIER_BYTES, pg_ident, pg_truncate, sqlite_ident
+from replicator.source.sqlite import ROWID, SourceTable, describe_table, list_tables
+from replicator.transform import ColumnRule, Converter, Kind, PgType, converter_for
+
+ROWID_COLUMN = "_replicator_rowid"
+
+
+@dataclass(frozen=True, slots=True)
+class TargetColumn:
+    name: str
+    type: PgType
+    not_null: bool
+    has_default: bool
+    sequence: tuple[str, str] | None  # (schema, name) of its serial / identity sequence
+
+
+@dataclass(frozen=True, slots=True)
+class TargetTable:
+    schema: str
+    name: str
+    columns: tuple[TargetColumn, ...]
+    primary_key: tuple[str, ...]
+    parents: tuple[str, ...]  # referenced tables (target names, same schema)
+
+    def column(self, name: str) -> TargetColumn | None:
+        for col in self.columns:
+            if col.name == name:
+                return col
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnPlan:
+    source: str  # source column name, or "rowid"
+    target: str
+    type: PgType
+    convert: Converter = field(compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class TablePlan:
+    source: SourceTable
+    schema: str
+    name: str
+    columns: tuple[ColumnPlan, ...]
+    key: tuple[str, ...]  # source names of the key columns (may be "rowid")
+    exists: bool  # the target table existed before this run planned it
+    parents: tuple[str, ...]  # source names of tables this one references
+
+    @property
+    def table(self) -> sql.Identifier:
+        return pg_ident(self.schema, self.name)
+
+    @property
+    def target_key(self) -> tuple[str, ...]:
+        by_source = {c.source: c.target for c in self.columns}
+        return tuple(by_source[k] for k in self.key)
+
+    @property
+    def key_positions(self) -> tuple[int, ...]:
+        names = [c.source for c in self.columns]
+        return tuple(names.index(k) for k in self.key)
+
+    def source_select_list(self) -> str:
+        return ", ".join(
+            sqlite_ident(c.source) if c.source != ROWID else ROWID for c in self.columns
+        )
+
+    def target_column_list(self) -> sql.Composed:
+        return sql.SQL(", ").join(pg_ident(c.target) for c in self.columns)
+
+
+# --- target introspection -------------------------------------------------
+
+_COLUMNS_SQL = """
+SELECT a.attname,
+       format_type(a.atttypid, a.atttypmod),
+       a.attnotnull,
+       a.atthasdef OR a.attidentity <> '',
+       (SELECT ARRAY[sn.nspname::text, sc.relname::text]
+          FROM pg_class sc JOIN pg_namespace sn ON sn.oid = sc.relnamespace
+         WHERE sc.oid = pg_get_serial_sequence(
+                 format('%%I.%%I', n.nspname, c.relname), a.attname)::regclass)
+FROM pg_attribute a
+JOIN pg_class c ON c.oid = a.attrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY a.attnum
+"""
+
+_PK_SQL = """
+SELECT a.attname
+FROM pg_index i
+JOIN pg_class c ON c.oid = i.indrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true
+JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
+WHERE n.nspname = %s AND c.relname = %s AND i.indisprimary
+ORDER BY k.ord
+"""
+
+_PARENTS_SQL = """
+SELECT DISTINCT pc.relname
+FROM pg_constraint con
+JOIN pg_class c ON c.oid = con.conrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_class pc ON pc.oid = con.confrelid
+WHERE con.contype = 'f' AND n.nspname = %s AND c.relname = %s
+"""
+
+
+def describe_target(conn: psycopg.Connection[Any], schema: str, name: str) -> TargetTable | None:
+    with conn.cursor() as cur:
+        cur.execute(_COLUMNS_SQL, (schema, name))
+        rows = cur.fetchall()
+        if not rows:
+            return None
+        columns = tuple(
+            TargetColumn(
+                name=str(r[0]),
+                type=PgType.parse(str(r[1])),
+                not_null=bool(r[2]),
+                has_default=bool(r[3]),
+                sequence=(str(r[4][0]), str(r[4][1])) if r[4] else None,
+            )
+            for r in rows
+        )
+        cur.execute(_PK_SQL, (schema, name))
+        pk = tuple(str(r[0]) for r in cur.fetchall())
+        cur.execute(_PARENTS_SQL, (schema, name))
+        parents = tuple(str(r[0]) for r in cur.fetchall() if r[0] != name)
+    return TargetTable(schema=schema, name=name, columns=columns, primary_key=pk, parents=parents)
+
+
+# --- planning --------------------------------------------------------------
+
+
+def select_tables(
+    names: Iterable[str], include: Sequence[str], exclude: Sequence[str]
+) -> list[str]:
+    chosen = []
+    for name in names:
+        if any(fnmatch.fnmatchcase(name, pat) for pat in exclude):
+            continue
+        if any(fnmatch.fnmatchcase(name, pat) for pat in include):
+            chosen.append(name)
+    return chosen
+
+
+def affinity(decl: str) -> str:
+    """SQLite's column affinity for a declared type (section 3.1 of its docs)."""
+    upper = decl.upper()
+    if "INT" in upper:
+        return "INTEGER"
+    if any(s in upper for s in ("CHAR", "CLOB", "TEXT")):
+        return "TEXT"
+    if "BLOB" in upper or not upper:
+        return "BLOB"
+    if any(s in upper for s in ("REAL", "FLOA", "DOUB")):
+        return "REAL"
+    return "NUMERIC"
+
+
+_NUMERIC_KINDS = {Kind.SMALLINT, Kind.INTEGER, Kind.BIGINT, Kind.NUMERIC, Kind.REAL, Kind.DOUBLE}
+_TIME_KINDS = {Kind.TIMESTAMP, Kind.TIMESTAMPTZ, Kind.DATE}
+
+
+def incompatibility(decl: str, target: PgType, rule: ColumnRule) -> str | None:
+    """Why a source column of this declaration can never fill ``target``, if it can't.
+
+    Values are still checked one by one; this only refuses combinations that
+    are wrong for every value (a BLOB column into an integer, say).
+    """
+    aff = affinity(decl)
+    if aff == "BLOB" and decl and target.kind in (_NUMERIC_KINDS | _TIME_KINDS | {Kind.BOOLEAN}):
+        return f"BLOB column cannot fill {target.name}"
+    if aff in ("INTEGER", "REAL") and target.kind in _TIME_KINDS and rule.epoch is None:
+        kind = "integer" if aff == "INTEGER" else "real"
+        # Tolerated when the declaration says it is a date (SQLite 'DATETIME' has NUMERIC affinity).
+        if "DATE" not in decl.upper() and "TIME" not in decl.upper():
+            return (
+                f'{kind} column into {target.name} needs epoch = "s" (or "ms"/"us") '
+                "in its [table.<name>.columns.<column>] settings"
+            )
+    if aff in ("INTEGER", "REAL") and target.kind == Kind.BYTEA:
+        return f"{aff.lower()} column cannot fill bytea"
+    return None
+
+
+def _index_name(table: str, columns: Sequence[str], suffix: str) -> str:
+    name = f"{table}_{'_'.join(columns)}_{suffix}"
+    if len(name.encode()) <= PG_MAX_IDENTIFIER_BYTES:
+        return name
+    digest = hashlib.sha1(name.encode(), usedforsecurity=False).hexdigest()[:8]
+    return pg_truncate(name)[: PG_MAX_IDENTIFIER_BYTES - 9] + "_" + digest
+
+
+@dataclass
+class _Problems:
+    items: list[str] = field(default_factory=list)
+
+    def add(self, text: str) -> None:
+        self.items.append(text)
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            body = "\n".join(f"  - {p}" for p in self.items)
+            noun = "problem" if len(self.items) == 1 else "problems"
+            raise SchemaError(
+                f"{len(self.items)} schema {noun} found, nothing was written:\n{body}"
+            )
+
+
+def build_plans(
+    source: sqlite3.Connection,
+    target: psycopg.Connection[Any],
+    config: Config,
+    *,
+    only: Sequence[str] | None = None,
+) -> list[TablePlan]:
+    """Plan every selected table, in foreign-key order (parents first)."""
+    available = list_tables(source)
+    names = select_tables(available, config.tables.include, config.tables.exclude)
+    problems = _Problems()
+    for name in config.table:
+        if name not in available:
+            problems.add(f"table {name!r} is configured in [table.{name}] but not in the source")
+    if only:
+        missing = [n for n in only if n not in available]
+        for n in missing:
+            problems.add(f"table {n!r} does not exist in the source")
+        names = [n for n in names if n in only]
+    clash_check = [(config.table_config(n).target or n) for n in names]
+    seen: dict[str, str] = {}
+    for n, t in zip(names, clash_check, strict=True):
+        stored = pg_truncate(t)
+        if stored in seen:
+            problems.add(
+                f"tables {seen[stored]!r} and {n!r} both become {stored!r} in PostgreSQL "
+                f"(identifiers are cut to {PG_MAX_IDENTIFIER_BYTES} bytes)"
+            )
+        seen[stored] = n
+
+    plans: list[TablePlan] = []
+    for name in names:
+        try:
+            table = describe_table(source, name)
+        except SourceError as exc:
+            problems.add(str(exc))
+            continue
+        plan = _plan_table(table, target, config, problems)
+        if plan is not None:
+            plans.append(plan)
+    problems.raise_if_any()
+    return order_by_dependencies(plans)
+
+
+def _plan_table(
+    table: SourceTable,
+    target: psycopg.Connection[Any],
+    config: Config,
+    problems: _Problems,
+) -> TablePlan | None:
+    tconf = config.table_config(table.name)
+    target_name = pg_truncate(tconf.target or table.name)
+    schema = config.target.schema
+    existing = describe_target(target, schema, target_name)
+    for col in tconf.columns:
+        if not any(c.name == col for c in table.columns):
+            problems.add(f"column {col!r} is configured for {table.name!r} but not in the source")
+    stored = table.stored_columns
+    col_names = [c.name for c in stored]
+    seen: dict[str, str] = {}
+    for c in col_names:
+        t = pg_truncate(c)
+        if t in seen:
+            problems.add(
+                f"columns {seen[t]!r} and {c!r} of {table.name!r} both become {t!r} in PostgreSQL"
+            )
+        seen[t] = c
+
+    columns: list[ColumnPlan] = []
+    parents = {fk.ref_table for fk in table.foreign_keys if fk.ref_table != table.name}
+    if existing is None:
+        if not config.snapshot.create_tables:
+            problems.add(
+                f"target table {schema}.{target_name} does not exist and snapshot.create_tables "
+                "is false"
+            )
+            return None
+        if table.uses_rowid_key:
+            pg = PgType.parse("bigint")
+            columns.append(ColumnPlan(ROWID, ROWID_COLUMN, pg, converter_for(pg)))
+        for col in stored:
+            cc = tconf.columns.get(col.name)
+            rule = ColumnRule(epoch=cc.epoch if cc else None)
+            try:
+                pg = (
+                    PgType.parse(cc.type)
+                    if cc and cc.type
+                    else PgType.from_sqlite_decl(col.decl_type)
+                )
+            except ValueError as exc:
+                problems.add(f"{table.name}.{col.name}: {exc}")
+                continue
+            if pg.kind == Kind.OTHER and cc and cc.type:
+                problems.add(f"{table.name}.{col.name}: type {cc.type!r} is not supported")
+            columns.append(ColumnPlan(col.name, pg_truncate(col.name), pg, converter_for(pg, rule)))
+        key = table.key
+    else:
+        if not existing.primary_key:
+            problems.add(
+                f"target table {schema}.{target_name} has no primary key; one is needed to "
+                "apply updates and deletes"
+            )
+            return None
+        by_name = {c.name: c for c in stored}
+        key_list: list[str] = []
+        for pk_col in existing.primary_key:
+            if pk_col in by_name:
+                key_list.append(pk_col)
+            elif pk_col == ROWID_COLUMN and table.uses_rowid_key:
+                key_list.append(ROWID)
+            else:
+                problems.add(
+                    f"primary key column {pk_col!r} of {schema}.{target_name} is not a column "
+                    f"of source table {table.name!r}"
+                )
+        key = tuple(key_list)
+        if ROWID in key:
+            pg = existing.column(ROWID_COLUMN)
+            assert pg is not None
+            columns.append(ColumnPlan(ROWID, ROWID_COLUMN, pg.type, converter_for(pg.type)))
+        for col in stored:
+            tcol = existing.column(col.name)
+            if tcol is None:
+                problems.add(
+                    f"column {table.name}.{col.name} has no column of that name in "
+                    f"{schema}.{target_name}"
+                )
+                continue
+            cc = tconf.columns.get(col.name)
+            rule = ColumnRule(epoch=cc.epoch if cc else None)
+            why = incompatibility(col.decl_type, tcol.type, rule)
+            if why:
+                problems.add(f"{table.name}.{col.name} ({col.decl_type or 'no type'}): {why}")
+                continue
+            columns.append(
+                ColumnPlan(col.name, tcol.name, tcol.type, converter_for(tcol.type, rule))
+            )
+        source_names = {c.name for c in stored}
+        for tcol in existing.columns:
+            missing = tcol.name not in source_names and tcol.name != ROWID_COLUMN
+            if missing and tcol.not_null and not tcol.has_default:
+                problems.add(
+                    f"{schema}.{target_name}.{tcol.name} is NOT NULL without a default and "
+                    f"source table {table.name!r} has no such column"
+                )
+        # Target foreign keys order the apply too (they are what PostgreSQL enforces).
+        parents |= set(existing.parents)
+    return TablePlan(
+        source=table,
+        schema=schema,
+        name=target_name,
+        columns=tuple(columns),
+        key=key,
+        exists=existing is not None,
+        parents=tuple(sorted(parents)),
+    )
+
+
+def order_by_dependencies(plans: list[TablePlan]) -> list[TablePlan]:
+    """Parents before children (Kahn's algorithm); cycles keep their source order."""
+    by_source = {p.source.name: p for p in plans}
+    by_target = {p.name: p.source.name for p in plans}
+
+    def deps(p: TablePlan) -> set[str]:
+        out = set()
+        for parent in p.parents:
+            name = parent if parent in by_source else by_target.get(parent)
+            if name and name != p.source.name:
+                out.add(name)
+        return out
+
+    remaining = {p.source.name: deps(p) for p in plans}
+    ordered: list[TablePlan] = []
+    while remaining:
+        ready = sorted(n for n, d in remaining.items() if not d)
+        if not ready:  # a cycle: take the first remaining one, in name order
+            ready = [sorted(remaining)[0]]
+        for n in ready:
+            ordered.append(by_source[n])
+            del remaining[n]
+        for d in remaining.values():
+            d.difference_update(ready)
+    return ordered
+
+
+# --- DDL for tables we create ----------------------------------------------
+
+
+def create_table_sql(plan: TablePlan) -> sql.Composed:
+    """CREATE TABLE with columns and primary key only; the rest comes after the load."""
+    parts: list[sql.Composable] = []
+    identity_col = plan.source.rowid_alias
+    for col in plan.columns:
+        piece = sql.SQL("{} {}").format(pg_ident(col.target), sql.SQL(col.type.ddl()))
+        src_col = None if col.source == ROWID else plan.source.column(col.source)
+        if col.source == identity_col and col.type.kind in (Kind.BIGINT, Kind.INTEGER):
+            piece = sql.SQL("{} GENERATED BY DEFAULT AS IDENTITY").format(piece)
+        if src_col is not None and src_col.not_null:
+            piece = sql.SQL("{} NOT NULL").format(piece)
+        parts.append(piece)
+    parts.append(
+        sql.SQL("PRIMARY KEY ({})").format(sql.SQL(", ").join(pg_ident(k) for k in plan.target_key))
+    )
+    return sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(
+        plan.table, sql.SQL(", ").join(parts)
+    )
+
+
+def post_load_sql(plan: TablePlan, planned: Sequence[TablePlan]) -> list[tuple[str, sql.Composed]]:
+    """Secondary indexes and foreign keys of a created table, built after its load.
+
+    Returns (description, statement) pairs; every statement is idempotent.
+    Partial and expression indexes are not translated (their SQL is SQLite's).
+    """
+    out: list[tuple[str, sql.Composed]] = []
+    targets = {c.source: c.target for c in plan.columns}
+    for idx in plan.source.indexes:
+        if idx.origin == "pk" or idx.partial or idx.expression or not idx.columns:
+            continue
+        if idx.unique and tuple(idx.columns) == tuple(plan.key):
+            continue  # the primary key already is this index
+        if any(c not in targets for c in idx.columns):
+            continue
+        cols = [targets[c] for c in idx.columns]
+        name = (
+            idx.name
+            if not idx.name.startswith("sqlite_autoindex")
+            else _index_name(plan.name, cols, "key")
+        )
+        stmt = sql.SQL("CREATE {}INDEX IF NOT EXISTS {} ON {} ({})").format(
+            sql.SQL("UNIQUE " if idx.unique else ""),
+            pg_ident(pg_truncate(name)),
+            plan.table,
+            sql.SQL(", ").join(pg_ident(c) for c in cols),
+        )
+        out.append((f"index {name}", stmt))
+    by_source = {p.source.name: p for p in planned}
+    for fk in plan.source.foreign_keys:
+        parent = by_source.get(fk.ref_table)
+        if parent is None or any(c not in targets for c in fk.columns):
+            continue
+        parent_cols = {c.source: c.target for c in parent.columns}
+        if any(c not in parent_cols for c in fk.ref_columns):
+            continue
+        name = _index_name(plan.name, [targets[c] for c in fk.columns], "fkey")
+        action = {
+            "CASCADE": "CASCADE",
+            "SET NULL": "SET NULL",
+            "SET DEFAULT": "SET DEFAULT",
+            "RESTRICT": "RESTRICT",
+        }.get(fk.on_delete.upper(), "NO ACTION")
+        stmt = sql.SQL(
+            "DO $$ BEGIN "
+            "IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = {name_lit} "
+            "AND conrelid = {rel_lit}::regclass) THEN "
+            "ALTER TABLE {table} ADD CONSTRAINT {name} FOREIGN KEY ({cols}) "
+            "REFERENCES {parent} ({pcols}) ON DELETE {action} NOT VALID; "
+            "END IF; END $$"
+        ).format(
+            name_lit=sql.Literal(name),
+            rel_lit=sql.Literal(plan.table.as_string(None)),
+            table=plan.table,
+            name=pg_ident(name),
+            cols=sql.SQL(", ").join(pg_ident(targets[c]) for c in fk.columns),
+            parent=parent.table,
+            pcols=sql.SQL(", ").join(pg_ident(parent_cols[c]) for c in fk.ref_columns),
+            action=sql.SQL(action),
+        )
+        out.append((f"foreign key {name}", stmt))
+        validate = sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(
+            plan.table, pg_ident(name)
+        )
+        out.append((f"validate {name}", validate))
+    return out
+
+
+def target_sequences(
+    conn: psycopg.Connection[Any], plan: TablePlan
+) -> list[tuple[str, tuple[str, str]]]:
+    """(column, sequence) for every serial/identity column this plan fills."""
+    table = describe_target(conn, plan.schema, plan.name)
+    if table is None:
+        return []
+    filled = {c.target for c in plan.columns}
+    return [(c.name, c.sequence) for c in table.columns if c.sequence and c.name in filled]
+
+
+def sequence_sql(
+    plan: TablePlan, sequences: Sequence[tuple[str, tuple[str, str]]]
+) -> list[sql.Composed]:
+    """Move each sequence past the largest copied id; never backwards."""
+    stmts = []
+    for column, (seq_schema, seq_name) in sequences:
+        seqrel = pg_ident(seq_schema, seq_name)
+        stmts.append(
+            sql.SQL(
+                "SELECT setval(to_regclass({seqtext}), v, true) FROM (SELECT GREATEST("
+                "(SELECT max({col}) FROM {table}), "
+                "(SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM {seqrel})"
+                ") AS v) AS s WHERE v >= 1"
+            ).format(
+                seqtext=sql.Literal(seqrel.as_string(None)),
+                col=pg_ident(column),
+                table=plan.table,
+                seqrel=seqrel,
+            )
+        )
+    return stmts

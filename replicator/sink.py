@@ -1,0 +1,237 @@
+"""The PostgreSQL side: connecting, and writing rows of one table.
+
+Two ways in, chosen by the caller: COPY straight into the table (a snapshot
+into an empty table), or COPY into a per-session staging table followed by
+``INSERT ... SELECT ... ON CONFLICT (key) DO UPDATE`` (everything else). Small
+batches skip the staging table and upsert with a pipelined ``executemany``.
+
+A row that PostgreSQL refuses (SQLSTATE classes 22 and 23) must not sink its
+neighbours: :func:`write_isolating` retries around it inside savepoints, using
+the line number COPY reports when it can and bisecting when it cannot, and
+returns the culprits so the caller can dead-letter them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from replicator.config import redact_dsn
+from replicator.errors import ConfigError
+from replicator.identifiers import pg_ident
+from replicator.schema import TablePlan
+
+Row = tuple[object, ...]
+Cursor = psycopg.Cursor[Any]
+Connection = psycopg.Connection[Any]
+
+# Below this many rows an upsert goes straight in with executemany (pipelined);
+# above it, COPY into the staging table and merge in one statement.
+STAGE_THRESHOLD = 256
+
+
+def connect(dsn: str, *, autocommit: bool = False, connect_timeout: int = 10) -> Connection:
+    """Connect, turning every failure into one clear, password-free sentence."""
+    try:
+        conn = psycopg.connect(
+            dsn,
+            autocommit=autocommit,
+            connect_timeout=connect_timeout,
+            application_name="replicator",
+        )
+    except psycopg.OperationalError as exc:
+        reason = _first_line(exc).replace(dsn, redact_dsn(dsn))
+        raise ConfigError(f"cannot connect to target {redact_dsn(dsn)}: {reason}") from None
+    return conn
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def is_row_error(exc: BaseException) -> bool:
+    """Errors about the data of a row, not about the connection or server."""
+    if isinstance(exc, psycopg.errors.DataError | psycopg.errors.IntegrityError):
+        return True
+    # Raised client-side while dumping a value (psycopg.DataError covers
+    # out-of-range ints and the like; UnicodeEncodeError lone surrogates).
+    return isinstance(exc, psycopg.DataError | UnicodeEncodeError | OverflowError)
+
+
+@dataclass(frozen=True, slots=True)
+class RowFailure:
+    index: int  # position in the rows handed to write_isolating
+    error: str
+    sqlstate: str | None
+    column: str | None
+
+
+_LINE = re.compile(r"line (\d+)")
+
+
+class TableWriter:
+    """Prepared statements for one table plan; stateless across transactions."""
+
+    def __init__(self, plan: TablePlan) -> None:
+        self.plan = plan
+        cols = plan.target_column_list()
+        table = plan.table
+        digest = hashlib.sha1(
+            f"{plan.schema}.{plan.name}".encode(), usedforsecurity=False
+        ).hexdigest()[:16]
+        self.stage = pg_ident(f"replicator_stage_{digest}")
+        self.copy_sql = sql.SQL("COPY {} ({}) FROM STDIN").format(table, cols)
+        self.stage_copy_sql = sql.SQL("COPY {} ({}) FROM STDIN").format(self.stage, cols)
+        self.create_stage_sql = sql.SQL(
+            "CREATE TEMP TABLE IF NOT EXISTS {} AS SELECT {} FROM {} WITH NO DATA"
+        ).format(self.stage, cols, table)
+        key = sql.SQL(", ").join(pg_ident(k) for k in plan.target_key)
+        non_key = [c.target for c in plan.columns if c.target not in plan.target_key]
+        if non_key:
+            action = sql.SQL("DO UPDATE SET {}").format(
+                sql.SQL(", ").join(
+                    sql.SQL("{} = EXCLUDED.{}").format(pg_ident(c), pg_ident(c)) for c in non_key
+                )
+            )
+        else:
+            action = sql.SQL("DO NOTHING")
+        self.merge_sql = sql.SQL(
+            "INSERT INTO {} AS t ({}) SELECT {} FROM {} ON CONFLICT ({}) {}"
+        ).format(table, cols, cols, self.stage, key, action)
+        placeholders = sql.SQL(", ").join(sql.Placeholder() for _ in plan.columns)
+        self.upsert_sql = sql.SQL(
+            "INSERT INTO {} AS t ({}) VALUES ({}) ON CONFLICT ({}) {}"
+        ).format(table, cols, placeholders, key, action)
+        self.delete_sql = sql.SQL("DELETE FROM {} WHERE ({}) = ({})").format(
+            table, key, sql.SQL(", ").join(sql.Placeholder() for _ in plan.target_key)
+        )
+        self._stage_ready: set[int] = set()
+
+    def column_names(self) -> list[str]:
+        return [c.target for c in self.plan.columns]
+
+    def copy(self, cur: Cursor, rows: Sequence[Row]) -> None:
+        """COPY rows straight into the table (it must not hold their keys)."""
+        _copy(cur, self.copy_sql, rows)
+
+    def upsert(self, cur: Cursor, rows: Sequence[Row]) -> None:
+        """Insert or update rows by key: staging + merge when large, else pipelined."""
+        if len(rows) < STAGE_THRESHOLD:
+            cur.executemany(self.upsert_sql, rows)
+            return
+        conn_id = id(cur.connection)
+        if conn_id not in self._stage_ready:
+            cur.execute(self.create_stage_sql)
+            self._stage_ready.add(conn_id)
+        cur.execute(sql.SQL("TRUNCATE {}").format(self.stage))
+        _copy(cur, self.stage_copy_sql, rows)
+        cur.execute(self.merge_sql)
+
+    def delete(self, cur: Cursor, keys: Sequence[Row]) -> None:
+        if keys:
+            cur.executemany(self.delete_sql, keys)
+
+    def forget_connection(self, conn: Connection) -> None:
+        """The staging table lives per session: a new connection needs it again."""
+        self._stage_ready.discard(id(conn))
+
+
+def _copy(cur: Cursor, statement: sql.Composed, rows: Sequence[Row]) -> None:
+    with cur.copy(statement) as copy:
+        for i, row in enumerate(rows):
+            try:
+                copy.write_row(row)
+            except (UnicodeEncodeError, psycopg.DataError, OverflowError, TypeError) as exc:
+                raise ClientRowError(i, exc) from exc
+
+
+class ClientRowError(psycopg.DataError):
+    """A value failed to serialise on our side, at a known row of the COPY."""
+
+    def __init__(self, index: int, cause: BaseException) -> None:
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.index = index
+        self.cause = cause
+
+
+def _failure(exc: BaseException, index: int, columns: Sequence[str]) -> RowFailure:
+    sqlstate = getattr(exc, "sqlstate", None)
+    column: str | None = None
+    diag = getattr(exc, "diag", None)
+    if diag is not None:
+        column = diag.column_name
+        context = diag.context or ""
+        if column is None:
+            for name in columns:
+                if f", column {name}:" in context:
+                    column = name
+                    break
+    message = _first_line(exc.cause if isinstance(exc, ClientRowError) else exc)
+    if diag is not None and diag.message_detail:
+        message = f"{message} ({diag.message_detail})"
+    return RowFailure(index=index, error=message, sqlstate=sqlstate, column=column)
+
+
+def _line_of(exc: BaseException, size: int) -> int | None:
+    """The 0-based row a COPY error points at, when the server says which."""
+    if isinstance(exc, ClientRowError):
+        return exc.index
+    diag = getattr(exc, "diag", None)
+    context = (diag.context or "") if diag is not None else ""
+    if not context.startswith("COPY "):
+        return None
+    match = _LINE.search(context.splitlines()[0])
+    if not match:
+        return None
+    line = int(match.group(1)) - 1
+    return line if 0 <= line < size else None
+
+
+def write_isolating(
+    conn: Connection,
+    rows: Sequence[Row],
+    write: Callable[[Cursor, Sequence[Row]], None],
+    columns: Sequence[str],
+) -> list[RowFailure]:
+    """Write ``rows`` inside the caller's transaction, isolating rows PostgreSQL refuses.
+
+    Each attempt runs in a savepoint. When it fails with a row-level error,
+    the culprit is taken from COPY's line number when reported, otherwise the
+    attempt is split in halves. Other errors propagate untouched.
+    """
+    failures: list[RowFailure] = []
+    # A work list of (offset, rows) slices still to write.
+    pending: list[tuple[int, Sequence[Row]]] = [(0, rows)]
+    while pending:
+        offset, part = pending.pop()
+        if not part:
+            continue
+        try:
+            with conn.transaction(), conn.cursor() as cur:
+                write(cur, part)
+        except Exception as exc:
+            if not is_row_error(exc):
+                raise
+            if len(part) == 1:
+                failures.append(_failure(exc, offset, columns))
+                continue
+            line = _line_of(exc, len(part))
+            if line is not None:
+                failures.append(_failure(exc, offset + line, columns))
+                # Rows before the culprit were accepted by COPY up to it; the
+                # rest still need trying. Both halves go back on the list.
+                pending.append((offset + line + 1, part[line + 1 :]))
+                pending.append((offset, part[:line]))
+            else:
+                mid = len(part) // 2
+                pending.append((offset + mid, part[mid:]))
+                pending.append((offset, part[:mid]))
+    failures.sort(key=lambda f: f.index)
+    return failures

@@ -1,0 +1,441 @@
+"""The initial copy: every table, chunk by chunk, resumable at any point.
+
+Each chunk is read by primary key (keyset pagination) in its own short SQLite
+read transaction, converted to the target types, and written to PostgreSQL in
+one transaction together with the progress checkpoint. A process killed at any
+moment (SIGKILL included) resumes after the last committed chunk: no row twice,
+no row missed. Rows that cannot be written go to the dead-letter table.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, TextIO
+
+import psycopg
+from psycopg import sql
+
+from replicator import checkpoint, deadletter, sink
+from replicator.checkpoint import SnapshotProgress
+from replicator.config import Config
+from replicator.deadletter import DeadLetter
+from replicator.errors import CoercionError, DataError, SourceError
+from replicator.identifiers import sqlite_ident
+from replicator.logs import get_logger
+from replicator.schema import (
+    TablePlan,
+    build_plans,
+    create_table_sql,
+    post_load_sql,
+    sequence_sql,
+    target_sequences,
+)
+from replicator.source.sqlite import ROWID, open_source, read_transaction
+from replicator.state import current_revision, head_revision, migrate
+from replicator.transform import encode_raw
+
+RawRow = tuple[Any, ...]
+CREATED_TABLES_KEY = "created_tables"
+
+
+@dataclass
+class TableResult:
+    table: str
+    rows_read: int = 0
+    rows_written: int = 0
+    dead_letters: int = 0
+    seconds: float = 0.0
+    skipped: bool = False  # already complete from an earlier run
+
+
+@dataclass
+class SnapshotSummary:
+    tables: list[TableResult] = field(default_factory=list)
+    sequences_set: int = 0
+    post_load: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def dead_letters(self) -> int:
+        return sum(t.dead_letters for t in self.tables)
+
+    def render(self) -> str:
+        head = f"{'table':<28} {'read':>10} {'written':>10} {'dead':>6} {'seconds':>8}"
+        lines = [head, "-" * len(head)]
+        for t in self.tables:
+            note = "  (done earlier)" if t.skipped else ""
+            lines.append(
+                f"{t.table[:28]:<28} {t.rows_read:>10} {t.rows_written:>10} "
+                f"{t.dead_letters:>6} {t.seconds:>8.1f}{note}"
+            )
+        total_r = sum(t.rows_read for t in self.tables)
+        total_w = sum(t.rows_written for t in self.tables)
+        secs = sum(t.seconds for t in self.tables)
+        lines.append("-" * len(head))
+        lines.append(
+            f"{'total':<28} {total_r:>10} {total_w:>10} {self.dead_letters:>6} {secs:>8.1f}"
+        )
+        if self.dead_letters:
+            lines.append(
+                f"{self.dead_letters} row(s) went to the dead-letter table: "
+                "see `replicator dead-letters list`."
+            )
+        lines.extend(f"warning: {w}" for w in self.warnings)
+        return "\n".join(lines)
+
+
+class ProgressDisplay:
+    """One line per table on a terminal; structured log lines otherwise."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.log = get_logger()
+
+    def chunk(self, table: str, done: int, total: int | None, started: float, rows: int) -> None:
+        elapsed = max(time.monotonic() - started, 1e-6)
+        rate = done / elapsed
+        if self.tty:
+            pct = f"{100 * done / total:5.1f}%" if total else "   ? %"
+            eta = (total - done) / rate if total and rate > 0 else 0.0
+            self.stream.write(
+                f"\r{table[:28]:<28} {pct} {done:>10}/{total or '?':<10} "
+                f"{rate:>9.0f} rows/s  ETA {eta:5.0f}s "
+            )
+            self.stream.flush()
+        else:
+            self.log.info(
+                "snapshot_chunk",
+                table=table,
+                rows=rows,
+                copied=done,
+                total=total,
+                rows_per_s=round(rate),
+            )
+
+    def table_done(self, table: str, result: TableResult) -> None:
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+        self.log.info(
+            "snapshot_table_done",
+            table=table,
+            rows_read=result.rows_read,
+            rows_written=result.rows_written,
+            dead_letters=result.dead_letters,
+            seconds=round(result.seconds, 3),
+        )
+
+
+def row_image(plan: TablePlan, raw: RawRow) -> dict[str, Any]:
+    """A JSON-safe picture of a source row for the dead-letter table."""
+    out: dict[str, Any] = {}
+    for col, value in zip(plan.columns, raw, strict=True):
+        plain = isinstance(value, str) and value.isascii()
+        if value is None or isinstance(value, int | float) or plain:
+            out[col.source] = value
+        else:
+            encoded = encode_raw(value)
+            out[col.source] = value if encoded.get("type") == "text" else encoded
+    return out
+
+
+def convert_rows(
+    plan: TablePlan, raw_rows: Sequence[RawRow], stage: str
+) -> tuple[list[tuple[object, ...]], list[RawRow], list[DeadLetter]]:
+    """Convert to target types; rows with a value that cannot be converted come back as
+    dead letters. Returns (converted rows, their raw rows, dead letters)."""
+    convs = [c.convert for c in plan.columns]
+    good: list[tuple[object, ...]] = []
+    good_raw: list[RawRow] = []
+    dead: list[DeadLetter] = []
+    keypos = plan.key_positions
+    for raw in raw_rows:
+        try:
+            good.append(tuple([f(v) for f, v in zip(convs, raw, strict=True)]))
+            good_raw.append(raw)
+        except CoercionError:
+            for col, f, v in zip(plan.columns, convs, raw, strict=True):
+                try:
+                    f(v)
+                except CoercionError as exc:
+                    dead.append(
+                        DeadLetter(
+                            table=plan.source.name,
+                            key=tuple(raw[i] for i in keypos),
+                            column=col.source,
+                            raw_value=v,
+                            error=exc.reason,
+                            sqlstate=None,
+                            stage=stage,
+                            change=row_image(plan, raw),
+                        )
+                    )
+                    break
+    return good, good_raw, dead
+
+
+def failures_to_letters(
+    plan: TablePlan, raw_rows: Sequence[RawRow], failures: Sequence[sink.RowFailure], stage: str
+) -> list[DeadLetter]:
+    by_target = {c.target: (i, c.source) for i, c in enumerate(plan.columns)}
+    keypos = plan.key_positions
+    letters = []
+    for f in failures:
+        raw = raw_rows[f.index]
+        column = None
+        value: object = None
+        if f.column and f.column in by_target:
+            i, column = by_target[f.column]
+            value = raw[i]
+        letters.append(
+            DeadLetter(
+                table=plan.source.name,
+                key=tuple(raw[i] for i in keypos),
+                column=column,
+                raw_value=value,
+                error=f.error,
+                sqlstate=f.sqlstate,
+                stage=stage,
+                change=row_image(plan, raw),
+            )
+        )
+    return letters
+
+
+def stop_on_first(letters: Sequence[DeadLetter]) -> None:
+    if letters:
+        first = letters[0]
+        shown = repr(first.raw_value)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        value = f" value {shown}" if first.column else ""
+        raise DataError(f'{first.describe()}{value} (on_error = "stop")')
+
+
+class ChunkReader:
+    """Keyset pagination over one table, one short read transaction per chunk."""
+
+    def __init__(
+        self, conn: sqlite3.Connection, plan: TablePlan, lenient: Callable[[], sqlite3.Connection]
+    ):
+        self.conn = conn
+        self.lenient = lenient
+        table = sqlite_ident(plan.source.name)
+        keys = ", ".join(ROWID if k == ROWID else sqlite_ident(k) for k in plan.key)
+        marks = ", ".join("?" for _ in plan.key)
+        select = plan.source_select_list()
+        self.first_sql = f"SELECT {select} FROM {table} ORDER BY {keys} LIMIT ?"
+        self.next_sql = (
+            f"SELECT {select} FROM {table} WHERE ({keys}) > ({marks}) ORDER BY {keys} LIMIT ?"
+        )
+        self.count_sql = f"SELECT count(*) FROM {table}"
+
+    def count(self) -> int:
+        return int(self.conn.execute(self.count_sql).fetchone()[0])
+
+    def read(self, after: tuple[Any, ...] | None, limit: int) -> list[RawRow]:
+        query, params = (
+            (self.first_sql, (limit,)) if after is None else (self.next_sql, (*after, limit))
+        )
+        try:
+            with read_transaction(self.conn):
+                return self.conn.execute(query, params).fetchall()
+        except sqlite3.OperationalError as exc:
+            if "decode" not in str(exc):
+                raise SourceError(f"reading the source failed: {exc}") from exc
+        # Some text in this chunk is not valid UTF-8: re-read it keeping the bytes.
+        lenient = self.lenient()
+        with read_transaction(lenient):
+            return lenient.execute(query, params).fetchall()
+
+
+def ensure_state(conn: sink.Connection, dsn: str, schema: str) -> None:
+    if current_revision(conn, schema) != head_revision():
+        migrate(dsn, schema)
+
+
+class Snapshotter:
+    def __init__(self, config: Config, *, display: ProgressDisplay | None = None) -> None:
+        self.config = config
+        self.display = display or ProgressDisplay()
+        self.log = get_logger()
+        self.schema = config.target.state_schema
+        self.path = config.require_source()
+        self.dsn = config.require_target()
+        self._lenient: sqlite3.Connection | None = None
+
+    def _lenient_conn(self) -> sqlite3.Connection:
+        if self._lenient is None:
+            self._lenient = open_source(
+                self.path,
+                readonly=True,
+                busy_timeout_ms=self.config.source.busy_timeout_ms,
+                lenient=True,
+            )
+        return self._lenient
+
+    def run(self, *, restart: bool = False, only: Sequence[str] | None = None) -> SnapshotSummary:
+        source = open_source(
+            self.path,
+            readonly=self.config.source.readonly,
+            busy_timeout_ms=self.config.source.busy_timeout_ms,
+        )
+        conn = sink.connect(
+            self.dsn, autocommit=True, connect_timeout=self.config.target.connect_timeout
+        )
+        try:
+            ensure_state(conn, self.dsn, self.schema)
+            plans = build_plans(source, conn, self.config, only=only)
+            return self.run_plans(source, conn, plans, restart=restart)
+        finally:
+            conn.close()
+            source.close()
+            if self._lenient is not None:
+                self._lenient.close()
+                self._lenient = None
+
+    def run_plans(
+        self,
+        source: sqlite3.Connection,
+        conn: sink.Connection,
+        plans: Sequence[TablePlan],
+        *,
+        restart: bool = False,
+    ) -> SnapshotSummary:
+        summary = SnapshotSummary()
+        created = self.create_missing(conn, plans)
+        with conn.cursor() as cur:
+            if restart:
+                checkpoint.reset_progress(cur, self.schema)
+            progress = checkpoint.load_progress(cur, self.schema)
+        for plan in plans:
+            summary.tables.append(
+                self.copy_table(source, conn, plan, progress.get(plan.source.name))
+            )
+        self.finish(conn, plans, created, summary)
+        return summary
+
+    def create_missing(self, conn: sink.Connection, plans: Sequence[TablePlan]) -> set[str]:
+        """Create tables that do not exist yet; return every table we ever created."""
+        with conn.transaction(), conn.cursor() as cur:
+            cur.execute(
+                sql.SQL("SELECT value FROM {} WHERE key = %s").format(
+                    sql.Identifier(self.schema, "meta")
+                ),
+                (CREATED_TABLES_KEY,),
+            )
+            row = cur.fetchone()
+            created: set[str] = set(row[0]) if row else set()
+            for plan in plans:
+                if not plan.exists:
+                    cur.execute(create_table_sql(plan))
+                    created.add(plan.name)
+                    self.log.info("table_created", table=plan.name, schema=plan.schema)
+            cur.execute(
+                sql.SQL(
+                    "INSERT INTO {} (key, value) VALUES (%s, %s) ON CONFLICT (key) "
+                    "DO UPDATE SET value = EXCLUDED.value, updated_at = now()"
+                ).format(sql.Identifier(self.schema, "meta")),
+                (CREATED_TABLES_KEY, psycopg.types.json.Jsonb(sorted(created))),
+            )
+        return created
+
+    def copy_table(
+        self,
+        source: sqlite3.Connection,
+        conn: sink.Connection,
+        plan: TablePlan,
+        progress: SnapshotProgress | None,
+    ) -> TableResult:
+        name = plan.source.name
+        result = TableResult(table=name)
+        if progress is not None and progress.done:
+            result.rows_read, result.rows_written = progress.rows_read, progress.rows_written
+            result.dead_letters, result.skipped = progress.dead_letters, True
+            return result
+        reader = ChunkReader(source, plan, self._lenient_conn)
+        writer = sink.TableWriter(plan)
+        if progress is None:
+            with conn.cursor() as cur:
+                cur.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(plan.table))
+                row = cur.fetchone()
+            method = "merge" if row and row[0] else "copy"
+            progress = SnapshotProgress(table=name, last_key=None, method=method)
+        with read_transaction(source):
+            progress = replace(progress, rows_total=reader.count())
+        write = writer.copy if progress.method == "copy" else writer.upsert
+        columns = writer.column_names()
+        chunk_rows = self.config.snapshot.chunk_rows
+        stop = self.config.snapshot.on_error == "stop"
+        started = time.monotonic()
+        before = progress
+        log = self.log.bind(table=name)
+        while True:
+            raw_rows = reader.read(progress.last_key, chunk_rows)
+            if not raw_rows:
+                progress = replace(progress, done=True)
+                with conn.transaction(), conn.cursor() as cur:
+                    checkpoint.save_progress(cur, self.schema, progress)
+                break
+            good, good_raw, letters = convert_rows(plan, raw_rows, "snapshot")
+            if stop:
+                stop_on_first(letters)
+            keypos = plan.key_positions
+            last_key = tuple(raw_rows[-1][i] for i in keypos)
+            with conn.transaction():
+                failures = sink.write_isolating(conn, good, write, columns)
+                if failures:
+                    failed = failures_to_letters(plan, good_raw, failures, "snapshot")
+                    if stop:
+                        stop_on_first(failed)
+                    letters.extend(failed)
+                with conn.cursor() as cur:
+                    deadletter.record(cur, self.schema, letters)
+                    progress = progress.advance(
+                        last_key, len(raw_rows), len(good) - len(failures), len(letters)
+                    )
+                    checkpoint.save_progress(cur, self.schema, progress)
+            for letter in letters:
+                log.warning("dead_letter", stage="snapshot", reason=letter.describe())
+            self.display.chunk(
+                name, progress.rows_read, progress.rows_total, started, len(raw_rows)
+            )
+        result.rows_read = progress.rows_read
+        result.rows_written = progress.rows_written
+        result.dead_letters = progress.dead_letters
+        result.seconds = time.monotonic() - started
+        if before.rows_read:
+            log.info("snapshot_resumed", from_rows=before.rows_read)
+        self.display.table_done(name, result)
+        return result
+
+    def finish(
+        self,
+        conn: sink.Connection,
+        plans: Sequence[TablePlan],
+        created: set[str],
+        summary: SnapshotSummary,
+    ) -> None:
+        """Secondary indexes and foreign keys of created tables, then sequences."""
+        for plan in plans:
+            if plan.name not in created:
+                continue
+            for what, stmt in post_load_sql(plan, plans):
+                try:
+                    with conn.transaction(), conn.cursor() as cur:
+                        cur.execute(stmt)
+                    summary.post_load.append(f"{plan.name}: {what}")
+                except (psycopg.errors.IntegrityError, psycopg.errors.DataError) as exc:
+                    msg = f"{plan.name}: {what} could not be completed: {sink._first_line(exc)}"
+                    summary.warnings.append(msg)
+                    self.log.warning("post_load_failed", table=plan.name, what=what, error=msg)
+        with conn.transaction(), conn.cursor() as cur:
+            for plan in plans:
+                for stmt in sequence_sql(plan, target_sequences(conn, plan)):
+                    cur.execute(stmt)
+                    summary.sequences_set += 1
