@@ -8,6 +8,7 @@ error and when. A later successful write of the same key resolves it.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,22 +21,27 @@ from replicator.identifiers import pg_ident
 from replicator.transform import encode_raw
 
 
+def json_safe(value: object) -> Any:
+    """``value`` itself when JSON (and PostgreSQL's jsonb) holds it exactly,
+    else its :func:`encode_raw` description (blobs, NUL, invalid UTF-8, inf)."""
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return value
+    if isinstance(value, str) and "\x00" not in value:
+        if value.isascii():
+            return value
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return encode_raw(value)
+        return value
+    return encode_raw(value)
+
+
 def json_key(values: Sequence[object]) -> list[Any]:
     """A primary key as JSON: plain values where JSON holds them exactly."""
-    out: list[Any] = []
-    for v in values:
-        if v is None or isinstance(v, bool | int):
-            out.append(v)
-        elif isinstance(v, str):
-            try:
-                v.encode("utf-8")
-            except UnicodeEncodeError:
-                out.append(encode_raw(v))
-            else:
-                out.append(v)
-        else:
-            out.append(encode_raw(v))
-    return out
+    return [json_safe(v) for v in values]
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ from psycopg import sql
 from replicator import checkpoint, deadletter, sink
 from replicator.checkpoint import SnapshotProgress
 from replicator.config import Config
-from replicator.deadletter import DeadLetter
+from replicator.deadletter import DeadLetter, json_safe
 from replicator.errors import CoercionError, DataError, SourceError
 from replicator.identifiers import sqlite_ident
 from replicator.logs import get_logger
@@ -36,7 +36,6 @@ from replicator.schema import (
 )
 from replicator.source.sqlite import ROWID, open_source, read_transaction
 from replicator.state import current_revision, head_revision, migrate
-from replicator.transform import encode_raw
 
 RawRow = tuple[Any, ...]
 CREATED_TABLES_KEY = "created_tables"
@@ -133,15 +132,7 @@ class ProgressDisplay:
 
 def row_image(plan: TablePlan, raw: RawRow) -> dict[str, Any]:
     """A JSON-safe picture of a source row for the dead-letter table."""
-    out: dict[str, Any] = {}
-    for col, value in zip(plan.columns, raw, strict=True):
-        plain = isinstance(value, str) and value.isascii()
-        if value is None or isinstance(value, int | float) or plain:
-            out[col.source] = value
-        else:
-            encoded = encode_raw(value)
-            out[col.source] = value if encoded.get("type") == "text" else encoded
-    return out
+    return {col.source: json_safe(v) for col, v in zip(plan.columns, raw, strict=True)}
 
 
 def convert_rows(

@@ -1,0 +1,284 @@
+"""Change capture in the source: triggers that append to one change-log table.
+
+Per replicated table, AFTER INSERT / UPDATE / DELETE triggers write one row
+each to ``_replicator_changelog``. The row image is built by ``json_object()``
+inside the trigger, so a change is captured as of its own transaction, and
+``seq`` (AUTOINCREMENT: never reused, even after pruning) orders changes in
+commit order: SQLite has one writer at a time and a transaction holds the
+write lock from its first write to its commit, so no lower ``seq`` can appear
+after a higher one is visible.
+
+Values JSON cannot carry exactly are tagged: a REAL becomes ``["r", "%!.17g"]``
+(``json_object`` would print only 15 digits), a BLOB ``["b", hex]``. Text that
+is not valid UTF-8 travels as its raw bytes and is decoded with
+``surrogateescape``. Tables wider than SQLite's function-argument limit get an
+image that is an array of objects, merged on read.
+
+An UPDATE that changes the key logs a delete of the old key, then the new row.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from replicator.errors import SourceError
+from replicator.identifiers import sqlite_ident
+from replicator.source.sqlite import ROWID, SourceTable
+
+CHANGELOG = "_replicator_changelog"
+TRIGGER_PREFIX = "_replicator_"
+# json_object() takes two arguments per column; stay well under SQLite's
+# SQLITE_MAX_FUNCTION_ARG (127 before 3.48).
+COLUMNS_PER_OBJECT = 60
+
+_CREATE_LOG = f"""
+CREATE TABLE IF NOT EXISTS {sqlite_ident(CHANGELOG)} (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    tbl         TEXT NOT NULL,
+    op          TEXT NOT NULL CHECK (op IN ('I', 'U', 'D')),
+    key         TEXT NOT NULL,
+    image       TEXT,
+    captured_at REAL NOT NULL DEFAULT ((julianday('now') - 2440587.5) * 86400.0)
+)
+"""
+
+
+def sqlite_text(value: str) -> str:
+    """A SQLite string literal (single quotes doubled)."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _value(ref: str) -> str:
+    """Trigger expression that carries one column value losslessly into JSON."""
+    return (
+        f"CASE typeof({ref}) WHEN 'real' THEN json_array('r', printf('%!.17g', {ref})) "
+        f"WHEN 'blob' THEN json_array('b', hex({ref})) ELSE {ref} END"
+    )
+
+
+def _ref(prefix: str, column: str) -> str:
+    return f"{prefix}.{ROWID}" if column == ROWID else f"{prefix}.{sqlite_ident(column)}"
+
+
+def key_expr(table: SourceTable, prefix: str) -> str:
+    return "json_array(" + ", ".join(_value(_ref(prefix, k)) for k in table.key) + ")"
+
+
+def image_expr(table: SourceTable, prefix: str) -> str:
+    cols = [c.name for c in table.stored_columns]
+    parts = []
+    for start in range(0, len(cols), COLUMNS_PER_OBJECT):
+        chunk = cols[start : start + COLUMNS_PER_OBJECT]
+        args = ", ".join(f"{sqlite_text(c)}, {_value(_ref(prefix, c))}" for c in chunk)
+        parts.append(f"json_object({args})")
+    if len(parts) == 1:
+        return parts[0]
+    return "json_array(" + ", ".join(parts) + ")"
+
+
+def trigger_names(table: str) -> dict[str, str]:
+    return {op: f"{TRIGGER_PREFIX}{op}_{table}" for op in ("ins", "upd", "del")}
+
+
+def trigger_sql(table: SourceTable) -> list[str]:
+    log = sqlite_ident(CHANGELOG)
+    name = sqlite_text(table.name)
+    t = sqlite_ident(table.name)
+    names = trigger_names(table.name)
+    key_changed = " OR ".join(f"{_ref('OLD', k)} IS NOT {_ref('NEW', k)}" for k in table.key)
+    return [
+        f"CREATE TRIGGER {sqlite_ident(names['ins'])} AFTER INSERT ON {t} BEGIN "
+        f"INSERT INTO {log} (tbl, op, key, image) VALUES "
+        f"({name}, 'I', {key_expr(table, 'NEW')}, {image_expr(table, 'NEW')}); END",
+        f"CREATE TRIGGER {sqlite_ident(names['upd'])} AFTER UPDATE ON {t} BEGIN "
+        f"INSERT INTO {log} (tbl, op, key, image) SELECT {name}, 'D', "
+        f"{key_expr(table, 'OLD')}, NULL WHERE {key_changed}; "
+        f"INSERT INTO {log} (tbl, op, key, image) VALUES "
+        f"({name}, 'U', {key_expr(table, 'NEW')}, {image_expr(table, 'NEW')}); END",
+        f"CREATE TRIGGER {sqlite_ident(names['del'])} AFTER DELETE ON {t} BEGIN "
+        f"INSERT INTO {log} (tbl, op, key, image) VALUES "
+        f"({name}, 'D', {key_expr(table, 'OLD')}, NULL); END",
+    ]
+
+
+def installed_triggers(conn: sqlite3.Connection) -> dict[str, str]:
+    """Our triggers in the source: trigger name -> table name."""
+    rows = conn.execute(
+        "SELECT name, tbl_name FROM sqlite_schema WHERE type = 'trigger' AND name LIKE ? ESCAPE '\\'",
+        (TRIGGER_PREFIX.replace("_", "\\_") + "%",),
+    ).fetchall()
+    return {str(r[0]): str(r[1]) for r in rows}
+
+
+def changelog_exists(conn: sqlite3.Connection) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?", (CHANGELOG,)
+    ).fetchone()
+    return row is not None
+
+
+def install(conn: sqlite3.Connection, tables: Sequence[SourceTable]) -> list[str]:
+    """Create the log and (re)create the triggers of ``tables`` in one write transaction.
+
+    Recreating in one transaction means no change slips between the old
+    triggers and the new ones. Triggers of tables no longer replicated are
+    dropped. Returns the names of the tables whose triggers were installed.
+    """
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        raise SourceError(f"cannot lock the source to install triggers: {exc}") from exc
+    try:
+        conn.execute(_CREATE_LOG)
+        for trig in installed_triggers(conn):
+            conn.execute(f"DROP TRIGGER IF EXISTS {sqlite_ident(trig)}")
+        for table in tables:
+            for stmt in trigger_sql(table):
+                conn.execute(stmt)
+        conn.execute("COMMIT")
+    except sqlite3.Error as exc:
+        conn.execute("ROLLBACK")
+        if "readonly" in str(exc).lower() or "read-only" in str(exc).lower():
+            raise SourceError(
+                "the source is read-only, so change-capture triggers cannot be installed; "
+                "use capture = \"cursor\""
+            ) from exc
+        raise SourceError(f"installing change-capture triggers failed: {exc}") from exc
+    return [t.name for t in tables]
+
+
+def uninstall(conn: sqlite3.Connection) -> tuple[int, bool]:
+    """Drop every trigger of ours and the change log. Returns (triggers, log dropped)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        triggers = installed_triggers(conn)
+        for trig in triggers:
+            conn.execute(f"DROP TRIGGER IF EXISTS {sqlite_ident(trig)}")
+        had_log = changelog_exists(conn)
+        conn.execute(f"DROP TABLE IF EXISTS {sqlite_ident(CHANGELOG)}")
+        if had_log:
+            conn.execute("DELETE FROM sqlite_sequence WHERE name = ?", (CHANGELOG,))
+        conn.execute("COMMIT")
+    except sqlite3.Error:
+        conn.execute("ROLLBACK")
+        raise
+    return len(triggers), had_log
+
+
+def head_position(conn: sqlite3.Connection) -> int:
+    """The highest ``seq`` ever handed out (0 when none): the log's current end."""
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (CHANGELOG,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    seq: int
+    table: str
+    op: str  # "I", "U" or "D"
+    key: tuple[Any, ...]
+    image: dict[str, Any] | None  # None for deletes
+    captured_at: float  # unix seconds, the source transaction's clock
+
+    @property
+    def is_delete(self) -> bool:
+        return self.op == "D"
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> Change:
+        seq, table, op, key_raw, image_raw, captured_at = row
+        key = tuple(decode_value(v) for v in _loads(key_raw))
+        image: dict[str, Any] | None = None
+        if image_raw is not None:
+            parsed = _loads(image_raw)
+            if isinstance(parsed, list):  # a wide table: several objects
+                merged: dict[str, Any] = {}
+                for part in parsed:
+                    merged.update(part)
+                parsed = merged
+            image = {k: decode_value(v) for k, v in parsed.items()}
+        return cls(int(seq), str(table), str(op), key, image, float(captured_at))
+
+
+def _loads(raw: bytes | str) -> Any:
+    text = raw.decode("utf-8", errors="surrogateescape") if isinstance(raw, bytes) else raw
+    return json.loads(text)
+
+
+def decode_value(value: Any) -> Any:
+    """Undo the trigger's tagging: ["r", text] -> float, ["b", hex] -> bytes."""
+    if isinstance(value, list) and len(value) == 2:
+        tag, body = value
+        if tag == "r":
+            return float(body)
+        if tag == "b":
+            return bytes.fromhex(body)
+    return value
+
+
+_READ_SQL = (
+    f"SELECT seq, tbl, op, CAST(key AS BLOB), CAST(image AS BLOB), captured_at "
+    f"FROM {sqlite_ident(CHANGELOG)} WHERE seq > ? ORDER BY seq LIMIT ?"
+)
+
+
+def read_changes(
+    conn: sqlite3.Connection, after: int, max_changes: int, max_bytes: int
+) -> list[Change]:
+    """The next changes after ``after``, in one short read transaction.
+
+    Stops at ``max_changes`` rows or once ``max_bytes`` of row images are in
+    hand (always at least one change, however large).
+    """
+    out: list[Change] = []
+    size = 0
+    conn.execute("BEGIN")
+    try:
+        cur = conn.execute(_READ_SQL, (after, max_changes))
+        while True:
+            rows = cur.fetchmany(500)
+            if not rows:
+                break
+            for row in rows:
+                out.append(Change.from_row(row))
+                size += len(row[4] or b"") + len(row[3])
+                if size >= max_bytes:
+                    return out
+    finally:
+        conn.execute("COMMIT")
+    return out
+
+
+def depth(conn: sqlite3.Connection, after: int) -> tuple[int, float | None]:
+    """(changes after ``after``, captured_at of the oldest of them)."""
+    row = conn.execute(
+        f"SELECT count(*), min(captured_at) FROM {sqlite_ident(CHANGELOG)} WHERE seq > ?",
+        (after,),
+    ).fetchone()
+    return int(row[0]), (float(row[1]) if row[1] is not None else None)
+
+
+def prune(conn: sqlite3.Connection, upto: int, batch: int) -> int:
+    """Delete log rows with seq <= ``upto`` (already durable in PostgreSQL),
+    ``batch`` rows per write transaction so the app's writers never wait long."""
+    total = 0
+    while True:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            cur = conn.execute(
+                f"DELETE FROM {sqlite_ident(CHANGELOG)} WHERE seq IN ("
+                f"SELECT seq FROM {sqlite_ident(CHANGELOG)} WHERE seq <= ? ORDER BY seq LIMIT ?)",
+                (upto, batch),
+            )
+            deleted = cur.rowcount
+            conn.execute("COMMIT")
+        except sqlite3.Error:
+            conn.execute("ROLLBACK")
+            raise
+        total += deleted
+        if deleted < batch:
+            return total
