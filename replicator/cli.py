@@ -131,11 +131,15 @@ def main(
 
 
 @main.command()
+@click.option(
+    "--no-triggers", is_flag=True, help="Only migrate the state schema; leave the source alone."
+)
 @click.pass_context
-def init(ctx: click.Context) -> None:
-    """Create or upgrade the replicator's state schema in PostgreSQL.
+def init(ctx: click.Context, no_triggers: bool) -> None:
+    """Create or upgrade the state schema, and install change capture in the source.
 
-    Safe to run again: it only applies migrations that are missing.
+    Safe to run again: it applies only missing migrations and recreates the
+    triggers (atomically, so no change slips through) for the selected tables.
     """
 
     def go() -> int:
@@ -151,6 +155,23 @@ def init(ctx: click.Context) -> None:
             click.echo(f"state schema {schema!r} is up to date (revision {after})")
         else:
             click.echo(f"state schema {schema!r} migrated from {before or 'nothing'} to {after}")
+        if config.source.path is not None and not no_triggers:
+            from replicator.schema import select_tables
+            from replicator.source import changelog
+            from replicator.source.sqlite import describe_table, list_tables, open_source
+
+            source = open_source(config.source.path, busy_timeout_ms=config.source.busy_timeout_ms)
+            try:
+                names = select_tables(
+                    list_tables(source), config.tables.include, config.tables.exclude
+                )
+                tables = [describe_table(source, n) for n in names]
+                changelog.install(source, tables)
+            finally:
+                source.close()
+            click.echo(
+                f"change capture installed on {len(tables)} table(s) in {config.source.path}"
+            )
         return EXIT_OK
 
     run_guarded(ctx, go)
@@ -197,6 +218,67 @@ def snapshot(
         )
         summary = Snapshotter(config).run(restart=restart, only=list(tables) or None)
         click.echo(summary.render())
+        return EXIT_OK
+
+    run_guarded(ctx, go)
+
+
+@main.command()
+@click.option(
+    "--standby",
+    is_flag=True,
+    help="If another replicator holds the lock, wait and take over when it stops.",
+)
+@click.option(
+    "--metrics-address",
+    metavar="HOST:PORT",
+    default=None,
+    help="Serve /metrics, /healthz and /readyz here (default: metrics.address, 127.0.0.1:9479).",
+)
+@click.pass_context
+def run(ctx: click.Context, standby: bool, metrics_address: str | None) -> None:
+    """Snapshot (if needed), then stream every change until stopped.
+
+    On a fresh target: init, record the change-log position, snapshot, then
+    stream from that position. On restart it resumes where it stopped.
+    SIGTERM/SIGINT finish the batch in hand and exit 0; a second signal exits
+    at once (still safe).
+    """
+
+    def go() -> int:
+        from replicator.pipeline import Daemon
+
+        config = ctx.obj.config(**{"metrics.address": metrics_address})
+        return Daemon(config, standby=standby).run()
+
+    run_guarded(ctx, go)
+
+
+@main.command()
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def uninstall(ctx: click.Context, yes: bool) -> None:
+    """Remove the change-capture triggers and change log from the source.
+
+    The application's own tables and data are not touched. The state schema
+    in PostgreSQL is left in place (drop it yourself once cut over).
+    """
+
+    def go() -> int:
+        from replicator.source import changelog
+        from replicator.source.sqlite import open_source
+
+        config = ctx.obj.config()
+        path = config.require_source()
+        if not yes:
+            click.confirm(f"Remove replicator triggers and change log from {path}?", abort=True)
+        source = open_source(path, busy_timeout_ms=config.source.busy_timeout_ms)
+        try:
+            triggers, had_log = changelog.uninstall(source)
+        finally:
+            source.close()
+        log_note = "and the change log" if had_log else "(no change log was present)"
+        click.echo(f"removed {triggers} trigger(s) {log_note} from {path}")
         return EXIT_OK
 
     run_guarded(ctx, go)

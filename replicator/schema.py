@@ -291,9 +291,11 @@ def _plan_table(
     target_name = pg_truncate(tconf.target or table.name)
     schema = config.target.schema
     existing = describe_target(target, schema, target_name)
-    for col in tconf.columns:
-        if not any(c.name == col for c in table.columns):
-            problems.add(f"column {col!r} is configured for {table.name!r} but not in the source")
+    for configured in tconf.columns:
+        if not any(c.name == configured for c in table.columns):
+            problems.add(
+                f"column {configured!r} is configured for {table.name!r} but not in the source"
+            )
     stored = table.stored_columns
     col_names = [c.name for c in stored]
     seen: dict[str, str] = {}
@@ -354,9 +356,11 @@ def _plan_table(
                 )
         key = tuple(key_list)
         if ROWID in key:
-            pg = existing.column(ROWID_COLUMN)
-            assert pg is not None
-            columns.append(ColumnPlan(ROWID, ROWID_COLUMN, pg.type, converter_for(pg.type)))
+            rowid_col = existing.column(ROWID_COLUMN)
+            assert rowid_col is not None
+            columns.append(
+                ColumnPlan(ROWID, ROWID_COLUMN, rowid_col.type, converter_for(rowid_col.type))
+            )
         for col in stored:
             tcol = existing.column(col.name)
             if tcol is None:

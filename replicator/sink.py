@@ -46,12 +46,12 @@ def connect(dsn: str, *, autocommit: bool = False, connect_timeout: int = 10) ->
             application_name="replicator",
         )
     except psycopg.OperationalError as exc:
-        reason = _first_line(exc).replace(dsn, redact_dsn(dsn))
+        reason = first_line(exc).replace(dsn, redact_dsn(dsn))
         raise ConfigError(f"cannot connect to target {redact_dsn(dsn)}: {reason}") from None
     return conn
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
@@ -101,7 +101,7 @@ class TableWriter:
                 )
             )
         else:
-            action = sql.SQL("DO NOTHING")
+            action = sql.Composed([sql.SQL("DO NOTHING")])
         self.merge_sql = sql.SQL(
             "INSERT INTO {} AS t ({}) SELECT {} FROM {} ON CONFLICT ({}) {}"
         ).format(table, cols, cols, self.stage, key, action)
@@ -173,7 +173,7 @@ def _failure(exc: BaseException, index: int, columns: Sequence[str]) -> RowFailu
                 if f", column {name}:" in context:
                     column = name
                     break
-    message = _first_line(exc.cause if isinstance(exc, ClientRowError) else exc)
+    message = first_line(exc.cause if isinstance(exc, ClientRowError) else exc)
     if diag is not None and diag.message_detail:
         message = f"{message} ({diag.message_detail})"
     return RowFailure(index=index, error=message, sqlstate=sqlstate, column=column)

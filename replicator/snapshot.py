@@ -422,7 +422,7 @@ class Snapshotter:
                         cur.execute(stmt)
                     summary.post_load.append(f"{plan.name}: {what}")
                 except (psycopg.errors.IntegrityError, psycopg.errors.DataError) as exc:
-                    msg = f"{plan.name}: {what} could not be completed: {sink._first_line(exc)}"
+                    msg = f"{plan.name}: {what} could not be completed: {sink.first_line(exc)}"
                     summary.warnings.append(msg)
                     self.log.warning("post_load_failed", table=plan.name, what=what, error=msg)
         with conn.transaction(), conn.cursor() as cur:

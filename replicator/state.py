@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import sqlalchemy as sa
@@ -51,7 +52,7 @@ def head_revision() -> str:
     return head
 
 
-def current_revision(conn: psycopg.Connection[object], schema: str) -> str | None:
+def current_revision(conn: psycopg.Connection[Any], schema: str) -> str | None:
     """The state schema's revision, or None when ``init`` has not run."""
     with conn.cursor() as cur:
         cur.execute(

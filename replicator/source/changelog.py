@@ -108,7 +108,8 @@ def trigger_sql(table: SourceTable) -> list[str]:
 def installed_triggers(conn: sqlite3.Connection) -> dict[str, str]:
     """Our triggers in the source: trigger name -> table name."""
     rows = conn.execute(
-        "SELECT name, tbl_name FROM sqlite_schema WHERE type = 'trigger' AND name LIKE ? ESCAPE '\\'",
+        "SELECT name, tbl_name FROM sqlite_schema "
+        "WHERE type = 'trigger' AND name LIKE ? ESCAPE '\\'",
         (TRIGGER_PREFIX.replace("_", "\\_") + "%",),
     ).fetchall()
     return {str(r[0]): str(r[1]) for r in rows}
@@ -145,7 +146,7 @@ def install(conn: sqlite3.Connection, tables: Sequence[SourceTable]) -> list[str
         if "readonly" in str(exc).lower() or "read-only" in str(exc).lower():
             raise SourceError(
                 "the source is read-only, so change-capture triggers cannot be installed; "
-                "use capture = \"cursor\""
+                'use capture = "cursor"'
             ) from exc
         raise SourceError(f"installing change-capture triggers failed: {exc}") from exc
     return [t.name for t in tables]
@@ -253,13 +254,20 @@ def read_changes(
     return out
 
 
-def depth(conn: sqlite3.Connection, after: int) -> tuple[int, float | None]:
-    """(changes after ``after``, captured_at of the oldest of them)."""
-    row = conn.execute(
-        f"SELECT count(*), min(captured_at) FROM {sqlite_ident(CHANGELOG)} WHERE seq > ?",
+def lag_by_table(conn: sqlite3.Connection, after: int) -> dict[str, tuple[int, float | None]]:
+    """Per table: (changes after ``after``, captured_at of the oldest of them)."""
+    rows = conn.execute(
+        f"SELECT tbl, count(*), min(captured_at) FROM {sqlite_ident(CHANGELOG)} "
+        "WHERE seq > ? GROUP BY tbl",
         (after,),
-    ).fetchone()
-    return int(row[0]), (float(row[1]) if row[1] is not None else None)
+    ).fetchall()
+    return {str(r[0]): (int(r[1]), float(r[2]) if r[2] is not None else None) for r in rows}
+
+
+def log_rows(conn: sqlite3.Connection) -> int:
+    """Rows in the change log, applied or not (what pruning has not removed yet)."""
+    row = conn.execute(f"SELECT count(*) FROM {sqlite_ident(CHANGELOG)}").fetchone()
+    return int(row[0])
 
 
 def prune(conn: sqlite3.Connection, upto: int, batch: int) -> int:

@@ -1,0 +1,276 @@
+"""Applying a batch of captured changes to PostgreSQL with exactly-once effect.
+
+A batch is coalesced per row (only the last image of a key counts), then
+applied in one transaction in an order the target's foreign keys accept:
+children's deletes before parents', parents' upserts before children's. The
+stream position is written in the same transaction, so whatever kills the
+process, a restart re-reads exactly the changes whose effect is not committed.
+
+When the coalesced fast path hits a row-level error (a bad value, a foreign
+key or unique conflict that only the original order resolves), the batch is
+replayed change by change in log order, each in a savepoint; what still fails
+goes to the dead-letter table and the rest is applied.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from psycopg import sql
+
+from replicator import deadletter, sink
+from replicator.deadletter import DeadLetter, json_safe
+from replicator.errors import CoercionError, DataError
+from replicator.identifiers import pg_ident
+from replicator.schema import TablePlan
+from replicator.source.changelog import Change
+from replicator.source.sqlite import ROWID
+
+Row = tuple[object, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StreamPosition:
+    """Where the stream stands: every change with ``seq <= seq`` is applied."""
+
+    seq: int
+    snapshot_seq: int  # the log position recorded before the snapshot started
+
+    def __str__(self) -> str:
+        return str(self.seq)
+
+    @classmethod
+    def parse(cls, text: str) -> StreamPosition:
+        return cls(seq=int(text), snapshot_seq=int(text))
+
+
+def load_position(cur: sink.Cursor, schema: str) -> StreamPosition | None:
+    cur.execute(
+        sql.SQL("SELECT seq, snapshot_seq FROM {} WHERE id = 1").format(
+            pg_ident(schema, "stream_position")
+        )
+    )
+    row = cur.fetchone()
+    return StreamPosition(int(row[0]), int(row[1])) if row else None
+
+
+def init_position(cur: sink.Cursor, schema: str, seq: int) -> StreamPosition:
+    cur.execute(
+        sql.SQL(
+            "INSERT INTO {} (id, seq, snapshot_seq) VALUES (1, %s, %s) ON CONFLICT (id) DO NOTHING"
+        ).format(pg_ident(schema, "stream_position")),
+        (seq, seq),
+    )
+    found = load_position(cur, schema)
+    assert found is not None
+    return found
+
+
+def save_position(cur: sink.Cursor, schema: str, seq: int, applied: int) -> None:
+    cur.execute(
+        sql.SQL(
+            "UPDATE {} SET seq = %s, applied_at = now(), "
+            "changes_applied = changes_applied + %s WHERE id = 1"
+        ).format(pg_ident(schema, "stream_position")),
+        (seq, applied),
+    )
+
+
+@dataclass
+class BatchResult:
+    first_seq: int
+    last_seq: int
+    changes: int  # read from the log
+    applied: Counter[tuple[str, str]] = field(default_factory=Counter)  # (table, op) -> rows
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    oldest_captured_at: float = 0.0
+    newest_captured_at: float = 0.0
+    replayed: bool = False  # the fast path failed and the batch was replayed in order
+    seconds: float = 0.0
+
+
+class Applier:
+    """Applies batches for a fixed set of table plans (in dependency order)."""
+
+    def __init__(
+        self, plans: Sequence[TablePlan], state_schema: str, *, stop_on_error: bool = False
+    ):
+        self.plans = {p.source.name: p for p in plans}
+        self.order = [p.source.name for p in plans]
+        self.writers = {p.source.name: sink.TableWriter(p) for p in plans}
+        self.schema = state_schema
+        self.stop_on_error = stop_on_error
+        self.open_dead: Counter[str] = Counter()
+
+    def load_open_dead_letters(self, conn: sink.Connection) -> None:
+        with conn.cursor() as cur:
+            self.open_dead = Counter(deadletter.count_open(cur, self.schema))
+
+    def forget_connection(self, conn: sink.Connection) -> None:
+        for writer in self.writers.values():
+            writer.forget_connection(conn)
+
+    # -- conversion ---------------------------------------------------------
+
+    def _raw_row(self, plan: TablePlan, change: Change) -> Row:
+        image = change.image or {}
+        return tuple(
+            change.key[0] if c.source == ROWID else image.get(c.source) for c in plan.columns
+        )
+
+    def _letter(
+        self,
+        plan: TablePlan,
+        change: Change,
+        column: str | None,
+        raw: object,
+        error: str,
+        state: str | None,
+    ) -> DeadLetter:
+        image = None
+        if change.image is not None:
+            image = {k: json_safe(v) for k, v in change.image.items()}
+        return DeadLetter(
+            table=plan.source.name,
+            key=change.key,
+            column=column,
+            raw_value=raw,
+            error=error,
+            sqlstate=state,
+            stage="stream",
+            change={"op": change.op, "seq": change.seq, "image": image},
+            position=change.seq,
+        )
+
+    def _convert(self, plan: TablePlan, change: Change) -> Row | DeadLetter:
+        """The target row for an upsert, or the dead letter explaining why not."""
+        raw = self._raw_row(plan, change)
+        out = []
+        for col, value in zip(plan.columns, raw, strict=True):
+            try:
+                out.append(col.convert(value))
+            except CoercionError as exc:
+                return self._letter(plan, change, col.source, value, exc.reason, None)
+        return tuple(out)
+
+    def _key_row(self, plan: TablePlan, change: Change) -> Row | DeadLetter:
+        by_source = {c.source: c for c in plan.columns}
+        out = []
+        for name, value in zip(plan.key, change.key, strict=True):
+            try:
+                out.append(by_source[name].convert(value))
+            except CoercionError as exc:
+                return self._letter(plan, change, name, value, exc.reason, None)
+        return tuple(out)
+
+    # -- applying -------------------------------------------------------------
+
+    def apply(self, conn: sink.Connection, changes: Sequence[Change]) -> BatchResult:
+        """Apply ``changes`` (consecutive, in log order) in one transaction."""
+        started = time.monotonic()
+        result = BatchResult(
+            first_seq=changes[0].seq,
+            last_seq=changes[-1].seq,
+            changes=len(changes),
+            oldest_captured_at=min(c.captured_at for c in changes),
+            newest_captured_at=max(c.captured_at for c in changes),
+        )
+        relevant = [c for c in changes if c.table in self.plans]
+        with conn.transaction():
+            try:
+                with conn.transaction():
+                    self._apply_coalesced(conn, relevant, result)
+            except Exception as exc:
+                if not sink.is_row_error(exc):
+                    raise
+                result.applied.clear()
+                result.dead_letters.clear()
+                result.replayed = True
+                self._apply_in_order(conn, relevant, result)
+            if self.stop_on_error and result.dead_letters:
+                first = result.dead_letters[0]
+                raise DataError(f'{first.describe()} (on_error = "stop")')
+            with conn.cursor() as cur:
+                if result.dead_letters:
+                    deadletter.record(cur, self.schema, result.dead_letters)
+                self._heal(cur, relevant, result)
+                save_position(cur, self.schema, result.last_seq, len(changes))
+        for letter in result.dead_letters:
+            self.open_dead[letter.table] += 1
+        result.seconds = time.monotonic() - started
+        return result
+
+    def _apply_coalesced(
+        self, conn: sink.Connection, changes: Sequence[Change], result: BatchResult
+    ) -> None:
+        last: dict[tuple[str, tuple[Any, ...]], Change] = {}
+        for change in changes:
+            last[(change.table, change.key)] = change
+        deletes: dict[str, list[Row]] = {}
+        upserts: dict[str, list[Row]] = {}
+        for (table, _key), change in last.items():
+            plan = self.plans[table]
+            row = self._key_row(plan, change) if change.is_delete else self._convert(plan, change)
+            if isinstance(row, DeadLetter):
+                result.dead_letters.append(row)
+                continue
+            (deletes if change.is_delete else upserts).setdefault(table, []).append(row)
+        with conn.cursor() as cur:
+            for table in reversed(self.order):
+                if table in deletes:
+                    self.writers[table].delete(cur, deletes[table])
+                    result.applied[(table, "delete")] += len(deletes[table])
+            for table in self.order:
+                if table in upserts:
+                    self.writers[table].upsert(cur, upserts[table])
+                    result.applied[(table, "upsert")] += len(upserts[table])
+
+    def _apply_in_order(
+        self, conn: sink.Connection, changes: Sequence[Change], result: BatchResult
+    ) -> None:
+        for change in changes:
+            plan = self.plans[change.table]
+            writer = self.writers[change.table]
+            row = self._key_row(plan, change) if change.is_delete else self._convert(plan, change)
+            if isinstance(row, DeadLetter):
+                result.dead_letters.append(row)
+                continue
+            try:
+                with conn.transaction(), conn.cursor() as cur:
+                    if change.is_delete:
+                        writer.delete(cur, [row])
+                    else:
+                        writer.upsert(cur, [row])
+            except Exception as exc:
+                if not sink.is_row_error(exc):
+                    raise
+                failure = sink.RowFailure(
+                    0, sink.first_line(exc), getattr(exc, "sqlstate", None), None
+                )
+                diag = getattr(exc, "diag", None)
+                column = diag.column_name if diag is not None else None
+                raw = (change.image or {}).get(column) if column else None
+                result.dead_letters.append(
+                    self._letter(plan, change, column, raw, failure.error, failure.sqlstate)
+                )
+                continue
+            result.applied[(change.table, "delete" if change.is_delete else "upsert")] += 1
+
+    def _heal(self, cur: sink.Cursor, changes: Sequence[Change], result: BatchResult) -> None:
+        """A later successful write of a dead-lettered key resolves its dead letters."""
+        if not self.open_dead:
+            return
+        failed = {(d.table, tuple(d.key)) for d in result.dead_letters}
+        keys: dict[str, set[tuple[Any, ...]]] = {}
+        for change in changes:
+            if self.open_dead.get(change.table) and (change.table, change.key) not in failed:
+                keys.setdefault(change.table, set()).add(change.key)
+        for table, table_keys in keys.items():
+            healed = deadletter.resolve_keys(
+                cur, self.schema, table, list(table_keys), "healed by a later change"
+            )
+            self.open_dead[table] = max(0, self.open_dead[table] - healed)

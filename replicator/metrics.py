@@ -1,0 +1,162 @@
+"""Prometheus metrics and the health endpoints, served on one loopback port.
+
+Collectors are module-level and named ``replicator_*`` in base units;
+counters end in ``_total``; labels are of low cardinality (``table``, ``op``,
+``kind``). ``/healthz`` says the loop is alive (its last tick is recent);
+``/readyz`` says it is connected and the lag is under the configured
+threshold: the cutover signal.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    generate_latest,
+)
+
+from replicator import __version__
+
+LAG_SECONDS = Gauge(
+    "replicator_lag_seconds",
+    "Age of the oldest change not yet applied (0 when caught up).",
+    ["table"],
+)
+LAG_CHANGES = Gauge("replicator_lag_changes", "Changes captured but not yet applied.", ["table"])
+CHANGES_APPLIED = Counter(
+    "replicator_changes_applied_total", "Row changes applied to the target.", ["table", "op"]
+)
+ROWS_COPIED = Counter("replicator_rows_copied_total", "Rows copied by the snapshot.", ["table"])
+BATCHES = Counter("replicator_batches_total", "Change batches committed to the target.")
+BATCH_DURATION = Histogram(
+    "replicator_batch_duration_seconds",
+    "Time to apply one batch, read to commit.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+BATCH_SIZE = Histogram(
+    "replicator_batch_size_changes",
+    "Changes per applied batch.",
+    buckets=(1, 5, 10, 50, 100, 500, 1000, 5000, 10000, 50000),
+)
+APPLY_LATENCY = Histogram(
+    "replicator_apply_latency_seconds",
+    "Source commit to applied in the target, per change.",
+    buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+DEAD_LETTERS = Counter(
+    "replicator_dead_letters_total", "Rows sent to the dead-letter table.", ["table"]
+)
+ERRORS = Counter("replicator_errors_total", "Errors by kind.", ["kind"])
+RETRIES = Counter("replicator_retries_total", "Retries of transient failures by kind.", ["kind"])
+SNAPSHOT_PROGRESS = Gauge(
+    "replicator_snapshot_progress_ratio", "Fraction of a table copied by the snapshot.", ["table"]
+)
+LAST_APPLIED = Gauge(
+    "replicator_last_applied_timestamp_seconds",
+    "Unix time of the last change applied to a table.",
+    ["table"],
+)
+SOURCE_POSITION = Gauge("replicator_source_position", "Newest change-log position in the source.")
+APPLIED_POSITION = Gauge(
+    "replicator_applied_position", "Change-log position committed in the target."
+)
+CHANGELOG_DEPTH = Gauge(
+    "replicator_changelog_depth", "Rows in the source change log (not yet pruned)."
+)
+UP = Gauge("replicator_up", "1 while the daemon runs and is connected to both databases.")
+BUILD = Info("replicator_build", "Version of the running replicator.")
+BUILD.info({"version": __version__})
+
+
+class Health:
+    """What the health endpoints report; updated by the daemon loop."""
+
+    def __init__(self, stuck_after: float, lag_ready: float) -> None:
+        self.stuck_after = stuck_after
+        self.lag_ready = lag_ready
+        self.last_tick = time.monotonic()
+        self.connected = False
+        self.lag_seconds = float("inf")
+        self.state = "starting"
+        self._lock = threading.Lock()
+
+    def tick(self, *, connected: bool, lag_seconds: float, state: str) -> None:
+        with self._lock:
+            self.last_tick = time.monotonic()
+            self.connected = connected
+            self.lag_seconds = lag_seconds
+            self.state = state
+
+    def live(self) -> tuple[bool, dict[str, Any]]:
+        with self._lock:
+            age = time.monotonic() - self.last_tick
+            return age < self.stuck_after, {"state": self.state, "last_tick_age_s": round(age, 3)}
+
+    def ready(self) -> tuple[bool, dict[str, Any]]:
+        ok, body = self.live()
+        with self._lock:
+            body.update(connected=self.connected, lag_seconds=self.lag_seconds)
+            ready = ok and self.connected and self.lag_seconds <= self.lag_ready
+            ready = ready and self.state == "streaming"
+        return ready, body
+
+
+def _handler(health: Health) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._send(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
+            elif path in ("/healthz", "/readyz"):
+                check: Callable[[], tuple[bool, dict[str, Any]]] = (
+                    health.live if path == "/healthz" else health.ready
+                )
+                ok, body = check()
+                payload = json.dumps({"ok": ok, **body}, default=str).encode()
+                self._send(200 if ok else 503, payload, "application/json")
+            else:
+                self._send(404, b"not found\n", "text/plain")
+
+        def _send(self, code: int, body: bytes, content_type: str) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return  # scrapes are not log events
+
+    return Handler
+
+
+class MetricsServer:
+    def __init__(self, host: str, port: int, health: Health) -> None:
+        self.server = ThreadingHTTPServer((host, port), _handler(health))
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, name="metrics", daemon=True
+        )
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+    def start(self) -> MetricsServer:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
