@@ -26,7 +26,7 @@ from replicator import deadletter, sink
 from replicator.deadletter import DeadLetter, json_safe
 from replicator.errors import CoercionError, DataError
 from replicator.identifiers import pg_ident
-from replicator.schema import TablePlan
+from replicator.schema import TablePlan, target_sequences
 from replicator.source.changelog import Change
 from replicator.source.sqlite import ROWID
 
@@ -90,6 +90,7 @@ class BatchResult:
     oldest_captured_at: float = 0.0
     newest_captured_at: float = 0.0
     replayed: bool = False  # the fast path failed and the batch was replayed in order
+    max_ids: dict[tuple[str, int], int] = field(default_factory=dict)  # for sequences
     seconds: float = 0.0
 
 
@@ -105,6 +106,19 @@ class Applier:
         self.schema = state_schema
         self.stop_on_error = stop_on_error
         self.open_dead: Counter[str] = Counter()
+        # table -> [(column position, sequence)], filled by load_sequences().
+        self.sequences: dict[str, list[tuple[int, sql.Identifier]]] = {}
+
+    def load_sequences(self, conn: sink.Connection) -> None:
+        """Serial/identity columns to keep ahead of the ids the stream writes, so
+        an application writing to PostgreSQL (dual-write) never collides."""
+        self.sequences = {}
+        for name, plan in self.plans.items():
+            targets = [c.target for c in plan.columns]
+            for column, (seq_schema, seq_name) in target_sequences(conn, plan):
+                self.sequences.setdefault(name, []).append(
+                    (targets.index(column), pg_ident(seq_schema, seq_name))
+                )
 
     def load_open_dead_letters(self, conn: sink.Connection) -> None:
         with conn.cursor() as cur:
@@ -189,12 +203,14 @@ class Applier:
                     raise
                 result.applied.clear()
                 result.dead_letters.clear()
+                result.max_ids.clear()
                 result.replayed = True
                 self._apply_in_order(conn, relevant, result)
             if self.stop_on_error and result.dead_letters:
                 first = result.dead_letters[0]
                 raise DataError(f'{first.describe()} (on_error = "stop")')
             with conn.cursor() as cur:
+                self._advance_sequences(cur, result)
                 if result.dead_letters:
                     deadletter.record(cur, self.schema, result.dead_letters)
                 self._heal(cur, relevant, result)
@@ -228,6 +244,7 @@ class Applier:
                 if table in upserts:
                     self.writers[table].upsert(cur, upserts[table])
                     result.applied[(table, "upsert")] += len(upserts[table])
+                    self._note_ids(table, upserts[table], result)
 
     def _apply_in_order(
         self, conn: sink.Connection, changes: Sequence[Change], result: BatchResult
@@ -245,6 +262,7 @@ class Applier:
                         writer.delete(cur, [row])
                     else:
                         writer.upsert(cur, [row])
+                        self._note_ids(change.table, [row], result)
             except Exception as exc:
                 if not sink.is_row_error(exc):
                     raise
@@ -259,6 +277,25 @@ class Applier:
                 )
                 continue
             result.applied[(change.table, "delete" if change.is_delete else "upsert")] += 1
+
+    def _advance_sequences(self, cur: sink.Cursor, result: BatchResult) -> None:
+        for (table, column), top in result.max_ids.items():
+            pos_seq = dict(self.sequences.get(table, []))
+            seq = pos_seq[column]
+            cur.execute(
+                sql.SQL(
+                    "SELECT setval({lit}::regclass, %s) WHERE %s > (SELECT CASE WHEN is_called"
+                    " THEN last_value ELSE last_value - 1 END FROM {seq})"
+                ).format(lit=sql.Literal(seq.as_string(None)), seq=seq),
+                (top, top),
+            )
+
+    def _note_ids(self, table: str, rows: Sequence[Row], result: BatchResult) -> None:
+        for position, _seq in self.sequences.get(table, []):
+            ints = [v for r in rows if isinstance(v := r[position], int)]
+            if ints:
+                key = (table, position)
+                result.max_ids[key] = max(*ints, result.max_ids.get(key, ints[0]))
 
     def _heal(self, cur: sink.Cursor, changes: Sequence[Change], result: BatchResult) -> None:
         """A later successful write of a dead-lettered key resolves its dead letters."""

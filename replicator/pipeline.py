@@ -400,6 +400,7 @@ class Daemon:
             self.plans, self.schema, stop_on_error=self.config.snapshot.on_error == "stop"
         )
         applier.load_open_dead_letters(conn)
+        applier.load_sequences(conn)
         self.applier = applier
         with conn.cursor() as cur:
             self.position = load_position(cur, self.schema)
