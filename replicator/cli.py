@@ -319,6 +319,44 @@ def verify(
     run_guarded(ctx, go)
 
 
+@main.command()
+@click.option("--artifacts", type=int, default=20_000, help="Size of the sample database.")
+@click.option("--seconds", type=float, default=15.0, help="How long the sample app writes.")
+@click.option("--rate", type=float, default=300.0, help="App transactions per second.")
+@click.option(
+    "--workdir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Keep the sample SQLite database here (default: a temporary folder, removed).",
+)
+@click.pass_context
+def demo(
+    ctx: click.Context, artifacts: int, seconds: float, rate: float, workdir: Path | None
+) -> None:
+    """Replicate a sample reference-app database end to end, live.
+
+    Builds a sample SQLite database, creates the app's PostgreSQL schema,
+    replicates it while a background writer behaves like the app, shows live
+    status, then verifies. Uses DATABASE_URL's server when set (in a database
+    of its own, dropped afterwards), else a throwaway local PostgreSQL.
+    """
+
+    def go() -> int:
+        from replicator.demo import run_demo
+
+        server = os.environ.get("DATABASE_URL") or ctx.obj.overrides.get("target.url")
+        return run_demo(
+            server,
+            artifacts=artifacts,
+            seconds=seconds,
+            rate=rate,
+            workdir=workdir,
+            out=sys.stdout,
+        )
+
+    run_guarded(ctx, go)
+
+
 def entrypoint() -> None:  # pragma: no cover - thin wrapper for python -m
     main(prog_name=os.path.basename(sys.argv[0]) or "replicator")
 

@@ -38,6 +38,7 @@ from replicator.source.sqlite import ROWID, open_source, read_transaction
 from replicator.state import current_revision, head_revision, migrate
 
 RawRow = tuple[Any, ...]
+FOREIGN_KEY_VIOLATION = "23503"
 CREATED_TABLES_KEY = "created_tables"
 
 
@@ -392,7 +393,12 @@ class Snapshotter:
                     )
                     checkpoint.save_progress(cur, self.schema, progress)
             for letter in letters:
-                log.warning("dead_letter", stage="snapshot", reason=letter.describe())
+                if letter.sqlstate == FOREIGN_KEY_VIOLATION:
+                    # Usually a child whose parent was inserted after the parent
+                    # table was copied: the stream replays both and heals it.
+                    log.info("waiting_for_parent", stage="snapshot", reason=letter.describe())
+                else:
+                    log.warning("dead_letter", stage="snapshot", reason=letter.describe())
             self.display.chunk(
                 name, progress.rows_read, progress.rows_total, started, len(raw_rows)
             )

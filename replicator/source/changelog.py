@@ -264,6 +264,15 @@ def lag_by_table(conn: sqlite3.Connection, after: int) -> dict[str, tuple[int, f
     return {str(r[0]): (int(r[1]), float(r[2]) if r[2] is not None else None) for r in rows}
 
 
+def depth(conn: sqlite3.Connection, after: int) -> tuple[int, float | None]:
+    """(changes after ``after``, captured_at of the oldest of them)."""
+    row = conn.execute(
+        f"SELECT count(*), min(captured_at) FROM {sqlite_ident(CHANGELOG)} WHERE seq > ?",
+        (after,),
+    ).fetchone()
+    return int(row[0]), (float(row[1]) if row[1] is not None else None)
+
+
 def log_rows(conn: sqlite3.Connection) -> int:
     """Rows in the change log, applied or not (what pruning has not removed yet)."""
     row = conn.execute(f"SELECT count(*) FROM {sqlite_ident(CHANGELOG)}").fetchone()
