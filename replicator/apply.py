@@ -80,6 +80,23 @@ def save_position(cur: sink.Cursor, schema: str, seq: int, applied: int) -> None
     )
 
 
+def save_table_stats(cur: sink.Cursor, schema: str, result: BatchResult) -> None:
+    per_table: Counter[str] = Counter()
+    for (table, _op), count in result.applied.items():
+        per_table[table] += count
+    if not per_table:
+        return
+    cur.executemany(
+        sql.SQL(
+            "INSERT INTO {} AS s (table_name, changes_applied, last_applied_at, last_position)"
+            " VALUES (%s, %s, now(), %s) ON CONFLICT (table_name) DO UPDATE SET"
+            " changes_applied = s.changes_applied + EXCLUDED.changes_applied,"
+            " last_applied_at = now(), last_position = EXCLUDED.last_position"
+        ).format(pg_ident(schema, "table_stats")),
+        [(table, count, result.last_seq) for table, count in sorted(per_table.items())],
+    )
+
+
 @dataclass
 class BatchResult:
     first_seq: int
@@ -215,6 +232,7 @@ class Applier:
                     deadletter.record(cur, self.schema, result.dead_letters)
                 self._heal(cur, relevant, result)
                 save_position(cur, self.schema, result.last_seq, len(changes))
+                save_table_stats(cur, self.schema, result)
         for letter in result.dead_letters:
             self.open_dead[letter.table] += 1
         result.seconds = time.monotonic() - started

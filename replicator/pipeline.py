@@ -23,12 +23,14 @@ import socket
 import sqlite3
 import threading
 import time
+from collections import Counter, deque
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.types.json import Jsonb
 from tenacity import (
     RetryCallState,
     Retrying,
@@ -48,6 +50,8 @@ from replicator.snapshot import Snapshotter, ensure_state
 from replicator.source import changelog
 from replicator.source.sqlite import open_source
 from replicator.systemd import Notifier
+
+RATE_WINDOW = 60.0  # seconds of history behind the per-table throughput in the heartbeat
 
 # SQLSTATEs worth retrying, with the kind we count them under.
 TRANSIENT_STATES = {
@@ -269,6 +273,8 @@ class Daemon:
         self._ready_sent = False
         self._pruned_upto = 0
         self._lag = float("inf")
+        self._applied: Counter[str] = Counter()  # changes applied per table since start
+        self._rate_window: deque[tuple[float, Counter[str]]] = deque()
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -474,6 +480,7 @@ class Daemon:
         metrics.BATCH_SIZE.observe(result.changes)
         metrics.APPLIED_POSITION.set(result.last_seq)
         for (table, op), count in result.applied.items():
+            self._applied[table] += count
             metrics.CHANGES_APPLIED.labels(table, op).inc(count)
             metrics.LAST_APPLIED.labels(table).set(now)
         for letter in result.dead_letters:
@@ -518,13 +525,23 @@ class Daemon:
         if self.conn is None or (not force and now - self._last_heartbeat < 2.0):
             return
         self._last_heartbeat = now
+        self._rate_window.append((now, Counter(self._applied)))
+        while len(self._rate_window) > 2 and now - self._rate_window[1][0] >= RATE_WINDOW:
+            self._rate_window.popleft()
+        first_at, first = self._rate_window[0]
+        span = now - first_at
+        rates = {
+            t: round((self._applied[t] - first[t]) / span, 2) if span > 0 else 0.0
+            for t in (p.source.name for p in self.plans)
+        }
         self.conn.execute(
             sql.SQL(
                 "INSERT INTO {} (id, host, pid, version, started_at, heartbeat_at, state,"
-                " last_error) VALUES (1, %s, %s, %s, to_timestamp(%s), now(), %s, %s)"
+                " last_error, rates) VALUES (1, %s, %s, %s, to_timestamp(%s), now(), %s, %s, %s)"
                 " ON CONFLICT (id) DO UPDATE SET host = EXCLUDED.host, pid = EXCLUDED.pid,"
                 " version = EXCLUDED.version, started_at = EXCLUDED.started_at,"
                 " heartbeat_at = now(), state = EXCLUDED.state, last_error = EXCLUDED.last_error,"
+                " rates = EXCLUDED.rates,"
                 " stopped_at = NULL"
             ).format(pg_ident(self.schema, "daemon")),
             (
@@ -534,6 +551,7 @@ class Daemon:
                 self._started_at,
                 self._state,
                 self.errors.last_error or None,
+                Jsonb(rates),
             ),
         )
 

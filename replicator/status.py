@@ -1,0 +1,316 @@
+"""``replicator status``: how far behind PostgreSQL is, whether or not the daemon runs.
+
+Everything comes from the state schema in PostgreSQL (position, per-table
+stats, the daemon's heartbeat, dead letters), the advisory lock, and the
+SQLite file (row counts, the change log's head). The SQLite file is opened
+read-only and each read is a short transaction.
+
+Exit codes: 0 in sync; 1 behind, stalled or not started; 2 state unreadable.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from replicator import sink
+from replicator.config import Config
+from replicator.errors import ReplicatorError
+from replicator.identifiers import pg_ident, sqlite_ident
+from replicator.pipeline import lock_key
+from replicator.schema import select_tables
+from replicator.source import changelog
+from replicator.source.sqlite import list_tables, open_source, read_transaction
+from replicator.state import current_revision, head_revision
+
+STALE_AFTER = 15.0  # seconds without a heartbeat before a "running" daemon is called stale
+
+
+class StateUnreadable(ReplicatorError):
+    exit_code = 2
+
+
+@dataclass
+class TableStatus:
+    table: str
+    mode: str
+    source_rows: int | None
+    target_rows: int | None
+    snapshot: str
+    lag_changes: int
+    lag_seconds: float
+    last_applied_at: datetime | None
+    per_second: float
+    dead_letters: int
+
+
+@dataclass
+class DaemonStatus:
+    state: str  # running (streaming/snapshot/retrying/standby), stopped, stale, never started
+    host: str | None = None
+    pid: int | None = None
+    since: datetime | None = None
+    heartbeat_age: float | None = None
+    last_error: str | None = None
+    lock_holder: str | None = None
+
+
+@dataclass
+class Status:
+    daemon: DaemonStatus
+    tables: list[TableStatus] = field(default_factory=list)
+    applied_position: int | None = None
+    source_position: int | None = None
+    verdict: str = "not started"
+    eta_seconds: float | None = None
+    exit_code: int = 1
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["lag_changes"] = sum(t.lag_changes for t in self.tables)
+        out["lag_seconds"] = max((t.lag_seconds for t in self.tables), default=0.0)
+        return out
+
+
+def _q(
+    conn: sink.Connection, query: sql.SQL | sql.Composed, params: tuple[Any, ...] = ()
+) -> list[Any]:
+    with conn.cursor() as cur:
+        cur.execute(query, params)
+        return cur.fetchall()
+
+
+def read_status(config: Config) -> Status:
+    dsn = config.require_target()
+    schema = config.target.state_schema
+    try:
+        conn = sink.connect(dsn, autocommit=True, connect_timeout=config.target.connect_timeout)
+    except ReplicatorError as exc:
+        raise StateUnreadable(str(exc)) from None
+    try:
+        with conn:
+            return _read(conn, config, schema)
+    except psycopg.Error as exc:
+        raise StateUnreadable(
+            f"cannot read the state schema {schema!r}: {sink.first_line(exc)}"
+        ) from None
+
+
+def _read(conn: sink.Connection, config: Config, schema: str) -> Status:
+    revision = current_revision(conn, schema)
+    if revision is None:
+        return Status(daemon=DaemonStatus(state="never started"), verdict="not started")
+    if revision != head_revision():
+        raise StateUnreadable(
+            f"the state schema {schema!r} is at revision {revision}, this replicator needs "
+            f"{head_revision()}: run `replicator init`"
+        )
+    daemon = _daemon(conn, schema)
+    pos_rows = _q(
+        conn, sql.SQL("SELECT seq FROM {} WHERE id = 1").format(pg_ident(schema, "stream_position"))
+    )
+    applied = int(pos_rows[0][0]) if pos_rows else None
+    progress = {
+        str(r[0]): (int(r[1]), r[2], bool(r[3]))
+        for r in _q(
+            conn,
+            sql.SQL("SELECT table_name, rows_written, rows_total, done FROM {}").format(
+                pg_ident(schema, "snapshot_progress")
+            ),
+        )
+    }
+    stats = {
+        str(r[0]): (int(r[1]), r[2])
+        for r in _q(
+            conn,
+            sql.SQL("SELECT table_name, changes_applied, last_applied_at FROM {}").format(
+                pg_ident(schema, "table_stats")
+            ),
+        )
+    }
+    dead = {
+        str(r[0]): int(r[1])
+        for r in _q(
+            conn,
+            sql.SQL(
+                "SELECT table_name, count(*) FROM {} WHERE resolved_at IS NULL GROUP BY 1"
+            ).format(pg_ident(schema, "dead_letters")),
+        )
+    }
+    rates_row = _q(
+        conn, sql.SQL("SELECT rates FROM {} WHERE id = 1").format(pg_ident(schema, "daemon"))
+    )
+    rates: dict[str, float] = (rates_row[0][0] or {}) if rates_row else {}
+    status = Status(daemon=daemon, applied_position=applied)
+
+    path = config.require_source()
+    source = open_source(path, readonly=True, busy_timeout_ms=config.source.busy_timeout_ms)
+    try:
+        with read_transaction(source):
+            names = select_tables(list_tables(source), config.tables.include, config.tables.exclude)
+            has_log = changelog.changelog_exists(source)
+            triggers = set(changelog.installed_triggers(source).values()) if has_log else set()
+            head = changelog.head_position(source) if has_log else None
+            lag = changelog.lag_by_table(source, applied) if has_log and applied is not None else {}
+            counts = {
+                n: int(source.execute(f"SELECT count(*) FROM {sqlite_ident(n)}").fetchone()[0])
+                for n in names
+            }
+    finally:
+        source.close()
+    status.source_position = head
+    now = time.time()
+    for name in names:
+        target_rows = _target_count(
+            conn, config.target.schema, config.table_config(name).target or name
+        )
+        snap = progress.get(name)
+        if snap is None:
+            snapshot = "not started"
+        elif snap[2]:
+            snapshot = "done"
+        else:
+            total = snap[1] or 0
+            snapshot = f"{100 * snap[0] / total:.0f}%" if total else "running"
+        count, oldest = lag.get(name, (0, None))
+        status.tables.append(
+            TableStatus(
+                table=name,
+                mode="triggers" if name in triggers else "none",
+                source_rows=counts.get(name),
+                target_rows=target_rows,
+                snapshot=snapshot,
+                lag_changes=count,
+                lag_seconds=round(max(0.0, now - oldest), 3) if oldest is not None else 0.0,
+                last_applied_at=stats.get(name, (0, None))[1],
+                per_second=float(rates.get(name, 0.0)),
+                dead_letters=dead.get(name, 0),
+            )
+        )
+    _verdict(status)
+    return status
+
+
+def _target_count(conn: sink.Connection, schema: str, table: str) -> int | None:
+    try:
+        rows = _q(conn, sql.SQL("SELECT count(*) FROM {}").format(pg_ident(schema, table)))
+    except psycopg.errors.UndefinedTable:
+        return None
+    return int(rows[0][0])
+
+
+def _daemon(conn: sink.Connection, schema: str) -> DaemonStatus:
+    rows = _q(
+        conn,
+        sql.SQL(
+            "SELECT host, pid, started_at, extract(epoch FROM now() - heartbeat_at), state,"
+            " last_error, stopped_at FROM {} WHERE id = 1"
+        ).format(pg_ident(schema, "daemon")),
+    )
+    key = lock_key(schema)
+    holder = _q(
+        conn,
+        sql.SQL(
+            "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE l.locktype = 'advisory' AND l.granted "
+            "AND l.classid = ((%s::bigint >> 32) & 4294967295)::oid "
+            "AND l.objid = (%s::bigint & 4294967295)::oid AND l.objsubid = 1"
+        ),
+        (key, key),
+    )
+    lock_holder = str(holder[0][0]) if holder else None
+    if not rows:
+        return DaemonStatus(state="never started", lock_holder=lock_holder)
+    host, pid, started, age, state, last_error, stopped_at = rows[0]
+    age_s = float(age) if age is not None else None
+    if stopped_at is not None and lock_holder is None:
+        shown = "stopped"
+    elif lock_holder is None or (age_s is not None and age_s > STALE_AFTER):
+        shown = "stale heartbeat"
+    else:
+        shown = f"running ({state})"
+    return DaemonStatus(
+        state=shown,
+        host=str(host),
+        pid=int(pid),
+        since=stopped_at if shown == "stopped" else started,
+        heartbeat_age=round(age_s, 1) if age_s is not None else None,
+        last_error=str(last_error) if last_error else None,
+        lock_holder=lock_holder,
+    )
+
+
+def _verdict(status: Status) -> None:
+    lag = sum(t.lag_changes for t in status.tables)
+    rate = sum(t.per_second for t in status.tables)
+    snapshot_done = all(t.snapshot == "done" for t in status.tables)
+    running = status.daemon.state.startswith("running")
+    if status.applied_position is None and all(t.snapshot == "not started" for t in status.tables):
+        status.verdict, status.exit_code = "not started", 1
+    elif "retrying" in status.daemon.state:
+        error = f": {status.daemon.last_error}" if status.daemon.last_error else ""
+        status.verdict, status.exit_code = f"stalled — retrying{error}", 1
+    elif not snapshot_done:
+        status.verdict = (
+            "catching up — snapshot in progress" if running else "stalled — snapshot unfinished"
+        )
+        status.exit_code = 1
+    elif lag == 0:
+        note = "" if running else f" (daemon {status.daemon.state})"
+        status.verdict, status.exit_code = f"in sync{note}", 0
+    elif running and rate > 0:
+        status.eta_seconds = round(lag / rate, 1)
+        status.verdict, status.exit_code = f"catching up — ETA {_duration(status.eta_seconds)}", 1
+    else:
+        status.verdict, status.exit_code = "stalled", 1
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def _ago(moment: datetime | None) -> str:
+    if moment is None:
+        return "-"
+    delta = (datetime.now(UTC) - moment).total_seconds()
+    return f"{_duration(max(0.0, delta))} ago"
+
+
+def render(status: Status) -> str:
+    d = status.daemon
+    lines = []
+    who = f" on {d.host} pid {d.pid}" if d.host else ""
+    since = f", since {d.since:%Y-%m-%d %H:%M:%S %Z}" if d.since else ""
+    beat = f", heartbeat {d.heartbeat_age:.0f}s ago" if d.heartbeat_age is not None else ""
+    lines.append(f"daemon: {d.state}{who}{since}{beat}")
+    if d.lock_holder:
+        lines.append(f"lock:   held by {d.lock_holder}")
+    if d.last_error:
+        lines.append(f"last error: {d.last_error}")
+    lines.append(f"position: applied {_n(status.applied_position)} of {_n(status.source_position)}")
+    head = (
+        f"{'table':<26} {'mode':<8} {'source':>9} {'target':>9} {'snapshot':>9} {'lag':>7} "
+        f"{'lag s':>7} {'last applied':>13} {'/s':>7} {'dead':>5}"
+    )
+    lines += [head, "-" * len(head)]
+    for t in status.tables:
+        lines.append(
+            f"{t.table[:26]:<26} {t.mode:<8} {_n(t.source_rows):>9} {_n(t.target_rows):>9} "
+            f"{t.snapshot:>9} {t.lag_changes:>7} {t.lag_seconds:>7.1f} "
+            f"{_ago(t.last_applied_at):>13} {t.per_second:>7.1f} {t.dead_letters:>5}"
+        )
+    lines.append(f"verdict: {status.verdict}")
+    return "\n".join(lines)
+
+
+def _n(value: int | None) -> str:
+    return "-" if value is None else str(value)
