@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
-from urllib.parse import urlsplit
+from urllib.parse import unquote
 
 from psycopg import conninfo
 
@@ -58,22 +58,23 @@ def redact_dsn(dsn: str) -> str:
     if not dsn:
         return dsn
     if "://" in dsn:
-        parts = urlsplit(dsn)
-        try:
-            netloc = parts.netloc
-        except ValueError:  # pragma: no cover - urlsplit is lenient
-            return "<unparseable connection string>"
-        if "@" in netloc:
-            userinfo, hostinfo = netloc.rsplit("@", 1)
+        # Split the way libpq does, not the way urlsplit does: the user info ends
+        # at the first '@' before any '/', so a password may hold '?', '#' or '['
+        # unescaped (libpq accepts them) and must be masked all the same.
+        scheme, rest = dsn.split("://", 1)
+        cut = next((i for i, ch in enumerate(rest) if ch in "@/"), len(rest))
+        prefix = ""
+        if cut < len(rest) and rest[cut] == "@":
+            userinfo, rest = rest[:cut], rest[cut + 1 :]
             user = userinfo.split(":", 1)[0]
-            netloc = f"{user}:***@{hostinfo}" if ":" in userinfo else f"{user}@{hostinfo}"
-        query = "&".join(
-            "password=***" if q.lower().startswith("password=") else q
-            for q in parts.query.split("&")
-            if q
-        )
-        rebuilt = f"{parts.scheme}://{netloc}{parts.path}"
-        return f"{rebuilt}?{query}" if query else rebuilt
+            prefix = f"{user}:***@" if ":" in userinfo else f"{user}@"
+        hostpath, sep, query = rest.partition("?")
+        if sep:
+            query = "&".join(
+                "password=***" if unquote(q.split("=", 1)[0]).lower() == "password" else q
+                for q in query.split("&")
+            )
+        return f"{scheme}://{prefix}{hostpath}{sep}{query}"
     try:
         params = conninfo.conninfo_to_dict(dsn)
     except Exception:
@@ -236,6 +237,18 @@ class TableConfig:
     columns: Mapping[str, ColumnConfig] = field(
         default_factory=dict, metadata=_doc("Per-column options, keyed by source column name.")
     )
+    conflict: Literal["source_wins", "newer_wins"] = field(
+        default="source_wins",
+        metadata=_doc(
+            "Dual-write safety: 'source_wins' applies every replicated change; 'newer_wins' "
+            "updates a row only when the incoming version_column is not older than the "
+            "target's, so a newer write made directly in PostgreSQL survives."
+        ),
+    )
+    version_column: str | None = field(
+        default=None,
+        metadata=_doc("Version or timestamp column compared by conflict = 'newer_wins'."),
+    )
 
 
 SECTIONS: dict[str, type[Any]] = {
@@ -368,11 +381,12 @@ def _build_table(name: str, raw: Mapping[str, Any]) -> TableConfig:
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{where}: expected a table of settings")
     known = [f.name for f in dataclasses.fields(TableConfig)]
-    target = None
+    hints = _field_types(TableConfig)
+    values: dict[str, Any] = {}
     columns: dict[str, ColumnConfig] = {}
     for key, value in raw.items():
-        if key == "target":
-            target = _convert(value, str, f"{where}.target")
+        if key in known and key != "columns":
+            values[key] = _convert(value, hints[key], f"{where}.{key}")
         elif key == "columns":
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{where}.columns: expected a table of columns")
@@ -382,7 +396,10 @@ def _build_table(name: str, raw: Mapping[str, Any]) -> TableConfig:
                 columns[col] = _build_section(ColumnConfig, opts, f"{where}.columns.{col}")
         else:
             raise ConfigError(f"unknown setting '{where}.{key}'{_did_you_mean(key, known)}")
-    return TableConfig(target=target, columns=columns)
+    table = TableConfig(**values, columns=columns)
+    if table.conflict == "newer_wins" and not table.version_column:
+        raise ConfigError(f'{where}: conflict = "newer_wins" needs version_column')
+    return table
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -494,7 +511,9 @@ def validate_dsn(dsn: str) -> None:
     try:
         conninfo.conninfo_to_dict(dsn)
     except Exception as exc:
-        raise ConfigError(f"target URL {shown} is malformed: {_first_line(exc)}") from None
+        # libpq quotes the whole URI in some messages: never echo the password.
+        reason = _first_line(exc).replace(dsn, shown)
+        raise ConfigError(f"target URL {shown} is malformed: {reason}") from None
 
 
 def parse_address(address: str) -> tuple[str, int]:

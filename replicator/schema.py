@@ -72,6 +72,7 @@ class TablePlan:
     key: tuple[str, ...]  # source names of the key columns (may be "rowid")
     exists: bool  # the target table existed before this run planned it
     parents: tuple[str, ...]  # source names of tables this one references
+    newer_column: str | None = None  # target column compared by conflict = "newer_wins"
 
     @property
     def table(self) -> sql.Identifier:
@@ -388,12 +389,22 @@ def _plan_table(
                 )
         # Target foreign keys order the apply too (they are what PostgreSQL enforces).
         parents |= set(existing.parents)
+    newer_column = None
+    if tconf.conflict == "newer_wins":
+        by_source = {c.source: c.target for c in columns}
+        newer_column = by_source.get(tconf.version_column or "")
+        if newer_column is None:
+            problems.add(
+                f"{table.name}: version_column {tconf.version_column!r} (for conflict = "
+                '"newer_wins") is not a replicated column'
+            )
     return TablePlan(
         source=table,
         schema=schema,
         name=target_name,
         columns=tuple(columns),
         key=key,
+        newer_column=newer_column,
         exists=existing is not None,
         parents=tuple(sorted(parents)),
     )
@@ -492,13 +503,13 @@ def post_load_sql(plan: TablePlan, planned: Sequence[TablePlan]) -> list[tuple[s
             "SET DEFAULT": "SET DEFAULT",
             "RESTRICT": "RESTRICT",
         }.get(fk.on_delete.upper(), "NO ACTION")
-        stmt = sql.SQL(
-            "DO $$ BEGIN "
+        body = sql.SQL(
+            "BEGIN "
             "IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = {name_lit} "
             "AND conrelid = {rel_lit}::regclass) THEN "
             "ALTER TABLE {table} ADD CONSTRAINT {name} FOREIGN KEY ({cols}) "
             "REFERENCES {parent} ({pcols}) ON DELETE {action} NOT VALID; "
-            "END IF; END $$"
+            "END IF; END"
         ).format(
             name_lit=sql.Literal(name),
             rel_lit=sql.Literal(plan.table.as_string(None)),
@@ -509,6 +520,13 @@ def post_load_sql(plan: TablePlan, planned: Sequence[TablePlan]) -> list[tuple[s
             pcols=sql.SQL(", ").join(pg_ident(parent_cols[c]) for c in fk.ref_columns),
             action=sql.SQL(action),
         )
+        # Quoted names may hold "$$": pick a dollar-quote tag the body does not contain.
+        text = body.as_string(None)
+        tag, n = "$replicator$", 0
+        while tag in text:
+            n += 1
+            tag = f"$replicator{n}$"
+        stmt = sql.SQL("DO {tag} {body} {tag}").format(tag=sql.SQL(tag), body=body)
         out.append((f"foreign key {name}", stmt))
         validate = sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(
             plan.table, pg_ident(name)

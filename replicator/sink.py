@@ -100,6 +100,12 @@ class TableWriter:
                     sql.SQL("{} = EXCLUDED.{}").format(pg_ident(c), pg_ident(c)) for c in non_key
                 )
             )
+            if plan.newer_column is not None:
+                # Dual-write safety: never overwrite a row with an older version of it.
+                version = pg_ident(plan.newer_column)
+                action = action + sql.SQL(
+                    " WHERE t.{v} IS NULL OR EXCLUDED.{v} IS NULL OR EXCLUDED.{v} >= t.{v}"
+                ).format(v=version)
         else:
             action = sql.Composed([sql.SQL("DO NOTHING")])
         self.merge_sql = sql.SQL(
