@@ -394,6 +394,332 @@ def status(ctx: click.Context, as_json: bool, watch: bool, interval: float) -> N
     run_guarded(ctx, go)
 
 
+@main.command()
+@click.option("--dry-run", is_flag=True, help="Run the checks; move no sequence, record nothing.")
+@click.option(
+    "--quiet-seconds",
+    type=float,
+    default=0.0,
+    help="First wait until no change was captured for this long (the app stopped writing).",
+)
+@click.option("--timeout", type=float, default=300.0, help="Most seconds to wait for each step.")
+@click.option(
+    "--queries",
+    "queries_file",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    default=None,
+    help="Also run `replicator queries check` on this file.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
+@click.pass_context
+def cutover(
+    ctx: click.Context,
+    dry_run: bool,
+    quiet_seconds: float,
+    timeout: float,
+    queries_file: Path | None,
+    as_json: bool,
+) -> None:
+    """Go / no-go: daemon running, tail applied, verify clean, sequences reset.
+
+    Checks the daemon runs and the lag reaches zero (optionally after the
+    source has been quiet), verifies every table, resets every sequence past
+    its largest id and records the cutover in the state schema. Exit 0 on go,
+    1 on no-go.
+    """
+
+    def go() -> int:
+        import json as jsonlib
+
+        from replicator.cutover import Cutover
+
+        config = ctx.obj.config()
+        report = Cutover(
+            config,
+            dry_run=dry_run,
+            quiet_seconds=quiet_seconds,
+            timeout=timeout,
+            queries=queries_file,
+            out=(lambda _line: None) if as_json else click.echo,
+        ).run()
+        if as_json:
+            click.echo(jsonlib.dumps(report.to_json(), default=str, indent=2))
+        else:
+            click.echo(
+                f"verdict: {'GO' if report.go else 'NO-GO'}" + (" (dry run)" if dry_run else "")
+            )
+        return EXIT_OK if report.go else EXIT_FAILURE
+
+    run_guarded(ctx, go)
+
+
+@main.group("dead-letters")
+def dead_letters() -> None:
+    """Rows that could not be written: list, show, retry after a fix, or discard."""
+
+
+def _letters_selection(ids: tuple[int, ...], table: str | None, every: bool) -> None:
+    if not ids and not table and not every:
+        raise click.UsageError("name dead letters by ID, or use --table NAME or --all")
+
+
+@dead_letters.command("list")
+@click.option("--table", default=None, metavar="NAME", help="Only this source table.")
+@click.option("--all", "include_resolved", is_flag=True, help="Include resolved ones.")
+@click.option("--limit", type=int, default=100, help="Most rows shown.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def dead_letters_list(
+    ctx: click.Context, table: str | None, include_resolved: bool, limit: int, as_json: bool
+) -> None:
+    """List open dead letters: table, key, column and reason."""
+
+    def go() -> int:
+        import json as jsonlib
+        from dataclasses import asdict
+
+        from replicator import deadletter, sink
+
+        config = ctx.obj.config()
+        with sink.connect(config.require_target(), autocommit=True) as conn, conn.cursor() as cur:
+            letters = deadletter.fetch(
+                cur,
+                config.target.state_schema,
+                table=table,
+                include_resolved=include_resolved,
+                limit=limit,
+            )
+        if as_json:
+            click.echo(jsonlib.dumps([asdict(x) for x in letters], default=str, indent=2))
+            return EXIT_OK
+        if not letters:
+            click.echo("no dead letters")
+            return EXIT_OK
+        for x in letters:
+            state = f" [{x.resolution}]" if x.resolved_at else ""
+            key = jsonlib.dumps(x.key, ensure_ascii=False)
+            column = f" {x.column}" if x.column else ""
+            click.echo(f"{x.id:>6} {x.table} {key}{column}: {x.error[:120]}{state}")
+        return EXIT_OK
+
+    run_guarded(ctx, go)
+
+
+@dead_letters.command("show")
+@click.argument("ids", nargs=-1, type=int, required=True)
+@click.pass_context
+def dead_letters_show(ctx: click.Context, ids: tuple[int, ...]) -> None:
+    """Show dead letters in full: raw value, row image, error, position."""
+
+    def go() -> int:
+        import json as jsonlib
+        from dataclasses import asdict
+
+        from replicator import deadletter, sink
+
+        config = ctx.obj.config()
+        with sink.connect(config.require_target(), autocommit=True) as conn, conn.cursor() as cur:
+            letters = deadletter.fetch(cur, config.target.state_schema, ids=ids)
+        missing = set(ids) - {x.id for x in letters}
+        for x in letters:
+            click.echo(jsonlib.dumps(asdict(x), default=str, indent=2, ensure_ascii=False))
+        if missing:
+            click.echo(f"no dead letter with id {', '.join(map(str, sorted(missing)))}", err=True)
+            return EXIT_FAILURE
+        return EXIT_OK
+
+    run_guarded(ctx, go)
+
+
+@dead_letters.command("retry")
+@click.argument("ids", nargs=-1, type=int)
+@click.option("--table", default=None, metavar="NAME", help="Every open one of this table.")
+@click.option("--all", "every", is_flag=True, help="Every open dead letter.")
+@click.pass_context
+def dead_letters_retry(
+    ctx: click.Context, ids: tuple[int, ...], table: str | None, every: bool
+) -> None:
+    """Re-copy the rows from the source as they are now (after fixing the cause).
+
+    A row that now writes is resolved as 'retried'; a row gone from the source
+    is deleted from the target and resolved; one that still fails stays open
+    with its new reason. Exit 1 when any still fails.
+    """
+    _letters_selection(ids, table, every)
+
+    def go() -> int:
+        from replicator import deadletter, sink
+        from replicator.repair import rewrite_keys
+        from replicator.schema import build_plans
+        from replicator.source.sqlite import open_source
+
+        config = ctx.obj.config()
+        schema = config.target.state_schema
+        source = open_source(config.require_source(), readonly=True)
+        conn = sink.connect(config.require_target(), autocommit=True)
+        try:
+            with conn.cursor() as cur:
+                letters = deadletter.fetch(cur, schema, ids=ids, table=table)
+            letters = [x for x in letters if x.resolved_at is None]
+            plans = {p.source.name: p for p in build_plans(source, conn, config)}
+            failed = 0
+            for name in sorted({x.table for x in letters}):
+                group = [x for x in letters if x.table == name]
+                if name not in plans:
+                    click.echo(f"{name}: not a replicated table any more; left open", err=True)
+                    failed += len(group)
+                    continue
+                by_key: dict[tuple[object, ...], list[int]] = {}
+                for x in group:
+                    by_key.setdefault(deadletter.decode_key(x.key), []).append(x.id)
+                results = rewrite_keys(source, conn, plans[name], list(by_key))
+                with conn.transaction(), conn.cursor() as cur:
+                    for r in results:
+                        letter_ids = by_key[r.key]
+                        if r.action == "failed":
+                            failed += len(letter_ids)
+                            deadletter.update_error(
+                                cur, schema, letter_ids, r.error or "", r.column
+                            )
+                            click.echo(f"{name} {list(r.key)}: still fails: {r.error}")
+                        else:
+                            deadletter.mark(cur, schema, letter_ids, f"retried ({r.action})")
+                            click.echo(f"{name} {list(r.key)}: {r.action}")
+            click.echo(f"{len(letters) - failed} resolved, {failed} still open")
+            return EXIT_FAILURE if failed else EXIT_OK
+        finally:
+            conn.close()
+            source.close()
+
+    run_guarded(ctx, go)
+
+
+@dead_letters.command("discard")
+@click.argument("ids", nargs=-1, type=int)
+@click.option("--table", default=None, metavar="NAME", help="Every open one of this table.")
+@click.option("--all", "every", is_flag=True, help="Every open dead letter.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def dead_letters_discard(
+    ctx: click.Context, ids: tuple[int, ...], table: str | None, every: bool, yes: bool
+) -> None:
+    """Accept that these rows will not be in PostgreSQL (kept, marked 'discarded')."""
+    _letters_selection(ids, table, every)
+
+    def go() -> int:
+        from replicator import deadletter, sink
+
+        config = ctx.obj.config()
+        schema = config.target.state_schema
+        with sink.connect(config.require_target(), autocommit=True) as conn:
+            with conn.cursor() as cur:
+                letters = [
+                    x
+                    for x in deadletter.fetch(cur, schema, ids=ids, table=table)
+                    if x.resolved_at is None
+                ]
+            if not yes:
+                click.confirm(f"Discard {len(letters)} dead letter(s)?", abort=True)
+            with conn.transaction(), conn.cursor() as cur:
+                n = deadletter.mark(cur, schema, [x.id for x in letters], "discarded")
+        click.echo(f"{n} dead letter(s) discarded")
+        return EXIT_OK
+
+    run_guarded(ctx, go)
+
+
+@main.group()
+def queries() -> None:
+    """Check the application's queries answer the same, fast enough, on PostgreSQL."""
+
+
+@queries.command("check")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option(
+    "--query", "only", multiple=True, metavar="NAME", help="Only this query (repeatable)."
+)
+@click.option(
+    "--target-ms",
+    type=float,
+    default=None,
+    help="p95 target for PostgreSQL in ms (default: the file's target_p95_ms, else 100).",
+)
+@click.option("--runs", type=int, default=None, help="Timed runs per side (default: file, 100).")
+@click.option("--warmup", type=int, default=None, help="Untimed runs first (default: file, 3).")
+@click.option("--no-latency", is_flag=True, help="Only compare results; time nothing.")
+@click.pass_context
+def queries_check(
+    ctx: click.Context,
+    file: Path,
+    as_json: bool,
+    only: tuple[str, ...],
+    target_ms: float | None,
+    runs: int | None,
+    warmup: int | None,
+    no_latency: bool,
+) -> None:
+    """Run each query in FILE on SQLite and PostgreSQL; compare answers and latency.
+
+    FILE is TOML or SQL with `-- name:` markers (see docs/queries.md). Both
+    sides are read-only. Exit 0 when every query returns the same answer and
+    meets its p95 target, 1 otherwise.
+    """
+
+    def go() -> int:
+        import json as jsonlib
+
+        from replicator.queries import check_queries
+
+        config = ctx.obj.config()
+        report = check_queries(
+            config,
+            file,
+            runs=runs,
+            warmup=warmup,
+            target_p95_ms=target_ms,
+            only=list(only) or None,
+            measure=not no_latency,
+        )
+        if as_json:
+            click.echo(jsonlib.dumps(report.to_json(), default=str, indent=2))
+        else:
+            click.echo(report.render())
+        return EXIT_OK if report.ok else EXIT_FAILURE
+
+    run_guarded(ctx, go)
+
+
+@main.command()
+@click.option(
+    "--no-integrity", is_flag=True, help="Skip PRAGMA quick_check (slow on very large files)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
+@click.pass_context
+def check(ctx: click.Context, no_integrity: bool, as_json: bool) -> None:
+    """Run every preflight check at once; writes nothing.
+
+    Source readable, intact and in WAL mode; target reachable, primary and
+    writable with the privileges needed; every table and column mappable with
+    no name collisions; the state schema at the right version. Lists every
+    problem with what to do about it. Exit 0 when nothing blocks, 1 otherwise.
+    """
+
+    def go() -> int:
+        import json as jsonlib
+
+        from replicator.check import run_checks
+
+        report = run_checks(ctx.obj.config(), integrity=not no_integrity)
+        if as_json:
+            click.echo(jsonlib.dumps(report.to_json(), indent=2))
+        else:
+            click.echo(report.render())
+        return EXIT_OK if report.ok else EXIT_FAILURE
+
+    run_guarded(ctx, go)
+
+
 def entrypoint() -> None:  # pragma: no cover - thin wrapper for python -m
     main(prog_name=os.path.basename(sys.argv[0]) or "replicator")
 

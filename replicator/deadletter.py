@@ -113,3 +113,101 @@ def count_open(cur: psycopg.Cursor[Any], schema: str) -> dict[str, int]:
         ).format(pg_ident(schema, "dead_letters"))
     )
     return {str(r[0]): int(r[1]) for r in cur.fetchall()}
+
+
+def decode_key(values: Sequence[Any]) -> tuple[Any, ...]:
+    """Undo :func:`json_key`: the raw SQLite values of a stored key."""
+    out: list[Any] = []
+    for v in values:
+        if isinstance(v, dict) and "type" in v:
+            kind, body = v["type"], v.get("value", "")
+            if kind == "blob":
+                out.append(bytes.fromhex(body))
+            elif kind in ("invalid-utf8-text", "text-with-nul"):
+                out.append(bytes.fromhex(body).decode("utf-8", errors="surrogateescape"))
+            elif kind == "real":
+                out.append(float(body))
+            elif kind == "integer":
+                out.append(int(body))
+            else:
+                out.append(body)
+        else:
+            out.append(v)
+    return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredLetter:
+    id: int
+    table: str
+    key: list[Any]
+    column: str | None
+    raw_value: Any
+    error: str
+    sqlstate: str | None
+    stage: str
+    change: Any
+    position: int | None
+    created_at: Any
+    resolved_at: Any
+    resolution: str | None
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> StoredLetter:
+        return cls(*row)
+
+
+_COLUMNS = (
+    "id, table_name, key, column_name, raw_value, error, sqlstate, stage, change, position,"
+    " created_at, resolved_at, resolution"
+)
+
+
+def fetch(
+    cur: psycopg.Cursor[Any],
+    schema: str,
+    *,
+    ids: Sequence[int] = (),
+    table: str | None = None,
+    include_resolved: bool = False,
+    limit: int | None = None,
+) -> list[StoredLetter]:
+    where = [sql.SQL("true")]
+    params: list[Any] = []
+    if ids:
+        where.append(sql.SQL("id = ANY(%s)"))
+        params.append(list(ids))
+    if table:
+        where.append(sql.SQL("table_name = %s"))
+        params.append(table)
+    if not include_resolved and not ids:
+        where.append(sql.SQL("resolved_at IS NULL"))
+    query = sql.SQL("SELECT {} FROM {} WHERE {} ORDER BY id").format(
+        sql.SQL(_COLUMNS), pg_ident(schema, "dead_letters"), sql.SQL(" AND ").join(where)
+    )
+    if limit:
+        query = query + sql.SQL(" LIMIT {}").format(sql.Literal(limit))
+    cur.execute(query, params)
+    return [StoredLetter.from_row(r) for r in cur.fetchall()]
+
+
+def mark(cur: psycopg.Cursor[Any], schema: str, ids: Sequence[int], resolution: str) -> int:
+    cur.execute(
+        sql.SQL(
+            "UPDATE {} SET resolved_at = now(), resolution = %s "
+            "WHERE id = ANY(%s) AND resolved_at IS NULL"
+        ).format(pg_ident(schema, "dead_letters")),
+        (resolution, list(ids)),
+    )
+    return cur.rowcount
+
+
+def update_error(
+    cur: psycopg.Cursor[Any], schema: str, ids: Sequence[int], error: str, column: str | None
+) -> None:
+    cur.execute(
+        sql.SQL(
+            "UPDATE {} SET error = %s, column_name = coalesce(%s, column_name) WHERE id = ANY(%s)"
+        ).format(pg_ident(schema, "dead_letters")),
+        (error, column, list(ids)),
+    )

@@ -36,19 +36,20 @@ from tenacity import (
     Retrying,
     retry_if_exception,
     stop_when_event_set,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 from replicator import __version__, checkpoint, metrics, sink
 from replicator.apply import Applier, BatchResult, StreamPosition, init_position, load_position
 from replicator.config import Config, parse_address
+from replicator.cursor_stream import CursorStream, Specs, open_for_capture
 from replicator.errors import LockHeldError
 from replicator.identifiers import pg_ident
 from replicator.logs import get_logger
 from replicator.schema import TablePlan, build_plans
 from replicator.snapshot import Snapshotter, ensure_state
 from replicator.source import changelog
-from replicator.source.sqlite import open_source
 from replicator.systemd import Notifier
 
 RATE_WINDOW = 60.0  # seconds of history behind the per-table throughput in the heartbeat
@@ -89,6 +90,10 @@ def lock_key(state_schema: str) -> int:
     """A signed 64-bit advisory-lock key, the same for every replicator of a state schema."""
     digest = hashlib.sha256(f"replicator:{state_schema}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
+
+
+class SnapshotInterrupted(Exception):
+    """A stop request during the snapshot: the committed chunks stay, resume later."""
 
 
 class PairLock:
@@ -260,6 +265,9 @@ class Daemon:
         self.lock = PairLock(self.dsn, self.schema, config.target.connect_timeout)
         self.applier: Applier | None = None
         self.plans: list[TablePlan] = []
+        self.specs: Specs = {}  # table -> its cursor, or None when triggers capture it
+        self.cursors: CursorStream | None = None
+        self.triggers = True  # some tables are captured by triggers
         self.position: StreamPosition | None = None
         self.waker: Waker | None = None
         self.server: metrics.MetricsServer | None = None
@@ -316,7 +324,10 @@ class Daemon:
     def _loop(self) -> None:
         retrying = Retrying(
             retry=retry_if_exception(lambda exc: transient_kind(exc) is not None),
-            wait=wait_exponential_jitter(initial=0.5, max=30.0, jitter=0.5),
+            # Not wait_exponential_jitter(initial=...): deprecated in tenacity 9
+            # (a DeprecationWarning, an error under the test suite's filterwarnings),
+            # and its replacement 'multiplier' does not exist in tenacity 8.
+            wait=wait_exponential(multiplier=0.5, max=30.0) + wait_random(0, 0.5),
             stop=stop_when_event_set(self.stop),
             sleep=self._sleep,
             before_sleep=self._before_retry,
@@ -329,6 +340,9 @@ class Daemon:
                         if self.conn is None:
                             self._prepare()
                         self._step()
+            except SnapshotInterrupted as stopped:
+                self.log.info("snapshot_paused", table=str(stopped), reason="stop requested")
+                break
             except Exception as exc:
                 if self.stop.is_set() and transient_kind(exc) is not None:
                     break  # asked to stop during an outage: nothing in hand to finish
@@ -355,6 +369,8 @@ class Daemon:
         if self.conn is not None:
             if self.applier is not None:
                 self.applier.forget_connection(self.conn)
+            if self.cursors is not None:
+                self.cursors.forget_connection(self.conn)
             with contextlib.suppress(psycopg.Error):
                 self.conn.close()
         self.conn = None
@@ -362,7 +378,14 @@ class Daemon:
     def _prepare(self) -> None:
         """Connect, lock, plan, install triggers, record the position, snapshot."""
         if self.source is None:
-            self.source = open_source(self.path, busy_timeout_ms=self.config.source.busy_timeout_ms)
+            # Read-only (SQLite mode=ro) when every table is followed by a cursor.
+            self.source, self.specs, readonly = open_for_capture(self.config)
+            self.log.info(
+                "source_opened",
+                readonly=readonly,
+                cursor_tables=sum(1 for s in self.specs.values() if s is not None),
+                trigger_tables=sum(1 for s in self.specs.values() if s is None),
+            )
         self._acquire_lock()
         conn = sink.connect(
             self.dsn, autocommit=True, connect_timeout=self.config.target.connect_timeout
@@ -370,14 +393,25 @@ class Daemon:
         self.conn = conn
         ensure_state(conn, self.dsn, self.schema)
         self.plans = build_plans(self.source, conn, self.config)
-        installed = changelog.install(self.source, [p.source for p in self.plans])
-        self.log.info("triggers_installed", tables=len(installed))
+        trigger_plans = [p for p in self.plans if self.specs.get(p.source.name) is None]
+        self.triggers = bool(trigger_plans)
+        if self.triggers:
+            installed = changelog.install(self.source, [p.source for p in trigger_plans])
+            self.log.info("triggers_installed", tables=len(installed))
+        elif changelog.installed_triggers(self.source):
+            self.log.warning(
+                "triggers_left_installed",
+                reason="every table is followed by a cursor, but change-capture triggers of an "
+                "earlier run still fill the change log: `replicator uninstall` removes them",
+            )
+        cursors = CursorStream(self.config, self.plans, self.specs)
+        self.cursors = cursors if cursors.tables else None
         with conn.cursor() as cur:
             position = load_position(cur, self.schema)
             progress = checkpoint.load_progress(cur, self.schema)
         restart = False
         if position is None:
-            head = changelog.head_position(self.source)
+            head = changelog.head_position(self.source) if self.triggers else 0
             if progress:
                 # A snapshot taken without a recorded position cannot be streamed
                 # from: copy again (upserting over what is there) from here.
@@ -387,6 +421,9 @@ class Daemon:
                 position = init_position(cur, self.schema, head)
             self.log.info("position_recorded", position=head)
         self.position = position
+        if self.cursors is not None:
+            # Like the log head above: recorded before the copy starts.
+            self.cursors.record_start(self.source, conn)
         if restart or not all(
             progress.get(p.source.name, None) and progress[p.source.name].done for p in self.plans
         ):
@@ -394,7 +431,7 @@ class Daemon:
             self.notifier.status("snapshot")
             self.health.tick(connected=True, lag_seconds=float("inf"), state="snapshot")
             self._heartbeat(force=True)
-            summary = Snapshotter(self.config).run_plans(
+            summary = Snapshotter(self.config, on_chunk=self._snapshot_chunk).run_plans(
                 self.source, conn, self.plans, restart=restart
             )
             self.log.info(
@@ -403,11 +440,13 @@ class Daemon:
                 dead_letters=summary.dead_letters,
             )
         applier = Applier(
-            self.plans, self.schema, stop_on_error=self.config.snapshot.on_error == "stop"
+            trigger_plans, self.schema, stop_on_error=self.config.snapshot.on_error == "stop"
         )
         applier.load_open_dead_letters(conn)
         applier.load_sequences(conn)
         self.applier = applier
+        if self.cursors is not None:
+            self.cursors.start(self.source, conn)
         with conn.cursor() as cur:
             self.position = load_position(cur, self.schema)
         assert self.position is not None
@@ -418,6 +457,15 @@ class Daemon:
         if not self._ready_sent:
             self.notifier.ready(f"streaming from position {self.position.seq}")
             self._ready_sent = True
+
+    def _snapshot_chunk(self, table: str, read: int, _written: int, total: int) -> None:
+        """Keep systemd's watchdog, the heartbeat and /healthz fed during a long copy."""
+        self.notifier.watchdog()
+        self.notifier.status(f"snapshot {table}: {read}/{total} rows")
+        self._heartbeat()
+        self.health.tick(connected=True, lag_seconds=float("inf"), state="snapshot")
+        if self.stop.is_set():
+            raise SnapshotInterrupted(table)
 
     def _acquire_lock(self) -> None:
         if self.lock.alive():
@@ -452,8 +500,13 @@ class Daemon:
             self._drop_connection()
             raise psycopg.OperationalError("lost the advisory-lock connection")
         cfg = self.config.stream
-        changes = changelog.read_changes(
-            self.source, self.position.seq, cfg.batch_max_changes, cfg.batch_max_bytes
+        busy = self.cursors.step(self.source, self.conn) if self.cursors is not None else False
+        changes = (
+            changelog.read_changes(
+                self.source, self.position.seq, cfg.batch_max_changes, cfg.batch_max_bytes
+            )
+            if self.triggers
+            else []
         )
         if changes:
             result = self.applier.apply(self.conn, changes)
@@ -470,7 +523,7 @@ class Daemon:
         self.notifier.watchdog()
         if not changes or len(changes) < cfg.batch_max_changes // 2:
             self.health.tick(connected=True, lag_seconds=self._lag, state="streaming")
-        if not changes and not self.stop.is_set():
+        if not changes and not busy and not self.stop.is_set():
             self.waker.wait(cfg.poll_interval)
 
     def _record(self, result: BatchResult) -> None:
@@ -501,6 +554,10 @@ class Daemon:
 
     def _sample_lag(self) -> None:
         assert self.source is not None and self.position is not None
+        if not self.triggers:
+            self._lag = self.cursors.lag_seconds if self.cursors is not None else 0.0
+            self._last_lag = time.monotonic()
+            return
         started = time.monotonic()
         head = changelog.head_position(self.source)
         per_table = changelog.lag_by_table(self.source, self.position.seq)
@@ -509,12 +566,14 @@ class Daemon:
         metrics.CHANGELOG_DEPTH.set(changelog.log_rows(self.source))
         overall = 0.0
         for plan in self.plans:
+            if self.specs.get(plan.source.name) is not None:
+                continue  # a cursor table: its lag is the cursor stream's
             count, oldest = per_table.get(plan.source.name, (0, None))
             lag = max(0.0, now - oldest) if oldest is not None else 0.0
             overall = max(overall, lag)
             metrics.LAG_CHANGES.labels(plan.source.name).set(count)
             metrics.LAG_SECONDS.labels(plan.source.name).set(lag)
-        self._lag = overall
+        self._lag = max(overall, self.cursors.lag_seconds if self.cursors is not None else 0.0)
         took = time.monotonic() - started
         self._last_lag = time.monotonic()
         # Keep the sampling cost under ~5% of the loop even with a big backlog.

@@ -132,10 +132,10 @@ class TableWriter:
         if len(rows) < STAGE_THRESHOLD:
             cur.executemany(self.upsert_sql, rows)
             return
-        conn_id = id(cur.connection)
-        if conn_id not in self._stage_ready:
-            cur.execute(self.create_stage_sql)
-            self._stage_ready.add(conn_id)
+        # Every time, not once per connection: the batch's savepoint (or
+        # transaction) may roll back after the table was created in it, and
+        # then the table is gone again. IF NOT EXISTS makes this one catalog look-up.
+        cur.execute(self.create_stage_sql)
         cur.execute(sql.SQL("TRUNCATE {}").format(self.stage))
         _copy(cur, self.stage_copy_sql, rows)
         cur.execute(self.merge_sql)

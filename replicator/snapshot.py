@@ -19,7 +19,7 @@ from typing import Any, TextIO
 import psycopg
 from psycopg import sql
 
-from replicator import checkpoint, deadletter, sink
+from replicator import checkpoint, deadletter, metrics, sink
 from replicator.checkpoint import SnapshotProgress
 from replicator.config import Config
 from replicator.deadletter import DeadLetter, json_safe
@@ -225,15 +225,39 @@ class ChunkReader:
         self.next_sql = (
             f"SELECT {select} FROM {table} WHERE ({keys}) > ({marks}) ORDER BY {keys} LIMIT ?"
         )
+        self._next_head = f"SELECT {select} FROM {table} WHERE ({keys}) > ("
+        self._next_tail = f") ORDER BY {keys} LIMIT ?"
         self.count_sql = f"SELECT count(*) FROM {table}"
 
     def count(self) -> int:
         return int(self.conn.execute(self.count_sql).fetchone()[0])
 
+    def _after(self, after: tuple[Any, ...]) -> tuple[str, tuple[Any, ...]]:
+        """The keyset query after ``after``. A key read from text that is not valid
+        UTF-8 (lone surrogates) cannot be bound as str: it is bound as its original
+        bytes and cast back to TEXT, so it compares exactly as stored."""
+        marks: list[str] = []
+        params: list[Any] = []
+        for value in after:
+            if isinstance(value, str) and not value.isascii():
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:
+                    marks.append("CAST(? AS TEXT)")
+                    params.append(value.encode("utf-8", "surrogateescape"))
+                    continue
+            marks.append("?")
+            params.append(value)
+        if all(m == "?" for m in marks):
+            return self.next_sql, tuple(params)
+        return f"{self._next_head}{', '.join(marks)}{self._next_tail}", tuple(params)
+
     def read(self, after: tuple[Any, ...] | None, limit: int) -> list[RawRow]:
-        query, params = (
-            (self.first_sql, (limit,)) if after is None else (self.next_sql, (*after, limit))
-        )
+        if after is None:
+            query, params = self.first_sql, (limit,)
+        else:
+            query, after_params = self._after(after)
+            params = (*after_params, limit)
         try:
             with read_transaction(self.conn):
                 return self.conn.execute(query, params).fetchall()
@@ -251,10 +275,20 @@ def ensure_state(conn: sink.Connection, dsn: str, schema: str) -> None:
         migrate(dsn, schema)
 
 
+ChunkHook = Callable[[str, int, int, int], None]  # table, rows copied, rows written, total
+
+
 class Snapshotter:
-    def __init__(self, config: Config, *, display: ProgressDisplay | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        display: ProgressDisplay | None = None,
+        on_chunk: ChunkHook | None = None,
+    ) -> None:
         self.config = config
         self.display = display or ProgressDisplay()
+        self.on_chunk = on_chunk
         self.log = get_logger()
         self.schema = config.target.state_schema
         self.path = config.require_source()
@@ -367,10 +401,15 @@ class Snapshotter:
         started = time.monotonic()
         before = progress
         log = self.log.bind(table=name)
+        with conn.cursor() as cur:
+            # Open dead letters of this table (an earlier run, or the stream): a key
+            # copied again gets a fresh verdict, so they are superseded, never doubled.
+            supersede = deadletter.count_open(cur, self.schema).get(name, 0) > 0
         while True:
             raw_rows = reader.read(progress.last_key, chunk_rows)
             if not raw_rows:
                 progress = replace(progress, done=True)
+                metrics.SNAPSHOT_PROGRESS.labels(name).set(1.0)
                 with conn.transaction(), conn.cursor() as cur:
                     checkpoint.save_progress(cur, self.schema, progress)
                 break
@@ -387,6 +426,11 @@ class Snapshotter:
                         stop_on_first(failed)
                     letters.extend(failed)
                 with conn.cursor() as cur:
+                    if supersede:
+                        chunk_keys = [tuple(r[i] for i in keypos) for r in raw_rows]
+                        deadletter.resolve_keys(
+                            cur, self.schema, name, chunk_keys, "superseded by a new snapshot copy"
+                        )
                     deadletter.record(cur, self.schema, letters)
                     progress = progress.advance(
                         last_key, len(raw_rows), len(good) - len(failures), len(letters)
@@ -402,6 +446,15 @@ class Snapshotter:
             self.display.chunk(
                 name, progress.rows_read, progress.rows_total, started, len(raw_rows)
             )
+            metrics.ROWS_COPIED.labels(name).inc(len(good) - len(failures))
+            if progress.rows_total:
+                metrics.SNAPSHOT_PROGRESS.labels(name).set(
+                    min(1.0, progress.rows_read / progress.rows_total)
+                )
+            if self.on_chunk is not None:
+                self.on_chunk(
+                    name, progress.rows_read, progress.rows_written, progress.rows_total or 0
+                )
         result.rows_read = progress.rows_read
         result.rows_written = progress.rows_written
         result.dead_letters = progress.dead_letters

@@ -37,7 +37,8 @@ from replicator import deadletter, sink
 from replicator.apply import load_position
 from replicator.config import Config
 from replicator.errors import CoercionError
-from replicator.identifiers import pg_ident, sqlite_ident
+from replicator.identifiers import pg_ident
+from replicator.repair import rewrite_keys, source_by_key_sql, target_by_key_sql
 from replicator.schema import (
     TablePlan,
     build_plans,
@@ -46,7 +47,7 @@ from replicator.schema import (
 )
 from replicator.snapshot import ChunkReader, ensure_state
 from replicator.source import changelog
-from replicator.source.sqlite import ROWID, open_source, read_transaction
+from replicator.source.sqlite import open_source, read_transaction
 from replicator.transform import Kind
 
 Key = tuple[Any, ...]
@@ -393,7 +394,7 @@ class Verifier:
         differing: dict[str, tuple[Key, str]],
     ) -> dict[str, tuple[Key, str]]:
         still: dict[str, tuple[Key, str]] = {}
-        src_sql, tgt_sql = self._by_key_sql(plan)
+        src_sql, tgt_sql = source_by_key_sql(plan), target_by_key_sql(plan)
         for k, (key, _problem) in differing.items():
             with read_transaction(source):
                 raw = source.execute(src_sql, key).fetchone()
@@ -420,20 +421,6 @@ class Verifier:
                 still[k] = (key, "different")
         return still
 
-    def _by_key_sql(self, plan: TablePlan) -> tuple[str, sql.Composed]:
-        where = " AND ".join(f"{ROWID if k == ROWID else sqlite_ident(k)} = ?" for k in plan.key)
-        src_sql = (
-            f"SELECT {plan.source_select_list()} FROM {sqlite_ident(plan.source.name)} "
-            f"WHERE {where}"
-        )
-        tgt_sql = sql.SQL("SELECT {} FROM {} WHERE ({}) = ({})").format(
-            plan.target_column_list(),
-            plan.table,
-            sql.SQL(", ").join(pg_ident(k) for k in plan.target_key),
-            sql.SQL(", ").join(sql.Placeholder() for _ in plan.target_key),
-        )
-        return src_sql, tgt_sql
-
     def _repair(
         self,
         source: sqlite3.Connection,
@@ -442,25 +429,8 @@ class Verifier:
         items: Sequence[tuple[Key, str]],
     ) -> int:
         """Re-copy differing rows through the normal write path; delete extras."""
-        writer = sink.TableWriter(plan)
-        src_sql, _ = self._by_key_sql(plan)
-        upserts: list[tuple[object, ...]] = []
-        deletes: list[tuple[object, ...]] = []
-        for key, _problem in items:
-            with read_transaction(source):
-                raw = source.execute(src_sql, key).fetchone()
-            if raw is None:
-                deletes.append(tuple(key))
-                continue
-            try:
-                upserts.append(tuple(c.convert(v) for c, v in zip(plan.columns, raw, strict=True)))
-            except CoercionError:
-                continue  # stays a difference; the dead-letter table explains it
-        with conn.transaction(), conn.cursor() as cur:
-            writer.delete(cur, deletes)
-            if upserts:
-                writer.upsert(cur, upserts)
-        return len(upserts) + len(deletes)
+        done = rewrite_keys(source, conn, plan, [key for key, _problem in items])
+        return sum(1 for r in done if r.action != "failed")
 
     # -- whole-database checks ------------------------------------------------------
 

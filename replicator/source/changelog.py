@@ -9,7 +9,8 @@ write lock from its first write to its commit, so no lower ``seq`` can appear
 after a higher one is visible.
 
 Values JSON cannot carry exactly are tagged: a REAL becomes ``["r", "%!.17g"]``
-(``json_object`` would print only 15 digits), a BLOB ``["b", hex]``. Text that
+(``json_object`` would print only 15 digits), or ``["r", "%!.17g", 744]`` when
+scaled by 2**-744 first (|x| >= 1e100), a BLOB ``["b", hex]``. Text that
 is not valid UTF-8 travels as its raw bytes and is decoded with
 ``surrogateescape``. Tables wider than SQLite's function-argument limit get an
 image that is an array of objects, merged on read.
@@ -20,6 +21,7 @@ An UPDATE that changes the key logs a delete of the old key, then the new row.
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -52,10 +54,20 @@ def sqlite_text(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+# SQLite before 3.43 prints 17 significant digits exactly only up to about 1e100;
+# beyond, the last digit can be off by one. Larger magnitudes are scaled into the
+# exact range by 2**-744, a multiplication by a power of two (exact), built from
+# integer constants so that no decimal literal has to be parsed exactly either.
+_REAL_SCALE_EXP = 744
+_REAL_SCALE = "*".join(["(1.0/(1<<62))"] * (_REAL_SCALE_EXP // 62))
+
+
 def _value(ref: str) -> str:
     """Trigger expression that carries one column value losslessly into JSON."""
     return (
-        f"CASE typeof({ref}) WHEN 'real' THEN json_array('r', printf('%!.17g', {ref})) "
+        f"CASE typeof({ref}) WHEN 'real' THEN CASE WHEN abs({ref}) < 1e100 "
+        f"THEN json_array('r', printf('%!.17g', {ref})) "
+        f"ELSE json_array('r', printf('%!.17g', {ref}*{_REAL_SCALE}), {_REAL_SCALE_EXP}) END "
         f"WHEN 'blob' THEN json_array('b', hex({ref})) ELSE {ref} END"
     )
 
@@ -211,13 +223,16 @@ def _loads(raw: bytes | str) -> Any:
 
 
 def decode_value(value: Any) -> Any:
-    """Undo the trigger's tagging: ["r", text] -> float, ["b", hex] -> bytes."""
+    """Undo the trigger's tagging: ["r", text] -> float, ["r", text, exp] ->
+    float(text) * 2**exp, ["b", hex] -> bytes."""
     if isinstance(value, list) and len(value) == 2:
         tag, body = value
         if tag == "r":
             return float(body)
         if tag == "b":
             return bytes.fromhex(body)
+    if isinstance(value, list) and len(value) == 3 and value[0] == "r":
+        return math.ldexp(float(value[1]), int(value[2]))
     return value
 
 

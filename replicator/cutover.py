@@ -1,0 +1,226 @@
+"""``replicator cutover``: a scripted go / no-go for switching the app to PostgreSQL.
+
+Each step is a named check with its evidence; the first failing check makes
+the verdict no-go (later checks still run where they can, so the report is
+complete). With ``--dry-run`` nothing is written: sequences are not moved and
+the cutover is not recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from replicator import sink
+from replicator.config import Config
+from replicator.identifiers import pg_ident
+from replicator.schema import build_plans, sequence_sql, target_sequences
+from replicator.source import changelog
+from replicator.source.sqlite import open_source, read_transaction
+from replicator.status import read_status
+from replicator.verify import Verifier
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    seconds: float = 0.0
+
+
+@dataclass
+class CutoverReport:
+    checks: list[Check] = field(default_factory=list)
+    dry_run: bool = False
+    position: int | None = None
+
+    @property
+    def go(self) -> bool:
+        return bool(self.checks) and all(c.ok for c in self.checks)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "go": self.go}
+
+    def render(self) -> str:
+        lines = []
+        for c in self.checks:
+            mark = "PASS" if c.ok else "FAIL"
+            lines.append(f"[{mark}] {c.name:<28} {c.detail}")
+        mode = " (dry run: nothing written)" if self.dry_run else ""
+        lines.append(f"verdict: {'GO' if self.go else 'NO-GO'}{mode}")
+        return "\n".join(lines)
+
+
+class Cutover:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        dry_run: bool = False,
+        quiet_seconds: float = 0.0,
+        timeout: float = 300.0,
+        queries: Path | None = None,
+        out: Callable[[str], None] = print,
+    ) -> None:
+        self.config = config
+        self.dry_run = dry_run
+        self.quiet_seconds = quiet_seconds
+        self.timeout = timeout
+        self.queries = queries
+        self.out = out
+        self.schema = config.target.state_schema
+
+    def _step(self, report: CutoverReport, name: str, fn: Callable[[], tuple[bool, str]]) -> bool:
+        started = time.monotonic()
+        try:
+            ok, detail = fn()
+        except Exception as exc:  # a failed check is a no-go with its reason, not a crash
+            ok, detail = False, f"{type(exc).__name__}: {sink.first_line(exc)}"
+        check = Check(name, ok, detail, round(time.monotonic() - started, 2))
+        report.checks.append(check)
+        self.out(f"[{'PASS' if ok else 'FAIL'}] {name:<28} {detail}")
+        return ok
+
+    def run(self) -> CutoverReport:
+        report = CutoverReport(dry_run=self.dry_run)
+        running = self._step(report, "daemon running", self._daemon_running)
+        if self.quiet_seconds > 0:
+            self._step(report, f"source quiet {self.quiet_seconds:.0f}s", self._quiet)
+        if running:
+            self._step(report, "tail applied (lag zero)", lambda: self._tail(report))
+        else:
+            self._step(report, "tail applied (lag zero)", self._lag_now)
+        self._step(report, "verify", self._verify)
+        if self.queries is not None:
+            self._step(report, "query parity", self._queries)
+        if self.dry_run:
+            self._step(report, "sequences ahead", self._sequences_dry)
+        else:
+            self._step(report, "sequences reset", self._sequences)
+        if not self.dry_run and report.go:
+            self._record(report)
+        return report
+
+    # -- checks ---------------------------------------------------------------
+
+    def _daemon_running(self) -> tuple[bool, str]:
+        status = read_status(self.config)
+        d = status.daemon
+        ok = d.state.startswith("running") and "retrying" not in d.state
+        return ok, f"{d.state}" + (f" ({d.lock_holder})" if d.lock_holder else "")
+
+    def _head(self) -> int:
+        source = open_source(self.config.require_source(), readonly=True)
+        try:
+            with read_transaction(source):
+                return changelog.head_position(source)
+        finally:
+            source.close()
+
+    def _applied(self) -> int | None:
+        with sink.connect(self.config.require_target(), autocommit=True) as conn:
+            row = conn.execute(
+                sql.SQL("SELECT seq FROM {} WHERE id = 1").format(
+                    pg_ident(self.schema, "stream_position")
+                )
+            ).fetchone()
+        return int(row[0]) if row else None
+
+    def _quiet(self) -> tuple[bool, str]:
+        deadline = time.monotonic() + self.timeout
+        head = self._head()
+        quiet_since = time.monotonic()
+        while time.monotonic() < deadline:
+            time.sleep(min(1.0, self.quiet_seconds / 4))
+            now_head = self._head()
+            if now_head != head:
+                head, quiet_since = now_head, time.monotonic()
+            elif time.monotonic() - quiet_since >= self.quiet_seconds:
+                return True, f"no change captured for {self.quiet_seconds:.0f}s (head {head})"
+        return False, f"the source kept changing for {self.timeout:.0f}s (head {head})"
+
+    def _tail(self, report: CutoverReport) -> tuple[bool, str]:
+        head = self._head()
+        deadline = time.monotonic() + self.timeout
+        applied = self._applied()
+        while time.monotonic() < deadline:
+            applied = self._applied()
+            if applied is not None and applied >= head:
+                report.position = applied
+                return True, f"applied position {applied} reached the source head {head}"
+            time.sleep(0.2)
+        return False, f"applied {applied}, source head {head}: not caught up in {self.timeout:.0f}s"
+
+    def _lag_now(self) -> tuple[bool, str]:
+        head, applied = self._head(), self._applied()
+        ok = applied is not None and applied >= head
+        return ok, f"applied {applied}, source head {head} (daemon not running to apply more)"
+
+    def _verify(self) -> tuple[bool, str]:
+        result = Verifier(self.config).run()
+        diffs = sum(t.differences for t in result.tables)
+        detail = (
+            f"{sum(t.source_rows for t in result.tables)} rows in {len(result.tables)} tables; "
+            f"{diffs} difference(s), {result.open_dead_letters} open dead letter(s), "
+            f"{len(result.orphans)} orphan constraint(s), "
+            f"{len(result.sequences_behind)} sequence(s) behind"
+        )
+        # Sequences are reset by the next step; everything else must be clean.
+        ok = (
+            diffs == 0
+            and result.open_dead_letters == 0
+            and not result.orphans
+            and not result.json_invalid
+        )
+        return ok, detail
+
+    def _queries(self) -> tuple[bool, str]:
+        from replicator.queries import check_queries
+
+        assert self.queries is not None
+        result = check_queries(self.config, self.queries)
+        verdict = "all equal and within target" if result.ok else "differences or slow queries"
+        return bool(result.ok), f"{self.queries}: {verdict}"
+
+    def _sequence_plans(self) -> tuple[sink.Connection, list[Any]]:
+        conn = sink.connect(self.config.require_target(), autocommit=True)
+        source = open_source(self.config.require_source(), readonly=True)
+        try:
+            plans = build_plans(source, conn, self.config)
+        finally:
+            source.close()
+        return conn, plans
+
+    def _sequences_dry(self) -> tuple[bool, str]:
+        conn, plans = self._sequence_plans()
+        with conn:
+            count = sum(len(target_sequences(conn, p)) for p in plans)
+        return True, f"{count} sequence(s) would be set past their largest id"
+
+    def _sequences(self) -> tuple[bool, str]:
+        conn, plans = self._sequence_plans()
+        moved = 0
+        with conn, conn.transaction(), conn.cursor() as cur:
+            for plan in plans:
+                for stmt in sequence_sql(plan, target_sequences(conn, plan)):
+                    cur.execute(stmt)
+                    moved += 1
+        return True, f"{moved} sequence(s) set past their largest id"
+
+    def _record(self, report: CutoverReport) -> None:
+        with sink.connect(self.config.require_target(), autocommit=True) as conn:
+            conn.execute(
+                sql.SQL(
+                    "INSERT INTO {} (key, value) VALUES ('cutover', %s) ON CONFLICT (key) "
+                    "DO UPDATE SET value = EXCLUDED.value, updated_at = now()"
+                ).format(pg_ident(self.schema, "meta")),
+                (Jsonb(json.loads(json.dumps(report.to_json(), default=str))),),
+            )
