@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -200,8 +200,19 @@ class Applier:
 
     # -- applying -------------------------------------------------------------
 
-    def apply(self, conn: sink.Connection, changes: Sequence[Change]) -> BatchResult:
-        """Apply ``changes`` (consecutive, in log order) in one transaction."""
+    def apply(
+        self,
+        conn: sink.Connection,
+        changes: Sequence[Change],
+        *,
+        save: Callable[[sink.Cursor, BatchResult], None] | None = None,
+    ) -> BatchResult:
+        """Apply ``changes`` (consecutive, in log order) in one transaction.
+
+        The position the batch reaches is written in that same transaction: the
+        trigger log's ``seq`` by default, or whatever ``save`` writes (cursor
+        positions, reconciliation progress) when given.
+        """
         started = time.monotonic()
         result = BatchResult(
             first_seq=changes[0].seq,
@@ -230,11 +241,17 @@ class Applier:
                 self._advance_sequences(cur, result)
                 if result.dead_letters:
                     deadletter.record(cur, self.schema, result.dead_letters)
+                # Counted before healing: a letter of this batch can be healed by a
+                # later change of the same batch (replay). Counting a batch that then
+                # fails to commit only costs a needless resolve query later.
+                for letter in result.dead_letters:
+                    self.open_dead[letter.table] += 1
                 self._heal(cur, relevant, result)
-                save_position(cur, self.schema, result.last_seq, len(changes))
+                if save is None:
+                    save_position(cur, self.schema, result.last_seq, len(changes))
+                else:
+                    save(cur, result)
                 save_table_stats(cur, self.schema, result)
-        for letter in result.dead_letters:
-            self.open_dead[letter.table] += 1
         result.seconds = time.monotonic() - started
         return result
 
@@ -319,7 +336,15 @@ class Applier:
         """A later successful write of a dead-lettered key resolves its dead letters."""
         if not self.open_dead:
             return
-        failed = {(d.table, tuple(d.key)) for d in result.dead_letters}
+        # Only a key whose last change in the batch failed stays broken; when a
+        # later change of the key succeeded (in-order replay), it heals, this
+        # batch's own letter for the key included.
+        last = {(c.table, c.key): c.seq for c in changes}
+        failed = {
+            (d.table, tuple(d.key))
+            for d in result.dead_letters
+            if d.position == last.get((d.table, tuple(d.key)))
+        }
         keys: dict[str, set[tuple[Any, ...]]] = {}
         for change in changes:
             if self.open_dead.get(change.table) and (change.table, change.key) not in failed:

@@ -10,7 +10,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from replicator.deadletter import json_key
+from replicator.deadletter import decode_key, json_key
 from replicator.identifiers import pg_ident
 
 
@@ -46,7 +46,8 @@ def load_progress(cur: psycopg.Cursor[Any], schema: str) -> dict[str, SnapshotPr
     )
     out = {}
     for row in cur.fetchall():
-        last = tuple(row[1]) if row[1] is not None else None
+        # json_key stores blobs, invalid UTF-8, NUL text as descriptions: undo that
+        last = decode_key(row[1]) if row[1] is not None else None
         out[str(row[0])] = SnapshotProgress(
             table=str(row[0]),
             last_key=last,
@@ -88,3 +89,93 @@ def save_progress(cur: psycopg.Cursor[Any], schema: str, p: SnapshotProgress) ->
 
 def reset_progress(cur: psycopg.Cursor[Any], schema: str) -> None:
     cur.execute(sql.SQL("DELETE FROM {}").format(pg_ident(schema, "snapshot_progress")))
+
+
+# -- cursor capture ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CursorState:
+    """A cursor table's row in ``cursor_position``: where its cursor stands and
+    when it was last reconciled (unix seconds)."""
+
+    table: str
+    kind: str
+    column: str
+    position: dict[str, Any] | None
+    reconcile_started_at: float | None
+    reconciled_at: float | None
+
+
+def load_cursor_states(cur: psycopg.Cursor[Any], schema: str) -> dict[str, CursorState]:
+    cur.execute(
+        sql.SQL(
+            "SELECT table_name, kind, column_name, position,"
+            " extract(epoch FROM reconcile_started_at)::float8,"
+            " extract(epoch FROM reconciled_at)::float8 FROM {}"
+        ).format(pg_ident(schema, "cursor_position"))
+    )
+    return {
+        str(r[0]): CursorState(str(r[0]), str(r[1]), str(r[2]), r[3], r[4], r[5])
+        for r in cur.fetchall()
+    }
+
+
+def init_cursor(
+    cur: psycopg.Cursor[Any],
+    schema: str,
+    table: str,
+    kind: str,
+    column: str,
+    position: dict[str, Any],
+) -> None:
+    """Record a cursor's start (before the snapshot copies the table), replacing a
+    position recorded for another cursor column; reconciliation history is kept."""
+    cur.execute(
+        sql.SQL(
+            "INSERT INTO {} (table_name, kind, column_name, position, snapshot_position)"
+            " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (table_name) DO UPDATE SET"
+            " kind = EXCLUDED.kind, column_name = EXCLUDED.column_name,"
+            " position = EXCLUDED.position, snapshot_position = EXCLUDED.snapshot_position"
+        ).format(pg_ident(schema, "cursor_position")),
+        (table, kind, column, Jsonb(position), Jsonb(position)),
+    )
+
+
+def save_cursor_position(
+    cur: psycopg.Cursor[Any], schema: str, table: str, position: dict[str, Any], rows: int
+) -> None:
+    """Written in the same transaction as the rows the position covers."""
+    cur.execute(
+        sql.SQL(
+            "UPDATE {} SET position = %s, rows_applied = rows_applied + %s, applied_at = now()"
+            " WHERE table_name = %s"
+        ).format(pg_ident(schema, "cursor_position")),
+        (Jsonb(position), rows, table),
+    )
+
+
+def drop_cursor(cur: psycopg.Cursor[Any], schema: str, table: str) -> None:
+    cur.execute(
+        sql.SQL("DELETE FROM {} WHERE table_name = %s").format(pg_ident(schema, "cursor_position")),
+        (table,),
+    )
+
+
+def reconcile_started(cur: psycopg.Cursor[Any], schema: str, table: str) -> None:
+    cur.execute(
+        sql.SQL("UPDATE {} SET reconcile_started_at = now() WHERE table_name = %s").format(
+            pg_ident(schema, "cursor_position")
+        ),
+        (table,),
+    )
+
+
+def reconcile_finished(cur: psycopg.Cursor[Any], schema: str, table: str, repaired: int) -> None:
+    cur.execute(
+        sql.SQL(
+            "UPDATE {} SET reconciled_at = now(), reconcile_passes = reconcile_passes + 1,"
+            " reconcile_repaired = reconcile_repaired + %s WHERE table_name = %s"
+        ).format(pg_ident(schema, "cursor_position")),
+        (repaired, table),
+    )

@@ -156,22 +156,40 @@ def init(ctx: click.Context, no_triggers: bool) -> None:
         else:
             click.echo(f"state schema {schema!r} migrated from {before or 'nothing'} to {after}")
         if config.source.path is not None and not no_triggers:
+            from replicator.cursor_stream import capture_specs, source_writable
             from replicator.schema import select_tables
             from replicator.source import changelog
+            from replicator.source.cursor import suggest
             from replicator.source.sqlite import describe_table, list_tables, open_source
 
-            source = open_source(config.source.path, busy_timeout_ms=config.source.busy_timeout_ms)
+            writable = source_writable(config)
+            source = open_source(
+                config.source.path,
+                readonly=not writable,
+                busy_timeout_ms=config.source.busy_timeout_ms,
+            )
             try:
                 names = select_tables(
                     list_tables(source), config.tables.include, config.tables.exclude
                 )
                 tables = [describe_table(source, n) for n in names]
-                changelog.install(source, tables)
+                click.echo("capture per table (suggested; set [table.NAME] capture/cursor):")
+                for table in tables:
+                    click.echo("  " + suggest(table, writable=writable).render())
+                specs = capture_specs(config, source, writable=writable)
+                by_trigger = [t for t in tables if specs.get(t.name) is None]
+                if by_trigger:
+                    changelog.install(source, by_trigger)
             finally:
                 source.close()
-            click.echo(
-                f"change capture installed on {len(tables)} table(s) in {config.source.path}"
-            )
+            if by_trigger:
+                click.echo(
+                    f"change capture installed on {len(by_trigger)} table(s) "
+                    f"in {config.source.path}"
+                )
+            cursor_tables = [f"{n} ({s.column})" for n, s in specs.items() if s is not None]
+            if cursor_tables:
+                click.echo(f"followed by a cursor, nothing installed: {', '.join(cursor_tables)}")
         return EXIT_OK
 
     run_guarded(ctx, go)
@@ -235,8 +253,17 @@ def snapshot(
     default=None,
     help="Serve /metrics, /healthz and /readyz here (default: metrics.address, 127.0.0.1:9479).",
 )
+@click.option(
+    "--capture",
+    type=click.Choice(["triggers", "cursor"]),
+    default=None,
+    help="Capture every table this way, whatever the config says (default: per table, "
+    "else capture.mode).",
+)
 @click.pass_context
-def run(ctx: click.Context, standby: bool, metrics_address: str | None) -> None:
+def run(
+    ctx: click.Context, standby: bool, metrics_address: str | None, capture: str | None
+) -> None:
     """Snapshot (if needed), then stream every change until stopped.
 
     On a fresh target: init, record the change-log position, snapshot, then
@@ -249,6 +276,10 @@ def run(ctx: click.Context, standby: bool, metrics_address: str | None) -> None:
         from replicator.pipeline import Daemon
 
         config = ctx.obj.config(**{"metrics.address": metrics_address})
+        if capture is not None:
+            from replicator.cursor_stream import with_capture
+
+            config = with_capture(config, "cursor" if capture == "cursor" else "triggers")
         return Daemon(config, standby=standby).run()
 
     run_guarded(ctx, go)

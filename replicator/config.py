@@ -249,6 +249,71 @@ class TableConfig:
         default=None,
         metadata=_doc("Version or timestamp column compared by conflict = 'newer_wins'."),
     )
+    capture: Literal["triggers", "cursor"] | None = field(
+        default=None,
+        metadata=_doc(
+            "How changes of this table are captured: 'triggers' (every change, needs a "
+            "writable source) or 'cursor' (polls a cursor column read-only; deletes and "
+            "silent updates are found by reconciliation). Unset: capture.mode."
+        ),
+    )
+    cursor: str | None = field(
+        default=None,
+        metadata=_doc(
+            "The cursor column of a cursor-mode table: 'rowid' (or the INTEGER PRIMARY KEY) "
+            "for append-only tables, or a timestamp column such as 'updated_at'. Unset: "
+            "chosen automatically (an indexed updated_at-like column, else the rowid)."
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureConfig:
+    mode: Literal["auto", "triggers", "cursor"] = field(
+        default="auto",
+        metadata=_doc(
+            "Capture mode of tables without their own 'capture' setting: 'triggers', "
+            "'cursor', or 'auto' (triggers when the source is writable, else cursor)."
+        ),
+    )
+    lookback_seconds: float = field(
+        default=5.0,
+        metadata=_doc(
+            "Timestamp cursors re-read this many seconds before their position on every "
+            "poll, so a row committed late with an older timestamp is still caught."
+        ),
+    )
+    reconcile_interval: float = field(
+        default=300.0,
+        metadata=_doc(
+            "Seconds between the starts of reconciliation passes over cursor tables "
+            "(primary-key sets and chunk checksums; finds deletes and silent updates)."
+        ),
+    )
+    reconcile_chunk_rows: int = field(
+        default=2000, metadata=_doc("Rows per reconciliation chunk (one key range compared).")
+    )
+    reconcile_max_chunks: int = field(
+        default=20,
+        metadata=_doc(
+            "Most chunks one reconciliation step compares before the stream gets its turn; "
+            "0 runs a whole pass at once."
+        ),
+    )
+    reconcile_checksums: bool = field(
+        default=True,
+        metadata=_doc(
+            "Compare per-chunk checksums of row contents, not only primary keys, and "
+            "re-copy rows that differ."
+        ),
+    )
+    null_cursor: Literal["report", "copy"] = field(
+        default="report",
+        metadata=_doc(
+            "Rows whose cursor value is NULL or not a timestamp: 'report' counts and logs "
+            "them; 'copy' also re-copies them on every reconciliation pass."
+        ),
+    )
 
 
 SECTIONS: dict[str, type[Any]] = {
@@ -259,6 +324,7 @@ SECTIONS: dict[str, type[Any]] = {
     "stream": StreamConfig,
     "metrics": MetricsConfig,
     "log": LogConfig,
+    "capture": CaptureConfig,
 }
 
 
@@ -271,6 +337,7 @@ class Config:
     stream: StreamConfig = StreamConfig()
     metrics: MetricsConfig = MetricsConfig()
     log: LogConfig = LogConfig()
+    capture: CaptureConfig = CaptureConfig()
     table: Mapping[str, TableConfig] = field(default_factory=dict)
 
     def table_config(self, name: str) -> TableConfig:
@@ -493,6 +560,8 @@ def _validate(config: Config) -> None:
     for name in (config.target.schema, config.target.state_schema):
         if not name or "\x00" in name:
             raise ConfigError(f"schema name {name!r} is not a valid identifier")
+    if config.capture.reconcile_chunk_rows < 1:
+        raise ConfigError("capture.reconcile_chunk_rows must be at least 1")
     if config.target.schema == config.target.state_schema:
         raise ConfigError(
             "target.state_schema must differ from target.schema: the replicator's state "

@@ -78,6 +78,53 @@ UP = Gauge("replicator_up", "1 while the daemon runs and is connected to both da
 BUILD = Info("replicator_build", "Version of the running replicator.")
 BUILD.info({"version": __version__})
 
+# Cursor capture and its reconciliation (tables with capture = "cursor").
+CURSOR_ROWS = Counter(
+    "replicator_cursor_rows_total",
+    "Rows read by cursor polls, by how they were found (forward, lookback).",
+    ["table", "found"],
+)
+CURSOR_NULL_ROWS = Gauge(
+    "replicator_cursor_null_rows",
+    "Rows whose cursor value is NULL or not a timestamp (the cursor cannot order them).",
+    ["table"],
+)
+RECONCILE_INTERVAL = Gauge(
+    "replicator_reconcile_interval_seconds", "Configured seconds between reconciliation passes."
+)
+RECONCILE_PASSES = Counter(
+    "replicator_reconcile_passes_total", "Completed reconciliation passes.", ["table"]
+)
+RECONCILE_REQUESTS = Counter(
+    "replicator_reconcile_requests_total",
+    "Reconciliation passes asked for ahead of schedule, by reason.",
+    ["table", "reason"],
+)
+RECONCILE_CHUNKS = Counter(
+    "replicator_reconcile_chunks_total", "Key-range chunks compared.", ["table", "result"]
+)
+RECONCILE_ROWS = Counter(
+    "replicator_reconcile_rows_total", "Source rows compared by reconciliation.", ["table"]
+)
+RECONCILE_REPAIRED = Counter(
+    "replicator_reconcile_repaired_total",
+    "Target rows reconciliation changed (deleted, copied).",
+    ["table", "action"],
+)
+RECONCILE_SECONDS = Counter(
+    "replicator_reconcile_seconds_total", "Time spent reconciling (its cost).", ["table"]
+)
+RECONCILE_LAST_PASS = Gauge(
+    "replicator_reconcile_last_pass_seconds",
+    "Working time of the last complete reconciliation pass.",
+    ["table"],
+)
+RECONCILE_COMPLETED = Gauge(
+    "replicator_reconcile_last_completed_timestamp_seconds",
+    "Unix time the last reconciliation pass of a table completed.",
+    ["table"],
+)
+
 
 class Health:
     """What the health endpoints report; updated by the daemon loop."""

@@ -236,24 +236,7 @@ class Verifier:
     # -- per table -------------------------------------------------------------
 
     def _target_select(self, plan: TablePlan) -> tuple[sql.Composed, sql.Composed, sql.Composed]:
-        text_kinds = (Kind.TEXT, Kind.VARCHAR, Kind.CHAR)
-        keys = []
-        for name in plan.target_key:
-            col = next(c for c in plan.columns if c.target == name)
-            ident = pg_ident(name)
-            keys.append(
-                sql.SQL('{} COLLATE "C"').format(ident) if col.type.kind in text_kinds else ident
-            )
-        key_list = sql.SQL(", ").join(keys)
-        marks = sql.SQL(", ").join(sql.Placeholder() for _ in keys)
-        base = sql.SQL("SELECT {} FROM {}").format(plan.target_column_list(), plan.table)
-        after = sql.SQL("({}) > ({})").format(key_list, marks)
-        upto = sql.SQL("({}) <= ({})").format(key_list, marks)
-        order = sql.SQL(" ORDER BY {}").format(key_list)
-        between = base + sql.SQL(" WHERE ") + after + sql.SQL(" AND ") + upto + order
-        first = base + sql.SQL(" WHERE ") + upto + order
-        tail = base + sql.SQL(" WHERE ") + after + order
-        return first, between, tail
+        return target_chunk_queries(plan)
 
     def verify_table(
         self,
@@ -347,18 +330,7 @@ class Verifier:
     def _source_map(
         self, plan: TablePlan, raw_rows: Sequence[tuple[Any, ...]], kinds: Sequence[Kind]
     ) -> dict[str, tuple[Key, tuple[Any, ...]]]:
-        out: dict[str, tuple[Key, tuple[Any, ...]]] = {}
-        keypos = plan.key_positions
-        for raw in raw_rows:
-            values: list[Any] = []
-            for col, kind, v in zip(plan.columns, kinds, raw, strict=True):
-                try:
-                    values.append(canonical(kind, col.convert(v)))
-                except CoercionError:
-                    values.append(("unconvertible", repr(v)))
-            key_text = _key_text([values[i] for i in keypos])
-            out[key_text] = (tuple(raw[i] for i in keypos), tuple(values))
-        return out
+        return source_row_map(plan, raw_rows, kinds)
 
     def _settle(
         self,
@@ -549,6 +521,65 @@ class Verifier:
                 if row and row[0]:
                     out.append({"table": plan.name, "column": col.target, "rows": int(row[0])})
         return out
+
+
+def target_chunk_queries(plan: TablePlan) -> tuple[sql.Composed, sql.Composed, sql.Composed]:
+    """Target rows of one key range, ordered as SQLite orders the source keys
+    (text keys in the "C" collation): (first chunk, a middle chunk, the tail)."""
+    text_kinds = (Kind.TEXT, Kind.VARCHAR, Kind.CHAR)
+    keys = []
+    for name in plan.target_key:
+        col = next(c for c in plan.columns if c.target == name)
+        ident = pg_ident(name)
+        keys.append(
+            sql.SQL('{} COLLATE "C"').format(ident) if col.type.kind in text_kinds else ident
+        )
+    key_list = sql.SQL(", ").join(keys)
+    marks = sql.SQL(", ").join(sql.Placeholder() for _ in keys)
+    base = sql.SQL("SELECT {} FROM {}").format(plan.target_column_list(), plan.table)
+    after = sql.SQL("({}) > ({})").format(key_list, marks)
+    upto = sql.SQL("({}) <= ({})").format(key_list, marks)
+    order = sql.SQL(" ORDER BY {}").format(key_list)
+    between = base + sql.SQL(" WHERE ") + after + sql.SQL(" AND ") + upto + order
+    first = base + sql.SQL(" WHERE ") + upto + order
+    tail = base + sql.SQL(" WHERE ") + after + order
+    return first, between, tail
+
+
+def source_row_map(
+    plan: TablePlan, raw_rows: Sequence[tuple[Any, ...]], kinds: Sequence[Kind]
+) -> dict[str, tuple[Key, tuple[Any, ...]]]:
+    """Source rows by key text: (source key, canonical values through the stream's converters)."""
+    out: dict[str, tuple[Key, tuple[Any, ...]]] = {}
+    keypos = plan.key_positions
+    for raw in raw_rows:
+        values: list[Any] = []
+        for col, kind, v in zip(plan.columns, kinds, raw, strict=True):
+            try:
+                values.append(canonical(kind, col.convert(v)))
+            except CoercionError:
+                values.append(("unconvertible", repr(v)))
+        key_text = _key_text([values[i] for i in keypos])
+        out[key_text] = (tuple(raw[i] for i in keypos), tuple(values))
+    return out
+
+
+def target_row_map(
+    plan: TablePlan, rows: Sequence[tuple[Any, ...]], kinds: Sequence[Kind]
+) -> dict[str, tuple[Any, ...]]:
+    """Target rows by the same key text as :func:`source_row_map`, values canonical."""
+    keypos = plan.key_positions
+    return {
+        _key_text([canonical(kinds[i], r[i]) for i in keypos]): tuple(
+            canonical(k, v) for k, v in zip(kinds, r, strict=True)
+        )
+        for r in rows
+    }
+
+
+def key_text(values: Sequence[Any]) -> str:
+    """The comparable text of a key (canonical values), as dead letters hold keys."""
+    return _key_text(values)
 
 
 def _key_text(values: Sequence[Any]) -> str:
