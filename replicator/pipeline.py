@@ -123,6 +123,7 @@ class PairLock:
             "SELECT a.application_name, a.client_addr::text, a.backend_start "
             "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
             "WHERE l.locktype = 'advisory' AND l.granted "
+            "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
             "AND l.classid = ((%s::bigint >> 32) & 4294967295)::oid "
             "AND l.objid = (%s::bigint & 4294967295)::oid AND l.objsubid = 1",
             (self.key, self.key),

@@ -218,6 +218,7 @@ def _daemon(conn: sink.Connection, schema: str) -> DaemonStatus:
         sql.SQL(
             "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
             "WHERE l.locktype = 'advisory' AND l.granted "
+            "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
             "AND l.classid = ((%s::bigint >> 32) & 4294967295)::oid "
             "AND l.objid = (%s::bigint & 4294967295)::oid AND l.objsubid = 1"
         ),
