@@ -23,7 +23,7 @@ import psycopg
 from psycopg import sql
 
 from replicator.config import Config
-from replicator.errors import SchemaError, SourceError
+from replicator.errors import ConfigError, SchemaError, SourceError
 from replicator.identifiers import PG_MAX_IDENTIFIER_BYTES, pg_ident, pg_truncate, sqlite_ident
 from replicator.source.sqlite import ROWID, SourceTable, describe_table, list_tables
 from replicator.transform import ColumnRule, Converter, Kind, PgType, converter_for
@@ -334,7 +334,12 @@ def _plan_table(
                 continue
             if pg.kind == Kind.OTHER and cc and cc.type:
                 problems.add(f"{table.name}.{col.name}: type {cc.type!r} is not supported")
-            columns.append(ColumnPlan(col.name, pg_truncate(col.name), pg, converter_for(pg, rule)))
+            try:
+                convert = converter_for(pg, rule)
+            except ConfigError as exc:
+                problems.add(f"{table.name}.{col.name}: {exc}")
+                continue
+            columns.append(ColumnPlan(col.name, pg_truncate(col.name), pg, convert))
         key = table.key
     else:
         if not existing.primary_key:
@@ -376,9 +381,12 @@ def _plan_table(
             if why:
                 problems.add(f"{table.name}.{col.name} ({col.decl_type or 'no type'}): {why}")
                 continue
-            columns.append(
-                ColumnPlan(col.name, tcol.name, tcol.type, converter_for(tcol.type, rule))
-            )
+            try:
+                convert = converter_for(tcol.type, rule)
+            except ConfigError as exc:
+                problems.add(f"{table.name}.{col.name}: {exc}")
+                continue
+            columns.append(ColumnPlan(col.name, tcol.name, tcol.type, convert))
         source_names = {c.name for c in stored}
         for tcol in existing.columns:
             missing = tcol.name not in source_names and tcol.name != ROWID_COLUMN
