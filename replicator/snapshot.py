@@ -484,6 +484,11 @@ class Snapshotter:
                     msg = f"{plan.name}: {what} could not be completed: {sink.first_line(exc)}"
                     summary.warnings.append(msg)
                     self.log.warning("post_load_failed", table=plan.name, what=what, error=msg)
+        # Fresh statistics, as pgloader does: until autovacuum gets there, the
+        # planner would otherwise choose plans for empty tables.
+        with conn.cursor() as cur:
+            for plan in plans:
+                cur.execute(sql.SQL("ANALYZE {}").format(plan.table))
         with conn.transaction(), conn.cursor() as cur:
             for plan in plans:
                 for stmt in sequence_sql(plan, target_sequences(conn, plan)):

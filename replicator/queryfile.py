@@ -1,0 +1,831 @@
+"""The query file: the application's important queries, in both dialects.
+
+Why a file of its own: the queries that matter are the application's, not
+ours, and the team that owns them should be able to read and extend the list
+without reading Python. Two formats say the same thing (``docs/queries.md``):
+
+* TOML: a ``[settings]`` table and one ``[[query]]`` table per query, with
+  ``sqlite`` and, where the dialects differ, ``postgres`` forms (or ``sql``
+  when one text serves both), and ``params``;
+* SQL: queries separated by ``-- name:`` comment lines, ``-- param:`` and
+  other ``-- key: value`` directives, and a ``-- postgres:`` line that starts
+  the PostgreSQL form.
+
+Both forms use ``:name`` placeholders. The SQLite form is run with them as
+they are (sqlite3's named style); the PostgreSQL form is rewritten to ``$1,
+$2 ...`` (psycopg's raw-query style), so a ``%`` in a LIKE pattern needs no
+escaping and a ``::`` cast is never mistaken for a placeholder.
+
+Parameters are lists of example values. Lists of equal length are zipped into
+parameter sets; a single value is used in every set. Typed parameters
+(``timestamp``, ``date``, ``json`` ...) are given once and handed to each side
+the way that side stores the type: see :func:`side_values`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any, Literal
+
+from psycopg.types.json import Jsonb
+
+from replicator.errors import CoercionError, ConfigError
+from replicator.transform import Kind, PgType, converter_for
+
+__all__ = [
+    "PARAM_TYPES",
+    "Param",
+    "ParamSet",
+    "QueryFile",
+    "QuerySettings",
+    "QuerySpec",
+    "find_placeholders",
+    "has_top_level",
+    "load_query_file",
+    "parse_sql_file",
+    "parse_toml_file",
+    "to_postgres_placeholders",
+]
+
+Dialect = Literal["sqlite", "postgres"]
+
+PARAM_TYPES = (
+    "auto",
+    "text",
+    "integer",
+    "real",
+    "numeric",
+    "boolean",
+    "timestamp",
+    "timestamptz",
+    "date",
+    "json",
+)
+_NAME_RE = re.compile(r"[A-Za-z0-9_.\-]+")
+_IDENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+# --------------------------------------------------------------------------- model
+
+
+@dataclass(frozen=True, slots=True)
+class QuerySettings:
+    """File-wide defaults; each is documented in ``docs/queries.md``."""
+
+    target_p95_ms: float = 100.0
+    warmup: int = 3
+    runs: int = 100
+    max_seconds: float = 20.0
+    float_tolerance: float = 1e-9
+    large_table_rows: int = 10_000
+    statement_timeout_ms: int = 60_000
+    settle_timeout: float = 30.0
+
+    def with_overrides(self, **values: Any) -> QuerySettings:
+        given = {k: v for k, v in values.items() if v is not None}
+        return _settings_from({**_settings_dict(self), **given}, "command line")
+
+
+def _settings_dict(s: QuerySettings) -> dict[str, Any]:
+    return {name: getattr(s, name) for name in QuerySettings.__dataclass_fields__}
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    """One named parameter and its example values, already typed for each side."""
+
+    name: str
+    type: str
+    sqlite_values: tuple[object, ...]
+    postgres_values: tuple[object, ...]
+    shown: tuple[object, ...]  # what the report prints, as written in the file
+
+    def __len__(self) -> int:
+        return len(self.shown)
+
+
+@dataclass(frozen=True, slots=True)
+class ParamSet:
+    """One execution's values: a dict for sqlite3, a list in ``$n`` order for psycopg."""
+
+    index: int
+    sqlite: Mapping[str, object]
+    postgres: tuple[object, ...]
+    shown: Mapping[str, object]
+
+
+@dataclass(frozen=True, slots=True)
+class QuerySpec:
+    name: str
+    sqlite_sql: str
+    postgres_sql: str  # with $n placeholders
+    postgres_text: str  # as written (with :name placeholders), for reports
+    postgres_form: bool  # False: the SQLite text is used on both sides
+    postgres_order: tuple[str, ...]  # parameter name of $1, $2 ...
+    params: tuple[Param, ...]
+    ordered: bool
+    order_key: tuple[str, ...]
+    target_p95_ms: float | None
+    description: str = ""
+    notes: tuple[str, ...] = ()
+
+    def param_sets(self) -> list[ParamSet]:
+        count = max((len(p) for p in self.params), default=1)
+        by_name = {p.name: p for p in self.params}
+        out = []
+        for i in range(count):
+
+            def pick(values: tuple[object, ...], i: int = i) -> object:
+                return values[i] if len(values) > 1 else values[0]
+
+            out.append(
+                ParamSet(
+                    index=i,
+                    sqlite={p.name: pick(p.sqlite_values) for p in self.params},
+                    postgres=tuple(pick(by_name[n].postgres_values) for n in self.postgres_order),
+                    shown={p.name: pick(p.shown) for p in self.params},
+                )
+            )
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class QueryFile:
+    path: Path
+    settings: QuerySettings
+    queries: tuple[QuerySpec, ...] = field(default_factory=tuple)
+
+    def select(self, names: Sequence[str] | None) -> tuple[QuerySpec, ...]:
+        if not names:
+            return self.queries
+        known = [q.name for q in self.queries]
+        for name in names:
+            if name not in known:
+                raise ConfigError(
+                    f"{self.path}: no query named {name!r}{_did_you_mean(name, known)}"
+                )
+        return tuple(q for q in self.queries if q.name in names)
+
+
+# --------------------------------------------------------------------------- SQL text
+
+
+_DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_][A-Za-z0-9_]*)?\$")
+
+
+def _ident_char(ch: str) -> bool:
+    return ch.isalnum() or ch == "_"
+
+
+def _quoted_end(text: str, start: int, quote: str, *, backslash: bool = False) -> int:
+    i = start + 1
+    n = len(text)
+    while i < n:
+        ch = text[i]
+        if backslash and ch == "\\":
+            i += 2
+            continue
+        if ch == quote:
+            if i + 1 < n and text[i + 1] == quote:
+                i += 2
+                continue
+            return i + 1
+        i += 1
+    return n
+
+
+def _block_comment_end(text: str, start: int, *, nested: bool) -> int:
+    depth = 0
+    i = start
+    n = len(text)
+    while i < n:
+        if text.startswith("/*", i):
+            depth = depth + 1 if nested or depth == 0 else depth
+            i += 2
+        elif text.startswith("*/", i):
+            depth -= 1
+            i += 2
+            if depth == 0:
+                return i
+        else:
+            i += 1
+    return n
+
+
+def code_spans(text: str, dialect: Dialect) -> list[tuple[int, int]]:
+    """Where ``text`` is SQL code: not inside a string, quoted name or comment.
+
+    PostgreSQL adds dollar quoting (``$tag$ ... $tag$``), ``E'...'`` strings
+    with backslash escapes and nested block comments; SQLite adds ``[name]``
+    and backquoted names.
+    """
+    spans: list[tuple[int, int]] = []
+    i = start = 0
+    n = len(text)
+    pg = dialect == "postgres"
+    while i < n:
+        ch = text[i]
+        end = -1
+        if ch == "-" and text.startswith("--", i):
+            nl = text.find("\n", i)
+            end = n if nl < 0 else nl
+        elif ch == "/" and text.startswith("/*", i):
+            end = _block_comment_end(text, i, nested=pg)
+        elif ch == "'":
+            escaped = (
+                pg and i > 0 and text[i - 1] in "eE" and (i < 2 or not _ident_char(text[i - 2]))
+            )
+            end = _quoted_end(text, i, "'", backslash=escaped)
+        elif ch == '"':
+            end = _quoted_end(text, i, '"')
+        elif not pg and ch == "`":
+            end = _quoted_end(text, i, "`")
+        elif not pg and ch == "[":
+            close = text.find("]", i)
+            end = n if close < 0 else close + 1
+        elif pg and ch == "$" and (i == 0 or not _ident_char(text[i - 1])):
+            m = _DOLLAR_TAG.match(text, i)
+            if m:
+                close = text.find(m.group(0), m.end())
+                end = n if close < 0 else close + len(m.group(0))
+        if end < 0:
+            i += 1
+            continue
+        if i > start:
+            spans.append((start, i))
+        i = start = end
+    if start < n:
+        spans.append((start, n))
+    return spans
+
+
+_PLACEHOLDER = re.compile(r"(?<![:\w]):([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def find_placeholders(text: str, dialect: Dialect) -> list[tuple[int, int, str]]:
+    """``(start, end, name)`` of every ``:name`` placeholder in code (not in strings)."""
+    found = []
+    for a, b in code_spans(text, dialect):
+        for m in _PLACEHOLDER.finditer(text, a, b):
+            found.append((m.start(), m.end(), m.group(1)))
+    return found
+
+
+def to_postgres_placeholders(text: str) -> tuple[str, tuple[str, ...]]:
+    """``:name`` -> ``$n`` (one number per distinct name); returns the names in ``$n`` order."""
+    order: list[str] = []
+    pieces: list[str] = []
+    last = 0
+    for start, end, name in find_placeholders(text, "postgres"):
+        if name not in order:
+            order.append(name)
+        pieces.append(text[last:start])
+        pieces.append(f"${order.index(name) + 1}")
+        last = end
+    pieces.append(text[last:])
+    return "".join(pieces), tuple(order)
+
+
+_TOP_LEVEL = re.compile(r"[()]|\b(order\s+by|limit)\b", re.IGNORECASE)
+
+
+def has_top_level(text: str, dialect: Dialect, clause: str) -> bool:
+    """Whether the outermost statement has ``clause`` (``order by`` or ``limit``).
+
+    Clauses inside parentheses (subqueries, CTE bodies, window definitions)
+    do not count: only the outer ORDER BY decides the order the caller sees.
+    """
+    depth = 0
+    want = clause.lower()
+    for a, b in code_spans(text, dialect):
+        for m in _TOP_LEVEL.finditer(text, a, b):
+            tok = m.group(0)
+            if tok == "(":
+                depth += 1
+            elif tok == ")":
+                depth = max(0, depth - 1)
+            elif depth == 0 and " ".join(tok.lower().split()) == want:
+                return True
+    return False
+
+
+def _clean_sql(text: str) -> str:
+    body = text.strip()
+    while body.endswith(";"):
+        body = body[:-1].rstrip()
+    return body
+
+
+# --------------------------------------------------------------------------- values
+
+
+_TIMESTAMP = converter_for(PgType.of(Kind.TIMESTAMP))
+_TIMESTAMPTZ = converter_for(PgType.of(Kind.TIMESTAMPTZ))
+_DATE = converter_for(PgType.of(Kind.DATE))
+
+
+def sqlite_timestamp_text(value: datetime) -> str:
+    """UTC wall time as SQLite's own ``datetime()`` prints it (fraction only when set).
+
+    The same text ``datetime(col)`` returns for a stored value in either of
+    the app's styles, so a SQLite form may compare ``datetime(col) >= :since``
+    as text, or ``julianday(col) >= julianday(:since)``.
+    """
+    text = value.strftime("%Y-%m-%d %H:%M:%S")
+    if value.microsecond:
+        text += f".{value.microsecond:06d}".rstrip("0")
+    return text
+
+
+def _as_utc_naive(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        return value
+    return value.astimezone(UTC).replace(tzinfo=None)
+
+
+def _infer_type(value: object) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "real"
+    if isinstance(value, Decimal):
+        return "numeric"
+    if isinstance(value, datetime):
+        return "timestamp"
+    if isinstance(value, date):
+        return "date"
+    if isinstance(value, dict | list):
+        return "json"
+    return "text"
+
+
+def side_values(value: object, ptype: str, where: str) -> tuple[object, object]:
+    """``(for SQLite, for PostgreSQL)``: one example value, as each side stores the type.
+
+    timestamp    SQLite: UTC text ``YYYY-MM-DD HH:MM:SS[.f]``; PostgreSQL: naive UTC
+                 datetime. Text is parsed by replication's own timestamp rules
+                 (offsets converted to UTC, no offset means UTC), TOML datetimes
+                 likewise.
+    timestamptz  as timestamp, but PostgreSQL gets an aware UTC datetime.
+    date         SQLite: ``YYYY-MM-DD``; PostgreSQL: date.
+    boolean      SQLite: 1/0; PostgreSQL: bool.
+    json         SQLite: compact JSON text; PostgreSQL: jsonb. A string is read
+                 as JSON text, anything else is the document.
+    numeric      SQLite: int when integral, else float; PostgreSQL: Decimal.
+    """
+    if value is None:
+        return None, None
+    if isinstance(value, time):
+        raise ConfigError(f"{where}: a time of day is not supported as a parameter; use text")
+    if ptype == "auto":
+        ptype = _infer_type(value)
+    try:
+        if ptype == "text":
+            if not isinstance(value, str):
+                raise ConfigError(f"{where}: expected text, got {value!r}")
+            return value, value
+        if ptype == "integer":
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{where}: expected a whole number, got {value!r}")
+            return value, value
+        if ptype == "real":
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"{where}: expected a number, got {value!r}")
+            return float(value), float(value)
+        if ptype == "numeric":
+            if isinstance(value, bool):
+                raise ConfigError(f"{where}: expected a number, got {value!r}")
+            dec = Decimal(str(value))
+            if not dec.is_finite():
+                raise ConfigError(f"{where}: {value!r} is not a finite number")
+            lite: object = int(dec) if dec == dec.to_integral_value() else float(dec)
+            return lite, dec
+        if ptype == "boolean":
+            if isinstance(value, bool):
+                return int(value), value
+            if isinstance(value, int) and value in (0, 1):
+                return value, bool(value)
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        if ptype in ("timestamp", "timestamptz"):
+            if isinstance(value, datetime):
+                naive = _as_utc_naive(value)
+            elif isinstance(value, date):
+                naive = datetime(value.year, value.month, value.day)
+            elif isinstance(value, str):
+                converted = _TIMESTAMP(value)
+                assert isinstance(converted, datetime)
+                naive = converted
+            else:
+                raise ConfigError(f"{where}: expected a timestamp, got {value!r}")
+            pg: object = naive.replace(tzinfo=UTC) if ptype == "timestamptz" else naive
+            return sqlite_timestamp_text(naive), pg
+        if ptype == "date":
+            if isinstance(value, datetime):
+                raise ConfigError(f"{where}: expected a date, got a timestamp {value!r}")
+            if isinstance(value, date):
+                day = value
+            elif isinstance(value, str):
+                converted = _DATE(value)
+                assert isinstance(converted, date)
+                day = converted
+            else:
+                raise ConfigError(f"{where}: expected a date, got {value!r}")
+            return day.isoformat(), day
+        if ptype == "json":
+            doc = json.loads(value) if isinstance(value, str) else _plain_json(value)
+            text = json.dumps(doc, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+            return text, Jsonb(doc)
+    except CoercionError as exc:
+        raise ConfigError(f"{where}: {exc.reason}") from None
+    except (ValueError, InvalidOperation) as exc:
+        raise ConfigError(f"{where}: {value!r} is not valid {ptype}: {exc}") from None
+    raise ConfigError(f"{where}: unknown parameter type {ptype!r}")  # pragma: no cover
+
+
+def _plain_json(value: object) -> object:
+    """TOML values as JSON: datetimes become ISO text, floats must be finite."""
+    if isinstance(value, dict):
+        return {str(k): _plain_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain_json(v) for v in value]
+    if isinstance(value, datetime | date | time):
+        return value.isoformat()
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("JSON has no NaN or infinity")
+    return value
+
+
+def _show(value: object) -> object:
+    if isinstance(value, datetime | date | time):
+        return value.isoformat()
+    return value
+
+
+def _values_list(raw: object, where: str) -> list[object]:
+    if isinstance(raw, list):
+        if not raw:
+            raise ConfigError(f"{where}: needs at least one example value")
+        return list(raw)
+    return [raw]
+
+
+def build_param(name: str, raw: object, where: str) -> Param:
+    """A parameter from its file form: a value, a list, or a table with ``type`` and values."""
+    if not _IDENT_RE.fullmatch(name):
+        raise ConfigError(f"{where}: {name!r} is not a valid parameter name")
+    ptype = "auto"
+    per_side: tuple[list[object], list[object]] | None = None
+    if isinstance(raw, dict):
+        known = ["type", "values", "value", "sqlite", "postgres"]
+        for key in raw:
+            if key not in known:
+                raise ConfigError(
+                    f"{where}: unknown parameter key {key!r}{_did_you_mean(key, known)}"
+                )
+        ptype = str(raw.get("type", "auto"))
+        if ptype not in PARAM_TYPES:
+            raise ConfigError(
+                f"{where}: type {ptype!r} is not one of {', '.join(PARAM_TYPES)}"
+                f"{_did_you_mean(ptype, list(PARAM_TYPES))}"
+            )
+        if "sqlite" in raw or "postgres" in raw:
+            if not ("sqlite" in raw and "postgres" in raw) or "values" in raw or "value" in raw:
+                raise ConfigError(
+                    f"{where}: give either 'values' (or 'value'), or both 'sqlite' and 'postgres'"
+                )
+            per_side = (
+                _values_list(raw["sqlite"], f"{where}.sqlite"),
+                _values_list(raw["postgres"], f"{where}.postgres"),
+            )
+            if len(per_side[0]) != len(per_side[1]):
+                raise ConfigError(f"{where}: 'sqlite' and 'postgres' need as many values")
+            values = per_side[1]
+        elif "values" in raw and "value" not in raw:
+            values = _values_list(raw["values"], f"{where}.values")
+        elif "value" in raw and "values" not in raw:
+            values = [raw["value"]]
+        else:
+            raise ConfigError(f"{where}: give 'values' (a list) or 'value'")
+    else:
+        values = _values_list(raw, where)
+    sqlite_values: list[object] = []
+    postgres_values: list[object] = []
+    for i, value in enumerate(values):
+        at = f"{where}[{i}]" if len(values) > 1 else where
+        if per_side is not None:
+            lite, _ = side_values(per_side[0][i], ptype, at)
+            _, pg = side_values(per_side[1][i], ptype, at)
+        else:
+            lite, pg = side_values(value, ptype, at)
+        sqlite_values.append(lite)
+        postgres_values.append(pg)
+    shown = tuple(
+        {"sqlite": _show(a), "postgres": _show(b)} if per_side else _show(b)
+        for a, b in zip(per_side[0] if per_side else values, values, strict=True)
+    )
+    return Param(name, ptype, tuple(sqlite_values), tuple(postgres_values), shown)
+
+
+# --------------------------------------------------------------------------- building
+
+
+def _did_you_mean(word: str, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _number(value: object, where: str, *, whole: bool = False, positive: bool = False) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if whole and not isinstance(value, int):
+        raise ConfigError(f"{where}: expected a whole number, got {value!r}")
+    if value < 0 or (positive and value == 0) or not math.isfinite(value):
+        raise ConfigError(f"{where}: must be {'above' if positive else 'at least'} 0")
+    return value
+
+
+_SETTING_RULES: dict[str, tuple[bool, bool]] = {  # name -> (whole, positive)
+    "target_p95_ms": (False, True),
+    "warmup": (True, False),
+    "runs": (True, True),
+    "max_seconds": (False, True),
+    "float_tolerance": (False, False),
+    "large_table_rows": (True, False),
+    "statement_timeout_ms": (True, True),
+    "settle_timeout": (False, False),
+}
+
+
+def _settings_from(raw: Mapping[str, Any], where: str) -> QuerySettings:
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in _SETTING_RULES:
+            raise ConfigError(
+                f"{where}: unknown setting {key!r}{_did_you_mean(key, list(_SETTING_RULES))}"
+            )
+        whole, positive = _SETTING_RULES[key]
+        number = _number(value, f"{where}: {key}", whole=whole, positive=positive)
+        values[key] = number if whole else float(number)
+    return QuerySettings(**values)
+
+
+def build_query(raw: Mapping[str, Any], where: str) -> QuerySpec:
+    """A query from its fields (the same for both file formats)."""
+    known = [
+        "name",
+        "description",
+        "sql",
+        "sqlite",
+        "postgres",
+        "params",
+        "ordered",
+        "order_key",
+        "target_p95_ms",
+    ]
+    for key in raw:
+        if key not in known:
+            raise ConfigError(f"{where}: unknown key {key!r}{_did_you_mean(key, known)}")
+    name = raw.get("name")
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        raise ConfigError(
+            f"{where}: every query needs a 'name' of letters, digits, '_', '.' or '-'"
+        )
+    where = f"{where} ({name})"
+    if "sql" in raw and ("sqlite" in raw or "postgres" in raw):
+        raise ConfigError(f"{where}: 'sql' is one text for both sides; use it alone")
+    lite_raw = raw.get("sql", raw.get("sqlite"))
+    if not isinstance(lite_raw, str) or not _clean_sql(lite_raw):
+        raise ConfigError(f"{where}: needs its SQLite form ('sqlite' or 'sql')")
+    pg_raw = raw.get("postgres")
+    if pg_raw is not None and (not isinstance(pg_raw, str) or not _clean_sql(pg_raw)):
+        raise ConfigError(f"{where}: 'postgres' must be the PostgreSQL form of the query")
+    lite = _clean_sql(lite_raw)
+    pg_text = _clean_sql(pg_raw) if isinstance(pg_raw, str) else lite
+    pg_sql, pg_order = to_postgres_placeholders(pg_text)
+    lite_names = {n for _, _, n in find_placeholders(lite, "sqlite")}
+
+    params_raw = raw.get("params", {})
+    if not isinstance(params_raw, Mapping):
+        raise ConfigError(f"{where}: 'params' must be a table of parameter names")
+    params = tuple(
+        build_param(pname, value, f"{where}: params.{pname}") for pname, value in params_raw.items()
+    )
+    defined = {p.name for p in params}
+    for side, used in (("SQLite", lite_names), ("PostgreSQL", set(pg_order))):
+        missing = sorted(used - defined)
+        if missing:
+            raise ConfigError(
+                f"{where}: the {side} form uses :{', :'.join(missing)} but params "
+                "gives no value for it"
+            )
+    unused = sorted(defined - lite_names - set(pg_order))
+    if unused:
+        raise ConfigError(f"{where}: parameter(s) {', '.join(unused)} used by neither form")
+    lengths = {len(p) for p in params if len(p) > 1}
+    if len(lengths) > 1:
+        detail = ", ".join(f"{p.name}: {len(p)}" for p in params if len(p) > 1)
+        raise ConfigError(
+            f"{where}: parameter lists are zipped into sets, so those with more than one "
+            f"value need the same length ({detail})"
+        )
+
+    ordered_raw = raw.get("ordered")
+    if ordered_raw is not None and not isinstance(ordered_raw, bool):
+        raise ConfigError(f"{where}: 'ordered' must be true or false")
+    lite_ordered = has_top_level(lite, "sqlite", "order by")
+    pg_ordered = has_top_level(pg_text, "postgres", "order by")
+    ordered = lite_ordered if ordered_raw is None else ordered_raw
+    order_key_raw = raw.get("order_key", [])
+    if isinstance(order_key_raw, str):
+        order_key_raw = [k.strip() for k in order_key_raw.split(",") if k.strip()]
+    if not isinstance(order_key_raw, list) or not all(isinstance(k, str) for k in order_key_raw):
+        raise ConfigError(f"{where}: 'order_key' must be a list of result column names")
+    if order_key_raw and not ordered:
+        raise ConfigError(f"{where}: 'order_key' needs an ordered query")
+    target = raw.get("target_p95_ms")
+    if target is not None:
+        target = float(_number(target, f"{where}: target_p95_ms", positive=True))
+    description = raw.get("description", "")
+    if not isinstance(description, str):
+        raise ConfigError(f"{where}: 'description' must be text")
+
+    notes = []
+    if lite_ordered and not pg_ordered:
+        notes.append(
+            "the SQLite form has ORDER BY but the PostgreSQL form does not: "
+            "PostgreSQL returns rows in whatever order its plan produces"
+        )
+    for side, text, has_order in (
+        ("SQLite", lite, lite_ordered),
+        ("PostgreSQL", pg_text, pg_ordered),
+    ):
+        dialect: Dialect = "sqlite" if side == "SQLite" else "postgres"
+        if has_top_level(text, dialect, "limit") and not has_order:
+            notes.append(
+                f"the {side} form has LIMIT without ORDER BY: which rows come back is "
+                "up to each engine's plan"
+            )
+    return QuerySpec(
+        name=name,
+        sqlite_sql=lite,
+        postgres_sql=pg_sql,
+        postgres_text=pg_text,
+        postgres_form=pg_raw is not None,
+        postgres_order=pg_order,
+        params=params,
+        ordered=ordered,
+        order_key=tuple(order_key_raw),
+        target_p95_ms=target,
+        description=description.strip(),
+        notes=tuple(notes),
+    )
+
+
+def _check_unique(queries: Sequence[QuerySpec], path: Path) -> None:
+    seen: set[str] = set()
+    for q in queries:
+        if q.name in seen:
+            raise ConfigError(f"{path}: two queries are named {q.name!r}")
+        seen.add(q.name)
+    if not queries:
+        raise ConfigError(f"{path}: holds no queries")
+
+
+# --------------------------------------------------------------------------- TOML
+
+
+def parse_toml_file(text: str, path: Path) -> QueryFile:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"query file {path} is not valid TOML: {exc}") from None
+    for key in data:
+        if key not in ("settings", "query"):
+            raise ConfigError(
+                f"{path}: unknown top-level key {key!r}{_did_you_mean(key, ['settings', 'query'])}"
+            )
+    settings_raw = data.get("settings", {})
+    if not isinstance(settings_raw, dict):
+        raise ConfigError(f"{path}: [settings] must be a table")
+    settings = _settings_from(settings_raw, f"{path}: [settings]")
+    raw_queries = data.get("query", [])
+    if not isinstance(raw_queries, list):
+        raise ConfigError(f"{path}: queries are [[query]] tables")
+    queries = tuple(build_query(q, f"{path}: query #{i + 1}") for i, q in enumerate(raw_queries))
+    _check_unique(queries, path)
+    return QueryFile(path, settings, queries)
+
+
+# --------------------------------------------------------------------------- SQL
+
+
+_DIRECTIVE = re.compile(r"^\s*--\s*([A-Za-z_][A-Za-z0-9_]*)\s*:(.*)$")
+_QUERY_KEYS = ("name", "description", "param", "ordered", "order_key", "target_p95_ms")
+_MARKERS = ("sqlite", "postgres")
+_PARAM_HEAD = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)(?:\s+([a-z]+))?\s*=(.*)$", re.DOTALL)
+
+
+def _toml_value(text: str, where: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text.strip()}")["v"]
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{where}: {text.strip()!r} is not a TOML value ({exc})") from None
+
+
+def parse_sql_file(text: str, path: Path) -> QueryFile:
+    """Queries separated by ``-- name:`` lines; see ``docs/queries.md`` for the directives."""
+    settings_raw: dict[str, Any] = {}
+    blocks: list[dict[str, Any]] = []
+    current: dict[str, Any] | None = None
+    section = "sqlite"
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        where = f"{path}:{lineno}"
+        m = _DIRECTIVE.match(line)
+        key = m.group(1).lower() if m else ""
+        value = m.group(2).strip() if m else ""
+        if m and key == "name":
+            current = {"name": value, "params": {}, "sqlite": [], "postgres": [], "line": lineno}
+            blocks.append(current)
+            section = "sqlite"
+            continue
+        if current is None:
+            if m and key in _SETTING_RULES:
+                settings_raw[key] = _toml_value(value, where)
+            elif m and difflib.get_close_matches(key, list(_SETTING_RULES), n=1, cutoff=0.85):
+                raise ConfigError(
+                    f"{where}: unknown setting {key!r}{_did_you_mean(key, list(_SETTING_RULES))}"
+                )
+            elif line.strip() and not line.strip().startswith("--"):
+                raise ConfigError(f"{where}: SQL before the first '-- name:' line")
+            continue
+        if m and key in _MARKERS:
+            if value:
+                raise ConfigError(f"{where}: '-- {key}:' stands alone on its line")
+            section = key
+            continue
+        if m and key in _QUERY_KEYS:
+            if key == "param":
+                pm = _PARAM_HEAD.match(value)
+                if pm is None:
+                    raise ConfigError(
+                        f"{where}: expected '-- param: NAME [TYPE] = VALUE or [VALUES]'"
+                    )
+                pname, ptype, pvalue = pm.group(1), pm.group(2), pm.group(3)
+                parsed = _toml_value(pvalue, where)
+                current["params"][pname] = (
+                    {"type": ptype, "values": parsed if isinstance(parsed, list) else [parsed]}
+                    if ptype
+                    else parsed
+                )
+            elif key in ("ordered", "target_p95_ms"):
+                current[key] = _toml_value(value, where)
+            elif key == "order_key":
+                current[key] = value
+            else:
+                current[key] = value
+            continue
+        if m and difflib.get_close_matches(key, [*_QUERY_KEYS, *_MARKERS], n=1, cutoff=0.8):
+            known = [*_QUERY_KEYS, *_MARKERS]
+            raise ConfigError(f"{where}: unknown directive {key!r}{_did_you_mean(key, known)}")
+        current[section].append(line)
+    queries = []
+    for block in blocks:
+        raw: dict[str, Any] = {
+            k: v for k, v in block.items() if k not in ("sqlite", "postgres", "line")
+        }
+        raw["sqlite"] = "\n".join(block["sqlite"])
+        if block["postgres"]:
+            raw["postgres"] = "\n".join(block["postgres"])
+        queries.append(build_query(raw, f"{path}:{block['line']}"))
+    _check_unique(queries, path)
+    settings = _settings_from(settings_raw, f"{path}: settings")
+    return QueryFile(path, settings, tuple(queries))
+
+
+def load_query_file(path: Path) -> QueryFile:
+    """Read a ``.toml`` or ``.sql`` query file (by extension), validated."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"query file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"query file {path} is a directory") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"query file {path} is not UTF-8 text") from None
+    suffix = path.suffix.lower()
+    if suffix == ".toml":
+        return parse_toml_file(text, path)
+    if suffix == ".sql":
+        return parse_sql_file(text, path)
+    raise ConfigError(f"query file {path}: expected a .toml or .sql file")
