@@ -196,7 +196,12 @@ def init(ctx: click.Context, no_triggers: bool) -> None:
 
 
 @main.command()
-@click.option("--restart", is_flag=True, help="Forget earlier progress and copy every table again.")
+@click.option(
+    "--restart",
+    is_flag=True,
+    help="Forget earlier progress and copy every table again (upserting over rows already "
+    "there; rows no longer in the source are left: `verify --repair` removes them).",
+)
 @click.option(
     "--table",
     "tables",

@@ -454,6 +454,9 @@ class Daemon:
         metrics.APPLIED_POSITION.set(self.position.seq)
         metrics.UP.set(1)
         self._state = "streaming"
+        # Publish the new state now: the throttled heartbeat would leave `status`
+        # saying "snapshot" until the first batch (maybe a long backlog) is applied.
+        self._heartbeat(force=True)
         self.log.info("streaming", position=self.position.seq, tables=len(self.plans))
         if not self._ready_sent:
             self.notifier.ready(f"streaming from position {self.position.seq}")
@@ -522,8 +525,13 @@ class Daemon:
             changelog.prune(self.source, self.position.seq, cfg.prune_batch)
         self._heartbeat()
         self.notifier.watchdog()
-        if not changes or len(changes) < cfg.batch_max_changes // 2:
-            self.health.tick(connected=True, lag_seconds=self._lag, state="streaming")
+        lag = self._lag
+        if changes and len(changes) >= cfg.batch_max_changes // 2:
+            # A full batch: a backlog. Still tick (or /healthz calls a busy loop stuck),
+            # but never with a lag sampled before the backlog (ready while far behind):
+            # what is pending is at most as old as the newest change just applied.
+            lag = max(lag, time.time() - max(c.captured_at for c in changes))
+        self.health.tick(connected=True, lag_seconds=lag, state="streaming")
         if not changes and not busy and not self.stop.is_set():
             self.waker.wait(cfg.poll_interval)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -554,24 +554,46 @@ def target_sequences(
     return [(c.name, c.sequence) for c in table.columns if c.sequence and c.name in filled]
 
 
+def source_max_ids(source: sqlite3.Connection, plan: TablePlan) -> dict[str, int]:
+    """Largest integer value per column in the source, for the columns that have a
+    sequence in the target: sequences must pass ids that exist in the source too,
+    including rows that were dead-lettered and so never reached the target."""
+    out: dict[str, int] = {}
+    for col in plan.columns:
+        if col.source == ROWID or col.type.kind not in (Kind.SMALLINT, Kind.INTEGER, Kind.BIGINT):
+            continue
+        row = source.execute(
+            f"SELECT max({sqlite_ident(col.source)}) FROM {sqlite_ident(plan.source.name)} "
+            f"WHERE typeof({sqlite_ident(col.source)}) = 'integer'"
+        ).fetchone()
+        if row and row[0] is not None:
+            out[col.target] = int(row[0])
+    return out
+
+
 def sequence_sql(
-    plan: TablePlan, sequences: Sequence[tuple[str, tuple[str, str]]]
+    plan: TablePlan,
+    sequences: Sequence[tuple[str, tuple[str, str]]],
+    floors: Mapping[str, int] | None = None,
 ) -> list[sql.Composed]:
-    """Move each sequence past the largest copied id; never backwards."""
+    """Move each sequence past the largest id in the target (and ``floors``, the
+    source's largest ids); never backwards."""
     stmts = []
     for column, (seq_schema, seq_name) in sequences:
         seqrel = pg_ident(seq_schema, seq_name)
+        floor = int((floors or {}).get(column, 0))
         stmts.append(
             sql.SQL(
                 "SELECT setval(to_regclass({seqtext}), v, true) FROM (SELECT GREATEST("
                 "(SELECT max({col}) FROM {table}), "
-                "(SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM {seqrel})"
-                ") AS v) AS s WHERE v >= 1"
+                "(SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM {seqrel}), "
+                "{floor}) AS v) AS s WHERE v >= 1"
             ).format(
                 seqtext=sql.Literal(seqrel.as_string(None)),
                 col=pg_ident(column),
                 table=plan.table,
                 seqrel=seqrel,
+                floor=sql.Literal(floor),
             )
         )
     return stmts

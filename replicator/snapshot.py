@@ -32,6 +32,7 @@ from replicator.schema import (
     create_table_sql,
     post_load_sql,
     sequence_sql,
+    source_max_ids,
     target_sequences,
 )
 from replicator.source.sqlite import ROWID, open_source, read_transaction
@@ -343,7 +344,7 @@ class Snapshotter:
             summary.tables.append(
                 self.copy_table(source, conn, plan, progress.get(plan.source.name))
             )
-        self.finish(conn, plans, created, summary)
+        self.finish(source, conn, plans, created, summary)
         return summary
 
     def create_missing(self, conn: sink.Connection, plans: Sequence[TablePlan]) -> set[str]:
@@ -466,6 +467,7 @@ class Snapshotter:
 
     def finish(
         self,
+        source: sqlite3.Connection,
         conn: sink.Connection,
         plans: Sequence[TablePlan],
         created: set[str],
@@ -491,6 +493,11 @@ class Snapshotter:
                 cur.execute(sql.SQL("ANALYZE {}").format(plan.table))
         with conn.transaction(), conn.cursor() as cur:
             for plan in plans:
-                for stmt in sequence_sql(plan, target_sequences(conn, plan)):
+                sequences = target_sequences(conn, plan)
+                if not sequences:
+                    continue
+                with read_transaction(source):
+                    floors = source_max_ids(source, plan)
+                for stmt in sequence_sql(plan, sequences, floors):
                     cur.execute(stmt)
                     summary.sequences_set += 1
