@@ -7,16 +7,13 @@ Create Date: ${create_date}
 
 from alembic import op
 import sqlalchemy as sa
+from replicator.state import migration_schema
 ${imports if imports else ""}
 
 revision = ${repr(up_revision)}
 down_revision = ${repr(down_revision)}
 branch_labels = ${repr(branch_labels)}
 depends_on = ${repr(depends_on)}
-
-
-def state_schema() -> str:
-    return op.get_context().version_table_schema
 
 
 def upgrade() -> None:

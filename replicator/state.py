@@ -91,3 +91,12 @@ def migrate(dsn: str, schema: str) -> tuple[str | None, str]:
         engine.dispose()
     assert after is not None
     return before, after
+
+
+def migration_schema() -> str:
+    """The state schema a running migration targets (for migrations/versions/*)."""
+    from alembic import op
+
+    schema = op.get_context().version_table_schema
+    assert schema, "the state schema is passed by replicator.state.migrate"
+    return str(schema)

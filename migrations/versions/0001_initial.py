@@ -7,6 +7,8 @@ Create Date: 2026-11-25
 
 import sqlalchemy as sa
 from alembic import op
+
+from replicator.state import migration_schema
 from sqlalchemy.dialects import postgresql
 
 revision = "0001"
@@ -15,14 +17,8 @@ branch_labels = None
 depends_on = None
 
 
-def state_schema() -> str:
-    schema = op.get_context().version_table_schema
-    assert schema, "the state schema is passed by replicator.state.migrate"
-    return schema
-
-
 def upgrade() -> None:
-    schema = state_schema()
+    schema = migration_schema()
     op.create_table(
         "snapshot_progress",
         sa.Column("table_name", sa.Text, primary_key=True),
@@ -80,7 +76,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    schema = state_schema()
+    schema = migration_schema()
     op.drop_table("meta", schema=schema)
     op.drop_table("dead_letters", schema=schema)
     op.drop_table("snapshot_progress", schema=schema)

@@ -8,20 +8,16 @@ Create Date: 2026-11-25
 import sqlalchemy as sa
 from alembic import op
 
+from replicator.state import migration_schema
+
 revision = "0002"
 down_revision = "0001"
 branch_labels = None
 depends_on = None
 
 
-def state_schema() -> str:
-    schema = op.get_context().version_table_schema
-    assert schema, "the state schema is passed by replicator.state.migrate"
-    return schema
-
-
 def upgrade() -> None:
-    schema = state_schema()
+    schema = migration_schema()
     # One row: the last change-log position whose effect is committed here.
     # Written in the same transaction as the changes it covers.
     op.create_table(
@@ -29,7 +25,9 @@ def upgrade() -> None:
         sa.Column("id", sa.SmallInteger, primary_key=True),
         sa.Column("seq", sa.BigInteger, nullable=False),
         sa.Column("snapshot_seq", sa.BigInteger, nullable=False),
-        sa.Column("applied_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+        sa.Column(
+            "applied_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+        ),
         sa.Column("changes_applied", sa.BigInteger, nullable=False, server_default="0"),
         sa.CheckConstraint("id = 1", name="stream_position_single_row"),
         schema=schema,
@@ -51,6 +49,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    schema = state_schema()
+    schema = migration_schema()
     op.drop_table("daemon", schema=schema)
     op.drop_table("stream_position", schema=schema)

@@ -7,6 +7,8 @@ Create Date: 2026-11-25
 
 import sqlalchemy as sa
 from alembic import op
+
+from replicator.state import migration_schema
 from sqlalchemy.dialects import postgresql
 
 revision = "0003"
@@ -15,14 +17,8 @@ branch_labels = None
 depends_on = None
 
 
-def state_schema() -> str:
-    schema = op.get_context().version_table_schema
-    assert schema, "the state schema is passed by replicator.state.migrate"
-    return schema
-
-
 def upgrade() -> None:
-    schema = state_schema()
+    schema = migration_schema()
     # Written in the same transaction as each batch that touches the table.
     op.create_table(
         "table_stats",
@@ -37,6 +33,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    schema = state_schema()
+    schema = migration_schema()
     op.drop_column("daemon", "rates", schema=schema)
     op.drop_table("table_stats", schema=schema)

@@ -7,6 +7,8 @@ Create Date: 2026-11-26
 
 import sqlalchemy as sa
 from alembic import op
+
+from replicator.state import migration_schema
 from sqlalchemy.dialects import postgresql
 
 revision = "0004"
@@ -15,14 +17,8 @@ branch_labels = None
 depends_on = None
 
 
-def state_schema() -> str:
-    schema = op.get_context().version_table_schema
-    assert schema, "the state schema is passed by replicator.state.migrate"
-    return schema
-
-
 def upgrade() -> None:
-    schema = state_schema()
+    schema = migration_schema()
     # One row per table captured by a cursor. `position` is written in the same
     # transaction as the rows it covers, like stream_position.seq for triggers.
     op.create_table(
@@ -47,5 +43,5 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    schema = state_schema()
+    schema = migration_schema()
     op.drop_table("cursor_position", schema=schema)
