@@ -12,6 +12,8 @@ PostgreSQL it starts and removes itself.
 from __future__ import annotations
 
 import contextlib
+import os
+import secrets
 import tempfile
 import threading
 import time
@@ -43,7 +45,7 @@ from replicator.source.sqlite import open_source
 from replicator.systemd import Notifier
 from replicator.verify import Verifier
 
-DEMO_DATABASE = "replicator_demo"
+DEMO_DATABASE_PREFIX = "replicator_demo"
 
 
 @contextlib.contextmanager
@@ -66,29 +68,27 @@ def demo_target(server_dsn: str | None, out: TextIO) -> Iterator[str]:
 
 @contextlib.contextmanager
 def _fresh_database(server_dsn: str) -> Iterator[str]:
+    """A database of the demo's own (a unique name: demos may run side by side),
+    dropped afterwards."""
+    name = f"{DEMO_DATABASE_PREFIX}_{os.getpid()}_{secrets.token_hex(3)}"
     try:
         admin = psycopg.connect(server_dsn, autocommit=True, connect_timeout=10)
     except psycopg.OperationalError as exc:
         raise TargetError(f"cannot connect to {redact_dsn(server_dsn)}: {exc}") from None
     with admin:
         try:
-            admin.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(pg_ident(DEMO_DATABASE))
-            )
-            admin.execute(sql.SQL("CREATE DATABASE {}").format(pg_ident(DEMO_DATABASE)))
+            admin.execute(sql.SQL("CREATE DATABASE {}").format(pg_ident(name)))
         except psycopg.Error as exc:
             raise TargetError(
-                f"cannot create database {DEMO_DATABASE!r} on {redact_dsn(server_dsn)} "
+                f"cannot create database {name!r} on {redact_dsn(server_dsn)} "
                 f"(the demo needs CREATEDB): {exc}"
             ) from None
-    dsn = conninfo.make_conninfo(server_dsn, dbname=DEMO_DATABASE)
+    dsn = conninfo.make_conninfo(server_dsn, dbname=name)
     try:
         yield dsn
     finally:
         with psycopg.connect(server_dsn, autocommit=True) as admin:
-            admin.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(pg_ident(DEMO_DATABASE))
-            )
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(pg_ident(name)))
 
 
 class StatusLine:
@@ -187,7 +187,11 @@ def run_demo(
         dsn = stack.enter_context(demo_target(server_dsn, out))
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(sample.REFERENCE_PG_SCHEMA.encode())
-        out.write("created the application's PostgreSQL schema (alembic head 20251112_0010)\n")
+        dbname = conninfo.conninfo_to_dict(dsn).get("dbname")
+        out.write(
+            f"created database {dbname} (dropped at the end) with the application's "
+            "PostgreSQL schema (alembic head 20251112_0010)\n"
+        )
         config = Config(
             source=SourceConfig(path=db),
             target=TargetConfig(url=Secret(dsn)),

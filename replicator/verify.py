@@ -176,7 +176,18 @@ class VerifyReport:
                 f"{self.open_dead_letters} open dead letter(s): rows the target does not hold "
                 "(see `replicator dead-letters list`)"
             )
-        verdict = "IDENTICAL" if self.ok else "DIFFERENT"
+        differences = sum(t.differences for t in self.tables)
+        explained = sum(t.dead_lettered for t in self.tables)
+        others = self.orphans or self.sequences_behind or self.json_invalid
+        if self.ok:
+            verdict = "IDENTICAL"
+        elif differences == explained and not others:
+            verdict = (
+                f"DIFFERENT only by the {explained} dead-lettered row(s): every other row "
+                "is identical"
+            )
+        else:
+            verdict = "DIFFERENT"
         where = f" at stream position {self.position}" if self.position is not None else ""
         lines.append(f"verdict: {verdict}{where} ({self.seconds:.1f} s)")
         return "\n".join(lines)

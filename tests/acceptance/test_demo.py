@@ -1,0 +1,131 @@
+"""``replicator demo`` as a newcomer runs it (``make demo``): a subprocess, a
+small sample, a few seconds of live writes, and the verdict.
+
+With ``DATABASE_URL`` the demo works on that server in a database of its own,
+with a unique name (demos may run side by side), which it drops at the end.
+Without ``DATABASE_URL`` it starts a throwaway PostgreSQL of its own, which
+must be gone, processes and files, when it ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from pgutil import database_exists
+from shiputil import clean_env, replicator_exe
+
+DEMO_ARGS = ("demo", "--artifacts", "2000", "--seconds", "5")
+
+
+def check_verdict(stdout: str) -> None:
+    """The demo's own account adds up: the refused rows it planted are exactly
+    the ones the OK verdict names as dead letters, and nothing else differs."""
+    planted = re.search(r"(\d+) of them with a value PostgreSQL must refuse", stdout)
+    verdict = re.search(r"\nOK: PostgreSQL holds every row .* except the (\d+) row\(s\)", stdout)
+    assert planted and verdict, stdout[-3000:]
+    assert verdict[1] == planted[1], "dead letters are exactly the planted bad values"
+    assert "FAILED" not in stdout
+    assert re.search(r"\] streaming position +\d+ +lag +0 changes", stdout), "reached lag zero"
+    workdir = re.search(r"-> (\S+)/app\.db\n", stdout)
+    assert workdir and not Path(workdir[1]).exists(), "its temporary folder is removed"
+
+
+@pytest.mark.timeout(300)
+def test_demo_with_database_url(pg_admin_dsn: str, tmp_path: Path) -> None:
+    env = clean_env(DATABASE_URL=pg_admin_dsn, HOME=str(tmp_path))
+    result = subprocess.run(
+        [str(replicator_exe()), *DEMO_ARGS],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stderr == ""
+    assert "using the PostgreSQL server of DATABASE_URL" in result.stdout
+    check_verdict(result.stdout)
+    created = re.search(
+        r"created database (replicator_demo_\w+) \(dropped at the end\)", result.stdout
+    )
+    assert created, result.stdout[:2000]
+    assert not database_exists(pg_admin_dsn, created[1]), f"the demo left {created[1]} behind"
+
+
+def postgres_children(parent: int) -> dict[int, str]:
+    """pid -> data folder (-D) of each ``postgres`` process whose parent is ``parent``."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            stat = (entry / "stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            if ppid != parent:
+                continue
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            if Path(argv[0].decode()).name == "postgres" and b"-D" in argv:
+                found[int(entry.name)] = argv[argv.index(b"-D") + 1].decode()
+    return found
+
+
+def processes_using(data_dir: str) -> list[int]:
+    hits = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if data_dir.encode() in (entry / "cmdline").read_bytes().split(b"\0"):
+                    hits.append(int(entry.name))
+    return hits
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_demo_without_database_url_cleans_up_its_server(tmp_path: Path) -> None:
+    out = tmp_path / "demo.out"
+    err = tmp_path / "demo.err"
+    with out.open("wb") as stdout, err.open("wb") as stderr:
+        proc = subprocess.Popen(
+            [str(replicator_exe()), *DEMO_ARGS],
+            env=clean_env(HOME=str(tmp_path)),  # no DATABASE_URL
+            cwd=tmp_path,
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+        )
+        servers: dict[int, str] = {}
+        deadline = time.monotonic() + 240
+        try:
+            while proc.poll() is None and time.monotonic() < deadline:
+                servers.update(postgres_children(proc.pid))
+                time.sleep(0.1)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            code = proc.wait()
+    text = out.read_text()
+    assert code == 0, text[-3000:] + err.read_text()[-3000:]
+    assert "starting a throwaway PostgreSQL (DATABASE_URL is not set)" in text
+    assert "throwaway PostgreSQL stopped and removed" in text
+    check_verdict(text)
+
+    assert len(servers) == 1, f"one server of its own, saw {servers}"
+    ((pid, data_dir),) = servers.items()
+    assert (
+        not Path(f"/proc/{pid}").exists()
+        or data_dir.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ), "the postmaster still runs"
+    assert processes_using(data_dir) == [], "no backend or helper process of it is left"
+    assert not Path(data_dir).exists(), "its data folder is deleted"
+    port = re.search(r"listening on \S+@127\.0\.0\.1:(\d+)/", text)
+    assert port, text[:2000]
+    with socket.socket() as sock, pytest.raises(ConnectionRefusedError):
+        sock.settimeout(5)
+        sock.connect(("127.0.0.1", int(port[1])))
