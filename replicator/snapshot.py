@@ -211,35 +211,42 @@ def stop_on_first(letters: Sequence[DeadLetter]) -> None:
 
 
 class ChunkReader:
-    """Keyset pagination over one table, one short read transaction per chunk."""
+    """Keyset pagination over one table, one short read transaction per chunk.
+
+    ``upper`` (set by the snapshot to the largest key when a table's copy
+    starts) bounds the pages: rows inserted later are the stream's to apply,
+    and without the bound a table growing faster than it is copied would
+    never finish.
+    """
 
     def __init__(
         self, conn: sqlite3.Connection, plan: TablePlan, lenient: Callable[[], sqlite3.Connection]
     ):
         self.conn = conn
         self.lenient = lenient
-        table = sqlite_ident(plan.source.name)
-        keys = ", ".join(ROWID if k == ROWID else sqlite_ident(k) for k in plan.key)
-        marks = ", ".join("?" for _ in plan.key)
-        select = plan.source_select_list()
-        self.first_sql = f"SELECT {select} FROM {table} ORDER BY {keys} LIMIT ?"
-        self.next_sql = (
-            f"SELECT {select} FROM {table} WHERE ({keys}) > ({marks}) ORDER BY {keys} LIMIT ?"
-        )
-        self._next_head = f"SELECT {select} FROM {table} WHERE ({keys}) > ("
-        self._next_tail = f") ORDER BY {keys} LIMIT ?"
-        self.count_sql = f"SELECT count(*) FROM {table}"
+        self.table = sqlite_ident(plan.source.name)
+        self.keys = ", ".join(ROWID if k == ROWID else sqlite_ident(k) for k in plan.key)
+        self.select = plan.source_select_list()
+        self.count_sql = f"SELECT count(*) FROM {self.table}"
+        descending = ", ".join(f"{ROWID if k == ROWID else sqlite_ident(k)} DESC" for k in plan.key)
+        self.max_sql = f"SELECT {self.keys} FROM {self.table} ORDER BY {descending} LIMIT 1"
+        self.upper: tuple[Any, ...] | None = None
 
     def count(self) -> int:
         return int(self.conn.execute(self.count_sql).fetchone()[0])
 
-    def _after(self, after: tuple[Any, ...]) -> tuple[str, tuple[Any, ...]]:
-        """The keyset query after ``after``. A key read from text that is not valid
-        UTF-8 (lone surrogates) cannot be bound as str: it is bound as its original
-        bytes and cast back to TEXT, so it compares exactly as stored."""
+    def max_key(self) -> tuple[Any, ...] | None:
+        row = self._fetch(self.max_sql, ())
+        return tuple(row[0]) if row else None
+
+    @staticmethod
+    def _bind(key: tuple[Any, ...]) -> tuple[str, list[Any]]:
+        """Placeholders and parameters for a key. A key read from text that is not
+        valid UTF-8 (lone surrogates) cannot be bound as str: it is bound as its
+        original bytes and cast back to TEXT, so it compares exactly as stored."""
         marks: list[str] = []
         params: list[Any] = []
-        for value in after:
+        for value in key:
             if isinstance(value, str) and not value.isascii():
                 try:
                     value.encode("utf-8")
@@ -249,23 +256,31 @@ class ChunkReader:
                     continue
             marks.append("?")
             params.append(value)
-        if all(m == "?" for m in marks):
-            return self.next_sql, tuple(params)
-        return f"{self._next_head}{', '.join(marks)}{self._next_tail}", tuple(params)
+        return ", ".join(marks), params
 
     def read(self, after: tuple[Any, ...] | None, limit: int) -> list[RawRow]:
-        if after is None:
-            query, params = self.first_sql, (limit,)
-        else:
-            query, after_params = self._after(after)
-            params = (*after_params, limit)
+        where: list[str] = []
+        params: list[Any] = []
+        if after is not None:
+            marks, values = self._bind(after)
+            where.append(f"({self.keys}) > ({marks})")
+            params += values
+        if self.upper is not None:
+            marks, values = self._bind(self.upper)
+            where.append(f"({self.keys}) <= ({marks})")
+            params += values
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        query = f"SELECT {self.select} FROM {self.table}{clause} ORDER BY {self.keys} LIMIT ?"
+        return self._fetch(query, (*params, limit))
+
+    def _fetch(self, query: str, params: tuple[Any, ...]) -> list[RawRow]:
         try:
             with read_transaction(self.conn):
                 return self.conn.execute(query, params).fetchall()
         except sqlite3.OperationalError as exc:
             if "decode" not in str(exc):
                 raise SourceError(f"reading the source failed: {exc}") from exc
-        # Some text in this chunk is not valid UTF-8: re-read it keeping the bytes.
+        # Some text here is not valid UTF-8: re-read it keeping the bytes.
         lenient = self.lenient()
         with read_transaction(lenient):
             return lenient.execute(query, params).fetchall()
@@ -395,6 +410,7 @@ class Snapshotter:
             progress = SnapshotProgress(table=name, last_key=None, method=method)
         with read_transaction(source):
             progress = replace(progress, rows_total=reader.count())
+        reader.upper = reader.max_key()
         write = writer.copy if progress.method == "copy" else writer.upsert
         columns = writer.column_names()
         chunk_rows = self.config.snapshot.chunk_rows

@@ -226,7 +226,10 @@ class DaemonProcess:
         return int(address.rsplit(":", 1)[1])
 
     def wait_caught_up(self, timeout: float = 60.0) -> Position:
-        return wait_caught_up(self.source, self.dsn, timeout=timeout, alive=self.gone)
+        try:
+            return wait_caught_up(self.source, self.dsn, timeout=timeout, alive=self.gone)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\ndaemon pid {self.pid} log tail:\n{self.tail()}") from None
 
     def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM, then wait; returns the exit code (the process is gone either way)."""

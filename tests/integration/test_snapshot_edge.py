@@ -544,3 +544,34 @@ def test_dead_letter_image_is_json_with_the_raw_value(tmp_path: Path, pg_dsn: st
     assert change["id"] == 7
     assert change["data"] == {"type": "blob", "value": "ff00"}
     json.dumps(change)  # plain JSON all the way down
+
+
+def test_a_table_growing_during_its_copy_still_finishes(tmp_path: Path, pg_dsn: str) -> None:
+    """The copy of a table stops at the largest key it saw when it started: rows
+    inserted later belong to the stream, and a table that grows faster than it is
+    copied must not keep the snapshot running forever."""
+    source = make_source(
+        tmp_path / "grow.db",
+        "CREATE TABLE events (id INTEGER PRIMARY KEY, body TEXT);"
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 500)"
+        " INSERT INTO events SELECT i, 'row ' || i FROM n;",
+    )
+    writer = sqlite3.connect(source)
+    grown = 0
+
+    def grow(_table: str, _read: int, _written: int, _total: int) -> None:
+        nonlocal grown
+        # Faster than the copy: 20 new rows for every 10 copied.
+        writer.executemany("INSERT INTO events (body) VALUES (?)", [("late",) for _ in range(20)])
+        writer.commit()
+        grown += 20
+
+    config = make_config(source, pg_dsn, chunk_rows=10)
+    summary = Snapshotter(config, display=ProgressDisplay(io.StringIO()), on_chunk=grow).run()
+    writer.close()
+    assert grown >= 1000, "the source really grew faster than it was copied"
+    (result,) = summary.tables
+    assert result.rows_read == 500
+    with psycopg.connect(pg_dsn) as conn:
+        got = conn.execute('SELECT min(id), max(id), count(*) FROM "events"').fetchone()
+    assert got == (1, 500, 500)
