@@ -103,8 +103,11 @@ class Cutover:
             self._step(report, "query parity", self._queries)
         if self.dry_run:
             self._step(report, "sequences ahead", self._sequences_dry)
-        else:
+        elif report.go:
             self._step(report, "sequences reset", self._sequences)
+        else:
+            # Nothing is written on a no-go.
+            self._step(report, "sequences reset", lambda: (False, "not reset: no-go above"))
         if not self.dry_run and report.go:
             self._record(report)
         return report
