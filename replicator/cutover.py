@@ -106,8 +106,7 @@ class Cutover:
         elif report.go:
             self._step(report, "sequences reset", self._sequences)
         else:
-            # Nothing is written on a no-go.
-            self._step(report, "sequences reset", lambda: (False, "not reset: no-go above"))
+            self.out("[SKIP] sequences reset             nothing is written on a no-go")
         if not self.dry_run and report.go:
             self._record(report)
         return report
