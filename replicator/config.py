@@ -145,7 +145,7 @@ class TablesConfig:
 @dataclass(frozen=True, slots=True)
 class SnapshotConfig:
     chunk_rows: int = field(
-        default=20000,
+        default=5000,
         metadata=_doc(
             "Rows per snapshot chunk; each chunk is one short SQLite read and one "
             "PostgreSQL transaction with its checkpoint."
@@ -316,6 +316,28 @@ class CaptureConfig:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class SchemaDriftConfig:
+    add_columns: bool = field(
+        default=True,
+        metadata=_doc(
+            "A column added to a replicated source table is added to its target table "
+            "(type from the documented mapping, the SQLite default filling existing rows), "
+            "the triggers are recreated and the table is re-synced, without a restart. "
+            "false: the table is paused until the target has the column and the daemon "
+            "is restarted."
+        ),
+    )
+    new_tables: bool = field(
+        default=True,
+        metadata=_doc(
+            "A table created in the source while the daemon runs, matching "
+            "tables.include/exclude, is planned, snapshotted and streamed without a "
+            "restart. false: it is picked up at the next start."
+        ),
+    )
+
+
 SECTIONS: dict[str, type[Any]] = {
     "source": SourceConfig,
     "target": TargetConfig,
@@ -325,6 +347,7 @@ SECTIONS: dict[str, type[Any]] = {
     "metrics": MetricsConfig,
     "log": LogConfig,
     "capture": CaptureConfig,
+    "schema_drift": SchemaDriftConfig,
 }
 
 
@@ -338,6 +361,7 @@ class Config:
     metrics: MetricsConfig = MetricsConfig()
     log: LogConfig = LogConfig()
     capture: CaptureConfig = CaptureConfig()
+    schema_drift: SchemaDriftConfig = SchemaDriftConfig()
     table: Mapping[str, TableConfig] = field(default_factory=dict)
 
     def table_config(self, name: str) -> TableConfig:

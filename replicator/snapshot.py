@@ -9,8 +9,11 @@ no row missed. Rows that cannot be written go to the dead-letter table.
 
 from __future__ import annotations
 
+import contextlib
+import queue
 import sqlite3
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -286,6 +289,66 @@ class ChunkReader:
             return lenient.execute(query, params).fetchall()
 
 
+Converted = tuple[list[tuple[object, ...]], list[RawRow], list[DeadLetter]]
+Chunk = tuple[list[RawRow], Converted]
+
+
+class Prefetcher:
+    """Reads and converts the next chunk in a thread while the current one is written.
+
+    PostgreSQL parses, indexes and commits a chunk in its own process; without
+    this the replicator would sit idle meanwhile, and PostgreSQL would sit idle
+    while the next chunk is read and converted. One chunk ahead at most, so
+    memory stays bounded.
+    """
+
+    def __init__(
+        self, reader: ChunkReader, plan: TablePlan, after: tuple[Any, ...] | None, rows: int
+    ) -> None:
+        self.reader = reader
+        self.plan = plan
+        self.rows = rows
+        self.queue: queue.Queue[Chunk | BaseException | None] = queue.Queue(maxsize=1)
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(
+            target=self._run, args=(after,), name=f"read:{plan.source.name}", daemon=True
+        )
+        self.thread.start()
+
+    def _run(self, after: tuple[Any, ...] | None) -> None:
+        keypos = self.plan.key_positions
+        try:
+            while not self.stopping.is_set():
+                raw_rows = self.reader.read(after, self.rows)
+                if not raw_rows:
+                    self._put(None)
+                    return
+                self._put((raw_rows, convert_rows(self.plan, raw_rows, "snapshot")))
+                after = tuple(raw_rows[-1][i] for i in keypos)
+        except BaseException as exc:  # handed to the writing thread, raised there
+            self._put(exc)
+
+    def _put(self, item: Chunk | BaseException | None) -> None:
+        while not self.stopping.is_set():
+            try:
+                self.queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def get(self) -> Chunk | None:
+        item = self.queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        self.stopping.set()
+        with contextlib.suppress(queue.Empty):
+            self.queue.get_nowait()
+        self.thread.join(timeout=30)
+
+
 def ensure_state(conn: sink.Connection, dsn: str, schema: str) -> None:
     if current_revision(conn, schema) != head_revision():
         migrate(dsn, schema)
@@ -414,7 +477,6 @@ class Snapshotter:
         write = writer.copy if progress.method == "copy" else writer.upsert
         columns = writer.column_names()
         chunk_rows = self.config.snapshot.chunk_rows
-        stop = self.config.snapshot.on_error == "stop"
         started = time.monotonic()
         before = progress
         log = self.log.bind(table=name)
@@ -422,15 +484,47 @@ class Snapshotter:
             # Open dead letters of this table (an earlier run, or the stream): a key
             # copied again gets a fresh verdict, so they are superseded, never doubled.
             supersede = deadletter.count_open(cur, self.schema).get(name, 0) > 0
+        prefetch = Prefetcher(reader, plan, progress.last_key, chunk_rows)
+        try:
+            self._copy_chunks(conn, plan, prefetch, progress, write, columns, supersede, started)
+        finally:
+            prefetch.close()
+        with conn.cursor() as cur:
+            found = checkpoint.load_progress(cur, self.schema).get(name)
+        assert found is not None
+        progress = found
+        result.rows_read = progress.rows_read
+        result.rows_written = progress.rows_written
+        result.dead_letters = progress.dead_letters
+        result.seconds = time.monotonic() - started
+        if before.rows_read:
+            log.info("snapshot_resumed", from_rows=before.rows_read)
+        self.display.table_done(name, result)
+        return result
+
+    def _copy_chunks(
+        self,
+        conn: sink.Connection,
+        plan: TablePlan,
+        prefetch: Prefetcher,
+        progress: SnapshotProgress,
+        write: Callable[[sink.Cursor, Sequence[tuple[object, ...]]], None],
+        columns: Sequence[str],
+        supersede: bool,
+        started: float,
+    ) -> None:
+        name = plan.source.name
+        stop = self.config.snapshot.on_error == "stop"
+        log = self.log.bind(table=name)
         while True:
-            raw_rows = reader.read(progress.last_key, chunk_rows)
-            if not raw_rows:
+            chunk = prefetch.get()
+            if chunk is None:
                 progress = replace(progress, done=True)
                 metrics.SNAPSHOT_PROGRESS.labels(name).set(1.0)
                 with conn.transaction(), conn.cursor() as cur:
                     checkpoint.save_progress(cur, self.schema, progress)
-                break
-            good, good_raw, letters = convert_rows(plan, raw_rows, "snapshot")
+                return
+            raw_rows, (good, good_raw, letters) = chunk
             if stop:
                 stop_on_first(letters)
             keypos = plan.key_positions
@@ -472,14 +566,6 @@ class Snapshotter:
                 self.on_chunk(
                     name, progress.rows_read, progress.rows_written, progress.rows_total or 0
                 )
-        result.rows_read = progress.rows_read
-        result.rows_written = progress.rows_written
-        result.dead_letters = progress.dead_letters
-        result.seconds = time.monotonic() - started
-        if before.rows_read:
-            log.info("snapshot_resumed", from_rows=before.rows_read)
-        self.display.table_done(name, result)
-        return result
 
     def finish(
         self,

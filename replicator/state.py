@@ -8,21 +8,25 @@ harmless, and running ``init`` again is a no-op.
 
 from __future__ import annotations
 
+import ast
+import functools
 import logging
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
-import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config as AlembicConfig
-from alembic.script import ScriptDirectory
 from psycopg import sql
-from sqlalchemy.pool import NullPool
 
 from replicator.errors import TargetError
 from replicator.identifiers import pg_ident
+
+if TYPE_CHECKING:
+    from alembic.config import Config as AlembicConfig
+
+# Alembic and SQLAlchemy are imported only to migrate: every other run (the
+# daemon, a snapshot) just compares revisions, and the two packages cost
+# about 20 MB of memory that a long-running process would carry for nothing.
 
 # Any constant works; it only has to be the same for every replicator process.
 _MIGRATION_LOCK = 0x5E91_1CA7
@@ -40,16 +44,32 @@ def migrations_dir() -> Path:
 
 
 def _alembic_config(schema: str) -> AlembicConfig:
+    from alembic.config import Config as AlembicConfig
+
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(migrations_dir()))
     cfg.attributes["state_schema"] = schema
     return cfg
 
 
+@functools.cache
 def head_revision() -> str:
-    head = ScriptDirectory.from_config(_alembic_config("replicator")).get_current_head()
-    assert head is not None
-    return head
+    """The newest migration, read from the files' ``revision``/``down_revision``."""
+    revisions: dict[str, str | None] = {}
+    for path in sorted((migrations_dir() / "versions").glob("*.py")):
+        values: dict[str, Any] = {}
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.Assign) and len(node.targets) == 1:
+                target = node.targets[0]
+                if isinstance(target, ast.Name) and target.id in ("revision", "down_revision"):
+                    values[target.id] = ast.literal_eval(node.value)
+        if "revision" in values:
+            revisions[str(values["revision"])] = values.get("down_revision")
+    parents = {down for down in revisions.values() if down}
+    heads = [rev for rev in revisions if rev not in parents]
+    if len(heads) != 1:
+        raise TargetError(f"the replicator's migrations have {len(heads)} heads: {heads}")
+    return heads[0]
 
 
 def current_revision(conn: psycopg.Connection[Any], schema: str) -> str | None:
@@ -70,6 +90,10 @@ def current_revision(conn: psycopg.Connection[Any], schema: str) -> str | None:
 
 def migrate(dsn: str, schema: str) -> tuple[str | None, str]:
     """Create or upgrade the state schema; returns (revision before, revision after)."""
+    import sqlalchemy as sa
+    from alembic import command
+    from sqlalchemy.pool import NullPool
+
     engine = sa.create_engine(
         "postgresql+psycopg://", creator=lambda: psycopg.connect(dsn), poolclass=NullPool
     )

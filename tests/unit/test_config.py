@@ -39,7 +39,7 @@ def test_defaults_without_file_env_or_flags() -> None:
     assert config == Config()
     assert config.source.path is None
     assert config.target.url is None
-    assert config.snapshot.chunk_rows == 20000
+    assert config.snapshot.chunk_rows == 5000
     assert config.snapshot.on_error == "deadletter"
     assert config.snapshot.create_tables is True
     assert config.target.schema == "public"
