@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from psycopg import sql
@@ -125,6 +125,13 @@ class Applier:
         self.open_dead: Counter[str] = Counter()
         # table -> [(column position, sequence)], filled by load_sequences().
         self.sequences: dict[str, list[tuple[int, sql.Identifier]]] = {}
+        # Writers for images missing columns, by (table, positions absent).
+        self._partial: dict[tuple[str, tuple[int, ...]], sink.TableWriter] = {}
+        # The source columns a row image should carry, per table.
+        self._imaged = {
+            p.source.name: frozenset(c.source for c in p.columns if c.source != ROWID)
+            for p in plans
+        }
 
     def load_sequences(self, conn: sink.Connection) -> None:
         """Serial/identity columns to keep ahead of the ids the stream writes, so
@@ -151,6 +158,33 @@ class Applier:
         image = change.image or {}
         return tuple(
             change.key[0] if c.source == ROWID else image.get(c.source) for c in plan.columns
+        )
+
+    def _absent(self, plan: TablePlan, change: Change) -> tuple[int, ...]:
+        """Positions of plan columns the change's image does not carry at all: captured
+        before the column existed. Their target values are left alone, never nulled."""
+        image = change.image or {}
+        if self._imaged[plan.source.name] <= image.keys():
+            return ()  # the usual case, one C-level set comparison
+        return tuple(
+            i for i, c in enumerate(plan.columns) if c.source != ROWID and c.source not in image
+        )
+
+    def _upsert_partial(
+        self, cur: sink.Cursor, table: str, absent: tuple[int, ...], rows: Sequence[Row]
+    ) -> None:
+        """Upsert rows without the ``absent`` columns: an insert leaves them to the
+        target's default, an update does not touch them."""
+        writer = self._partial.get((table, absent))
+        if writer is None:
+            plan = self.plans[table]
+            kept = tuple(c for i, c in enumerate(plan.columns) if i not in absent)
+            writer = sink.TableWriter(replace(plan, columns=kept))
+            self._partial[(table, absent)] = writer
+        # Row by row, never through the staging table (it has every column).
+        cur.executemany(
+            writer.upsert_sql,
+            [tuple(v for i, v in enumerate(row) if i not in absent) for row in rows],
         )
 
     def _letter(
@@ -206,12 +240,15 @@ class Applier:
         changes: Sequence[Change],
         *,
         save: Callable[[sink.Cursor, BatchResult], None] | None = None,
+        skip_through: Mapping[str, int] | None = None,
     ) -> BatchResult:
         """Apply ``changes`` (consecutive, in log order) in one transaction.
 
         The position the batch reaches is written in that same transaction: the
         trigger log's ``seq`` by default, or whatever ``save`` writes (cursor
-        positions, reconciliation progress) when given.
+        positions, reconciliation progress) when given. ``skip_through`` maps a
+        table to a log position: its changes up to there are passed over (a
+        re-sync after a schema change reads that table itself, later than them).
         """
         started = time.monotonic()
         result = BatchResult(
@@ -221,7 +258,12 @@ class Applier:
             oldest_captured_at=min(c.captured_at for c in changes),
             newest_captured_at=max(c.captured_at for c in changes),
         )
-        relevant = [c for c in changes if c.table in self.plans]
+        skip = skip_through or {}
+        relevant = [
+            c
+            for c in changes
+            if c.table in self.plans and (c.table not in skip or c.seq > skip[c.table])
+        ]
         with conn.transaction():
             try:
                 with conn.transaction():
@@ -263,11 +305,16 @@ class Applier:
             last[(change.table, change.key)] = change
         deletes: dict[str, list[Row]] = {}
         upserts: dict[str, list[Row]] = {}
+        partial: dict[str, dict[tuple[int, ...], list[Row]]] = {}  # by absent columns
         for (table, _key), change in last.items():
             plan = self.plans[table]
             row = self._key_row(plan, change) if change.is_delete else self._convert(plan, change)
             if isinstance(row, DeadLetter):
                 result.dead_letters.append(row)
+                continue
+            absent = () if change.is_delete else self._absent(plan, change)
+            if absent:
+                partial.setdefault(table, {}).setdefault(absent, []).append(row)
                 continue
             (deletes if change.is_delete else upserts).setdefault(table, []).append(row)
         with conn.cursor() as cur:
@@ -280,6 +327,10 @@ class Applier:
                     self.writers[table].upsert(cur, upserts[table])
                     result.applied[(table, "upsert")] += len(upserts[table])
                     self._note_ids(table, upserts[table], result)
+                for absent, rows in partial.get(table, {}).items():
+                    self._upsert_partial(cur, table, absent, rows)
+                    result.applied[(table, "upsert")] += len(rows)
+                    self._note_ids(table, rows, result)
 
     def _apply_in_order(
         self, conn: sink.Connection, changes: Sequence[Change], result: BatchResult
@@ -293,8 +344,12 @@ class Applier:
                 continue
             try:
                 with conn.transaction(), conn.cursor() as cur:
+                    absent = () if change.is_delete else self._absent(plan, change)
                     if change.is_delete:
                         writer.delete(cur, [row])
+                    elif absent:
+                        self._upsert_partial(cur, change.table, absent, [row])
+                        self._note_ids(change.table, [row], result)
                     else:
                         writer.upsert(cur, [row])
                         self._note_ids(change.table, [row], result)

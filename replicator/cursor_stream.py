@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -163,9 +163,14 @@ class CursorStream:
 
     # -- start-up -----------------------------------------------------------------
 
-    def record_start(self, source: sqlite3.Connection, conn: sink.Connection) -> None:
+    def record_start(
+        self, source: sqlite3.Connection, conn: sink.Connection, *, keep: Collection[str] = ()
+    ) -> None:
         """Record each new cursor's current end BEFORE the snapshot copies its table,
-        so whatever is committed while it copies is read by the first polls."""
+        so whatever is committed while it copies is read by the first polls.
+
+        Cursors of tables no longer followed are dropped, except those in ``keep``
+        (paused by a schema change: they go on from there when resumed)."""
         with conn.cursor() as cur:
             states = checkpoint.load_cursor_states(cur, self.schema)
             progress = checkpoint.load_progress(cur, self.schema)
@@ -187,7 +192,7 @@ class CursorStream:
                     # changed in between is only found by comparing.
                     self._switched.append(name)
             for name, state in states.items():
-                if name not in self.specs:
+                if name not in self.specs and name not in keep:
                     checkpoint.drop_cursor(cur, self.schema, name)
                     self.log.warning(
                         "cursor_dropped",

@@ -10,6 +10,7 @@ threshold: the cutover signal.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -78,6 +79,20 @@ UP = Gauge("replicator_up", "1 while the daemon runs and is connected to both da
 BUILD = Info("replicator_build", "Version of the running replicator.")
 BUILD.info({"version": __version__})
 
+# Schema drift: source schema changes followed, and tables paused by one.
+TABLE_PAUSED = Gauge(
+    "replicator_table_paused",
+    "1 while a table's changes are not applied: paused by a schema change the replicator "
+    "cannot follow alone (see `replicator status`).",
+    ["table"],
+)
+SCHEMA_CHANGES = Counter(
+    "replicator_schema_changes_total",
+    "Source schema changes handled, by table and what was done "
+    "(column_added, table_added, resync, paused).",
+    ["table", "action"],
+)
+
 # Cursor capture and its reconciliation (tables with capture = "cursor").
 CURSOR_ROWS = Counter(
     "replicator_cursor_rows_total",
@@ -136,6 +151,9 @@ class Health:
         self.connected = False
         self.lag_seconds = float("inf")
         self.state = "starting"
+        self.last_error: str | None = None
+        self.failures = 0  # consecutive failed attempts, while retrying
+        self.pair: str | None = None  # pipeline.pair_id(): whose health this is
         self._lock = threading.Lock()
 
     def tick(self, *, connected: bool, lag_seconds: float, state: str) -> None:
@@ -145,10 +163,25 @@ class Health:
             self.lag_seconds = lag_seconds
             self.state = state
 
+    def note_error(self, error: str | None, failures: int = 0) -> None:
+        """The error the daemon is retrying (None once it has recovered): during an
+        outage of the target this endpoint is the only place that can tell."""
+        with self._lock:
+            self.last_error = error
+            self.failures = failures
+
     def live(self) -> tuple[bool, dict[str, Any]]:
         with self._lock:
             age = time.monotonic() - self.last_tick
-            return age < self.stuck_after, {"state": self.state, "last_tick_age_s": round(age, 3)}
+            body = {
+                "state": self.state,
+                "last_tick_age_s": round(age, 3),
+                "pid": os.getpid(),
+                "pair": self.pair,
+                "last_error": self.last_error,
+                "failures": self.failures,
+            }
+            return age < self.stuck_after, body
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
         ok, body = self.live()

@@ -6,6 +6,10 @@ only set the stop event; shutdown finishes the batch in hand and commits it
 with its position. A second signal exits at once, which is still safe because
 the position is only ever committed together with the data it covers.
 
+A change of the source's schema is noticed on every loop and followed without
+a restart where it can be (an added column, a new table); a table it cannot
+follow alone is paused while the others stream on (replicator/drift.py).
+
 Transient PostgreSQL failures (connection lost, admin shutdown, too many
 connections, serialization failure, deadlock, read-only during failover,
 disk full) are retried with capped, jittered exponential backoff; the daemon
@@ -24,6 +28,7 @@ import sqlite3
 import threading
 import time
 from collections import Counter, deque
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -40,19 +45,22 @@ from tenacity import (
     wait_random,
 )
 
-from replicator import __version__, checkpoint, metrics, sink
+from replicator import __version__, checkpoint, drift, metrics, sink
 from replicator.apply import Applier, BatchResult, StreamPosition, init_position, load_position
 from replicator.config import Config, parse_address
 from replicator.cursor_stream import CursorStream, Specs, open_for_capture
-from replicator.errors import LockHeldError
+from replicator.errors import ConfigError, LockHeldError, SourceError
 from replicator.identifiers import pg_ident
 from replicator.logs import get_logger
-from replicator.schema import TablePlan, build_plans
+from replicator.reconcile import Reconciler
+from replicator.schema import TablePlan
 from replicator.snapshot import Snapshotter, ensure_state
 from replicator.source import changelog
+from replicator.source.sqlite import SourceFileChanged, SourceGuard, abandon, schema_version
 from replicator.systemd import Notifier
 
 RATE_WINDOW = 60.0  # seconds of history behind the per-table throughput in the heartbeat
+PRUNE_LOCK_WAIT_MS = 50  # pruning waits this long for SQLite's write lock, then tries later
 
 # SQLSTATEs worth retrying, with the kind we count them under.
 TRANSIENT_STATES = {
@@ -74,6 +82,9 @@ def transient_kind(exc: BaseException) -> str | None:
     if isinstance(exc, sqlite3.OperationalError):
         text = str(exc).lower()
         return "sqlite_busy" if "locked" in text or "busy" in text else None
+    if isinstance(exc, SourceError) and isinstance(exc.__cause__, sqlite3.OperationalError):
+        # e.g. installing the triggers while the application holds the write lock
+        return transient_kind(exc.__cause__)
     if not isinstance(exc, psycopg.Error):
         return None
     state = getattr(exc, "sqlstate", None)
@@ -84,6 +95,16 @@ def transient_kind(exc: BaseException) -> str | None:
     if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError) and state is None:
         return "connection"  # dropped connection, refused connect
     return None
+
+
+def pair_id(config: Config) -> str:
+    """Who a health endpoint answers for: the source file and the state schema.
+
+    ``replicator status`` trusts a /healthz answer only when it carries its own
+    pair's id, so another replicator on the same port is never taken for ours.
+    """
+    source = os.path.realpath(config.require_source())
+    return hashlib.sha256(f"{source}\n{config.target.state_schema}".encode()).hexdigest()[:16]
 
 
 def lock_key(state_schema: str) -> int:
@@ -201,14 +222,24 @@ class Waker:
 
 
 class ErrorLog:
-    """Rate-limited logging of repeated failures, and a 'recovered' line at the end."""
+    """Rate-limited logging of repeated failures, and a 'recovered' line at the end.
+
+    At most one ``retrying`` line per ``every`` seconds, whether the failures
+    belong to one long outage or to many short ones (a flapping connection):
+    an outage that began and ended between two lines gets no lines of its
+    own, and is counted in the next line (``unlogged_outages`` and their
+    ``unlogged_failures``). ``replicator_retries_total`` counts every retry.
+    """
 
     def __init__(self, log: Any, every: float = 30.0) -> None:
         self.log = log
         self.every = every
-        self.failures = 0
+        self.failures = 0  # in the current outage
         self.first_at = 0.0
-        self._last_logged = 0.0
+        self._last_logged = float("-inf")
+        self._outage_logged = False
+        self._unlogged_outages = 0
+        self._unlogged_failures = 0
         self.last_error = ""
 
     def failed(self, kind: str, exc: BaseException, delay: float) -> None:
@@ -217,24 +248,38 @@ class ErrorLog:
         self.last_error = sink.first_line(exc)
         if self.failures == 1:
             self.first_at = now
-        if self.failures == 1 or now - self._last_logged >= self.every:
+        if now - self._last_logged >= self.every:
             self._last_logged = now
+            self._outage_logged = True
+            earlier: dict[str, int] = {}
+            if self._unlogged_outages:
+                earlier = {
+                    "unlogged_outages": self._unlogged_outages,
+                    "unlogged_failures": self._unlogged_failures,
+                }
+                self._unlogged_outages = self._unlogged_failures = 0
             self.log.warning(
                 "retrying",
                 kind=kind,
                 error=self.last_error,
                 failures=self.failures,
                 retry_in_s=round(delay, 2),
+                **earlier,
             )
 
     def recovered(self) -> None:
         if self.failures:
-            self.log.info(
-                "recovered",
-                failures=self.failures,
-                seconds=round(time.monotonic() - self.first_at, 2),
-            )
+            if self._outage_logged:
+                self.log.info(
+                    "recovered",
+                    failures=self.failures,
+                    seconds=round(time.monotonic() - self.first_at, 2),
+                )
+            else:
+                self._unlogged_outages += 1
+                self._unlogged_failures += self.failures
             self.failures = 0
+            self._outage_logged = False
             self.last_error = ""
 
 
@@ -261,8 +306,13 @@ class Daemon:
             stuck_after=max(60.0, config.stream.poll_interval * 10),
             lag_ready=config.metrics.lag_ready_seconds,
         )
+        self.health.pair = pair_id(config)
         self.source: sqlite3.Connection | None = None
+        self.guard: SourceGuard | None = None  # is the file still the one opened?
         self.conn: sink.Connection | None = None
+        self._prepared = False  # _prepare() completed on the current connection
+        self._source_lost = False  # the file is not the one opened: never touch it again
+        self._prune_deferred = False
         self.lock = PairLock(self.dsn, self.schema, config.target.connect_timeout)
         self.applier: Applier | None = None
         self.plans: list[TablePlan] = []
@@ -284,6 +334,16 @@ class Daemon:
         self._lag = float("inf")
         self._applied: Counter[str] = Counter()  # changes applied per table since start
         self._rate_window: deque[tuple[float, Counter[str]]] = deque()
+        # Schema drift (replicator/drift.py): the schema we planned for, paused and
+        # re-syncing tables, and what waits for the stream to pass the new triggers' start.
+        self.watch = drift.Watch()
+        self._writable = True  # the source takes triggers
+        self.skip: dict[str, int] = {}  # table -> its log entries up to here are skipped
+        self.resync: Reconciler | None = None
+        self._drift_after = 0
+        self._drift_snapshot: list[TablePlan] = []
+        self._announced_paused: set[str] = set()
+        self._announced_later: set[str] = set()
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -347,7 +407,14 @@ class Daemon:
             except Exception as exc:
                 if self.stop.is_set() and transient_kind(exc) is not None:
                     break  # asked to stop during an outage: nothing in hand to finish
+                if isinstance(exc, sqlite3.Error):
+                    self._check_source()  # a broken file says more than SQLite's error
                 raise
+            if self.errors.failures:
+                self.health.note_error(None)
+                metrics.UP.set(1)
+                if self._state == "retrying":
+                    self._state = "streaming"
             self.errors.recovered()
 
     def _sleep(self, seconds: float) -> None:
@@ -364,7 +431,10 @@ class Daemon:
         self._state = "retrying"
         self.health.tick(connected=False, lag_seconds=float("inf"), state="retrying")
         self.errors.failed(kind, exc, delay)
-        self._drop_connection()
+        self.health.note_error(self.errors.last_error, self.errors.failures)
+        if kind != "sqlite_busy" or not self._prepared:
+            # A busy source is no reason to reconnect to the target.
+            self._drop_connection()
 
     def _drop_connection(self) -> None:
         if self.conn is not None:
@@ -375,12 +445,15 @@ class Daemon:
             with contextlib.suppress(psycopg.Error):
                 self.conn.close()
         self.conn = None
+        self._prepared = False
 
     def _prepare(self) -> None:
         """Connect, lock, plan, install triggers, record the position, snapshot."""
         if self.source is None:
             # Read-only (SQLite mode=ro) when every table is followed by a cursor.
             self.source, self.specs, readonly = open_for_capture(self.config)
+            self.guard = SourceGuard(self.path)
+            self._writable = not readonly
             self.log.info(
                 "source_opened",
                 readonly=readonly,
@@ -388,23 +461,77 @@ class Daemon:
                 trigger_tables=sum(1 for s in self.specs.values() if s is None),
             )
         self._acquire_lock()
-        conn = sink.connect(
-            self.dsn, autocommit=True, connect_timeout=self.config.target.connect_timeout
-        )
+        try:
+            conn = sink.connect(
+                self.dsn, autocommit=True, connect_timeout=self.config.target.connect_timeout
+            )
+        except ConfigError as exc:
+            # The lock's connection to this very target has just succeeded: the
+            # server went away in between, which is worth a retry, not an exit.
+            raise psycopg.OperationalError(str(exc)) from exc
         self.conn = conn
         ensure_state(conn, self.dsn, self.schema)
-        self.plans = build_plans(self.source, conn, self.config)
-        trigger_plans = [p for p in self.plans if self.specs.get(p.source.name) is None]
+        self.watch.load(conn, self.schema)
+        self._setup(startup=True)
+        self._prepared = True
+
+    def _setup(self, *, startup: bool) -> None:
+        """Plan, install the triggers, build the appliers; at start-up also record the
+        position and snapshot.
+
+        A source schema change runs it again (``startup`` false): the tables the
+        change touched are planned again, re-synced or paused (replicator/drift.py);
+        the others keep their plans, and the stream its position.
+        """
+        assert self.source is not None and self.conn is not None
+        source, conn = self.source, self.conn
+        previous = {} if startup else {p.source.name: p for p in self.plans}
+        while True:
+            found = drift.survey(source, self.config)
+            later = self._capture_new(found)
+            decision = drift.decide(
+                source,
+                conn,
+                self.config,
+                found,
+                self.watch,
+                previous,
+                cursor_tables=[n for n, s in self.specs.items() if s is not None],
+                leave_out=later,
+                startup=startup,
+                go_ahead=startup and not self._ready_sent,  # not after a mere reconnect
+            )
+            trigger_plans = [p for p in decision.plans if self.specs.get(p.source.name) is None]
+            installed: changelog.Installed | None = None
+            try:
+                if trigger_plans or (not startup and self.triggers):
+                    installed = changelog.install_triggers(
+                        source, [p.source for p in trigger_plans], expect_version=found.version
+                    )
+            except changelog.SchemaChanged:
+                continue  # changed again while we planned: plan again
+            break
+        self.plans = decision.plans
         self.triggers = bool(trigger_plans)
-        if self.triggers:
-            installed = changelog.install(self.source, [p.source for p in trigger_plans])
-            self.log.info("triggers_installed", tables=len(installed))
-        elif changelog.installed_triggers(self.source):
+        self.watch.version = installed.schema_version if installed else found.version
+        if installed is not None:
+            self.log.info("triggers_installed", tables=len(installed.tables))
+        elif startup and changelog.installed_triggers(source):
             self.log.warning(
                 "triggers_left_installed",
                 reason="every table is followed by a cursor, but change-capture triggers of an "
                 "earlier run still fill the change log: `replicator uninstall` removes them",
             )
+        for name, columns in decision.added.items():
+            metrics.SCHEMA_CHANGES.labels(name, "column_added").inc(len(columns))
+            self.log.info("columns_added", table=name, columns=columns)
+        if not startup:
+            # A changed plan may have new columns: the session's staging tables go.
+            for plan in self.plans:
+                if previous.get(plan.source.name) is not plan:
+                    conn.execute(
+                        sql.SQL("DROP TABLE IF EXISTS {}").format(sink.TableWriter(plan).stage)
+                    )
         cursors = CursorStream(self.config, self.plans, self.specs)
         self.cursors = cursors if cursors.tables else None
         with conn.cursor() as cur:
@@ -422,11 +549,26 @@ class Daemon:
                 position = init_position(cur, self.schema, head)
             self.log.info("position_recorded", position=head)
         self.position = position
+        self._hold(decision, installed.head if installed else 0, position.seq)
+        fresh = [p for p in self.plans if p.source.name in decision.fresh]
+        if fresh:
+            # Created now (the stream may write to them at once), copied once the
+            # stream has caught up with the new triggers (see _follow_drift).
+            with conn.transaction(), conn.cursor() as cur:
+                drift.forget_progress(cur, self.schema, [p.source.name for p in fresh])
+            Snapshotter(self.config).create_missing(conn, fresh)
+            for plan in fresh:
+                metrics.SCHEMA_CHANGES.labels(plan.source.name, "table_added").inc()
+                self.log.info("table_added", table=plan.source.name)
         if self.cursors is not None:
             # Like the log head above: recorded before the copy starts.
-            self.cursors.record_start(self.source, conn)
-        if restart or not all(
-            progress.get(p.source.name, None) and progress[p.source.name].done for p in self.plans
+            self.cursors.record_start(self.source, conn, keep=decision.pause)
+        if startup and (
+            restart
+            or not all(
+                progress.get(p.source.name, None) and progress[p.source.name].done
+                for p in self.plans
+            )
         ):
             self._state = "snapshot"
             self.notifier.status("snapshot")
@@ -448,19 +590,91 @@ class Daemon:
         self.applier = applier
         if self.cursors is not None:
             self.cursors.start(self.source, conn)
+            assert self.cursors.reconciler is not None
+            for name in decision.resync:
+                if self.specs.get(name) is not None:
+                    self.cursors.reconciler.request(name, "schema_changed")
+        self._drift_snapshot = fresh
+        self._drift_after = installed.head if installed else 0
+        self.resync = None
         with conn.cursor() as cur:
             self.position = load_position(cur, self.schema)
         assert self.position is not None
         metrics.APPLIED_POSITION.set(self.position.seq)
         metrics.UP.set(1)
         self._state = "streaming"
+        if self.watch.paused:  # not ready for a cutover from this moment on
+            self.health.tick(connected=True, lag_seconds=float("inf"), state="streaming")
         # Publish the new state now: the throttled heartbeat would leave `status`
         # saying "snapshot" until the first batch (maybe a long backlog) is applied.
         self._heartbeat(force=True)
-        self.log.info("streaming", position=self.position.seq, tables=len(self.plans))
+        if startup:
+            self.log.info("streaming", position=self.position.seq, tables=len(self.plans))
         if not self._ready_sent:
             self.notifier.ready(f"streaming from position {self.position.seq}")
             self._ready_sent = True
+
+    def _capture_new(self, found: drift.Survey) -> list[str]:
+        """Capture of tables this run has not seen: triggers when the source takes them;
+        the others are left for the next start (which picks their cursor). Returns those."""
+        later = []
+        for name in found.tables:
+            if name in self.specs:
+                continue
+            tconf = self.config.table_config(name)
+            mode = tconf.capture or self.config.capture.mode
+            if mode == "auto":
+                mode = "triggers" if self._writable else "cursor"
+            if mode == "triggers" and self._writable and self.config.schema_drift.new_tables:
+                self.specs[name] = None
+            else:
+                later.append(name)
+        for name in later:
+            if name not in self._announced_later:
+                self._announced_later.add(name)
+                self.log.info(
+                    "table_left_for_restart",
+                    table=name,
+                    reason="schema_drift.new_tables is off"
+                    if not self.config.schema_drift.new_tables
+                    else "followed by a cursor: picked up at the next start",
+                )
+        return later
+
+    def _hold(self, decision: drift.Decision, head: int, position: int) -> None:
+        """Record paused and re-syncing tables, and the shapes the plans were made from."""
+        assert self.conn is not None
+        watch = self.watch
+        holds: dict[str, drift.Hold] = {}
+        for name, reason in decision.pause.items():
+            old = watch.holds.get(name)
+            if old is not None and old.state == "paused":
+                holds[name] = replace(old, reason=reason)  # paused since then, maybe for more
+                if name not in self._announced_paused or reason != old.reason:
+                    self.log.warning("table_paused", table=name, reason=reason, since=old.position)
+            else:
+                holds[name] = drift.Hold(name, "paused", reason, position)
+                metrics.SCHEMA_CHANGES.labels(name, "paused").inc()
+                self.log.warning("table_paused", table=name, reason=reason, position=position)
+            self._announced_paused.add(name)
+            metrics.TABLE_PAUSED.labels(name).set(1)
+        for name, reason in decision.resync.items():
+            if self.specs.get(name) is None:
+                holds[name] = drift.Hold(name, "resync", reason, head)
+                metrics.SCHEMA_CHANGES.labels(name, "resync").inc()
+                self.log.info("table_resync_planned", table=name, reason=reason, skip_through=head)
+        for name in list(self._announced_paused):
+            if name not in decision.pause:
+                self._announced_paused.discard(name)
+                metrics.TABLE_PAUSED.labels(name).set(0)
+        for name in sorted(decision.forget):
+            self.log.info("table_forgotten", table=name, reason="no longer in the source")
+        shapes = {n: s for n, s in watch.shapes.items() if n in decision.pause}
+        shapes.update({p.source.name: drift.Shape.of(p.source) for p in self.plans})
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            watch.save(cur, self.schema, shapes, holds)
+            drift.forget_progress(cur, self.schema, sorted(decision.forget))
+        self.skip = watch.skip_through()
 
     def _snapshot_chunk(self, table: str, read: int, _written: int, total: int) -> None:
         """Keep systemd's watchdog, the heartbeat and /healthz fed during a long copy."""
@@ -503,26 +717,44 @@ class Daemon:
             # The lock's session died: another replicator may have taken over.
             self._drop_connection()
             raise psycopg.OperationalError("lost the advisory-lock connection")
+        if self._source_paused():
+            return
+        if self.watch.changed(self.source):
+            self._schema_changed()
+            return
         cfg = self.config.stream
-        busy = self.cursors.step(self.source, self.conn) if self.cursors is not None else False
-        changes = (
-            changelog.read_changes(
-                self.source, self.position.seq, cfg.batch_max_changes, cfg.batch_max_bytes
+        try:
+            busy = self.cursors.step(self.source, self.conn) if self.cursors is not None else False
+            changes = (
+                changelog.read_changes(
+                    self.source,
+                    self.position.seq,
+                    cfg.batch_max_changes,
+                    cfg.batch_max_bytes,
+                    schema_version=self.watch.version,
+                )
+                if self.triggers
+                else []
             )
-            if self.triggers
-            else []
-        )
+        except (changelog.SchemaChanged, sqlite3.OperationalError) as exc:
+            # A cursor's read can fail first ("no such column") when the schema moves.
+            if isinstance(exc, changelog.SchemaChanged) or self.watch.changed(self.source):
+                self._schema_changed()
+                return
+            raise
+        if changes and self._check_source() is not None:
+            return  # the file turned suspect while we read: apply nothing from that read
         if changes:
-            result = self.applier.apply(self.conn, changes)
+            result = self.applier.apply(self.conn, changes, skip_through=self.skip)
             self.position = StreamPosition(result.last_seq, self.position.snapshot_seq)
             self._record(result)
+        busy = self._follow_drift() or busy
         now = time.monotonic()
         if now - self._last_lag >= self._lag_every:
             self._sample_lag()
         if now - self._last_prune >= 1.0 and self._pruned_upto < self.position.seq:
             self._last_prune = now
-            self._pruned_upto = self.position.seq
-            changelog.prune(self.source, self.position.seq, cfg.prune_batch)
+            self._prune()
         self._heartbeat()
         self.notifier.watchdog()
         lag = self._lag
@@ -531,9 +763,132 @@ class Daemon:
             # but never with a lag sampled before the backlog (ready while far behind):
             # what is pending is at most as old as the newest change just applied.
             lag = max(lag, time.time() - max(c.captured_at for c in changes))
+        if self.watch.paused:
+            lag = float("inf")  # a paused table is not followed: never ready for cutover
         self.health.tick(connected=True, lag_seconds=lag, state="streaming")
         if not changes and not busy and not self.stop.is_set():
             self.waker.wait(cfg.poll_interval)
+
+    def _schema_changed(self) -> None:
+        assert self.source is not None
+        was = self.watch.version
+        self.log.info("schema_changed", schema_version=was, now=schema_version(self.source))
+        self._setup(startup=False)
+
+    def _follow_drift(self) -> bool:
+        """Once the stream has passed the start of the new triggers: copy tables new to
+        this run, then re-sync the tables that need it, a few chunks per loop.
+        True while such work remains (the loop does not sleep)."""
+        assert self.source is not None and self.conn is not None and self.position is not None
+        if not self._drift_snapshot and self.resync is None and not self.skip:
+            return False
+        if self.triggers and self.position.seq < self._drift_after:
+            return True  # the log up to the new triggers first (parents before children)
+        if self._drift_snapshot:
+            plans, self._drift_snapshot = self._drift_snapshot, []
+            summary = Snapshotter(self.config, on_chunk=self._snapshot_chunk).run_plans(
+                self.source, self.conn, plans
+            )
+            self.health.tick(connected=True, lag_seconds=self._lag, state="streaming")
+            for table in summary.tables:
+                self.log.info("table_streaming", table=table.table, rows=table.rows_written)
+        assert self.applier is not None
+        pending = [n for n, h in self.watch.holds.items() if h.state == "resync"]
+        unknown = [n for n in pending if n not in self.applier.plans]
+        if unknown:  # never expected; released rather than waited for forever
+            self.watch.release(self.conn, self.schema, unknown)
+            pending = [n for n in pending if n not in unknown]
+            self.skip = self.watch.skip_through()
+        if self.resync is None and pending:
+            capture = replace(self.config.capture, reconcile_checksums=True)
+            self.resync = Reconciler(
+                replace(self.config, capture=capture),
+                list(self.applier.plans.values()),
+                self.applier,
+                {},
+                last_completed=float("inf"),  # never a scheduled pass: only these tables
+            )
+            for name in pending:
+                self.resync.request(name, "schema_drift")
+        if self.resync is None:
+            self.skip = {}
+            return False
+        if not self.resync.step(self.source, self.conn):
+            return True
+        passed = self.resync.last_summary
+        assert passed is not None
+        self.resync = None
+        self.watch.release(self.conn, self.schema, list(passed.tables))
+        for name, tally in passed.tables.items():
+            self.log.info("table_resynced", table=name, deleted=tally.deleted, copied=tally.copied)
+        self.skip = self.watch.skip_through()
+        return bool(self.skip)
+
+    def _prune(self) -> None:
+        """Delete applied log rows without ever making the application wait: when
+        it holds SQLite's write lock, pruning waits a moment at most and is left
+        for a later round (reads go on meanwhile: WAL readers are not blocked)."""
+        assert self.source is not None and self.position is not None
+        upto = self.position.seq
+        self.source.execute(f"PRAGMA busy_timeout = {PRUNE_LOCK_WAIT_MS}")
+        try:
+            changelog.prune(self.source, upto, self.config.stream.prune_batch)
+        except sqlite3.OperationalError as exc:
+            if transient_kind(exc) != "sqlite_busy":
+                raise
+            if not self._prune_deferred:
+                self.log.info(
+                    "prune_deferred", reason="the source's write lock is taken", position=upto
+                )
+            self._prune_deferred = True
+            return
+        finally:
+            self.source.execute(f"PRAGMA busy_timeout = {int(self.config.source.busy_timeout_ms)}")
+        self._pruned_upto = upto
+        self._prune_deferred = False
+
+    def _lost(self, exc: SourceFileChanged) -> SourceFileChanged:
+        """Log and record why the source is unusable; the caller raises it (exit 3)."""
+        self.log.error("source_lost", kind=exc.kind, path=str(self.path), reason=str(exc))
+        self._source_lost = True
+        self.errors.last_error = str(exc)
+        self._state = "failed"
+        self.health.tick(connected=self.conn is not None, lag_seconds=float("inf"), state="failed")
+        with contextlib.suppress(psycopg.Error):
+            self._heartbeat(force=True)  # `replicator status` shows it as the last error
+        return exc
+
+    def _check_source(self) -> str | None:
+        """Stop, with one clear sentence, when the source file is gone, replaced or
+        truncated under our connection; a reason while a truncation is only suspected."""
+        if self.guard is None:
+            return None
+        try:
+            return self.guard.check()
+        except SourceFileChanged as exc:
+            raise self._lost(exc) from None
+
+    def _source_paused(self) -> bool:
+        """Pause (read and apply nothing) while the source file is suspect."""
+        assert self.guard is not None and self.waker is not None
+        suspicion = self._check_source()
+        if suspicion is None:
+            if self._state == "paused":
+                self.log.info("source_ok", path=str(self.path))
+                self._state = "streaming"
+                self.errors.last_error = ""
+            return False
+        entering = self._state != "paused"
+        if entering:
+            self.log.warning(
+                "source_suspect", path=str(self.path), reason=suspicion, grace_s=self.guard.grace
+            )
+            self._state = "paused"
+        self.errors.last_error = f"source file suspect: {suspicion}"
+        self.health.tick(connected=True, lag_seconds=self._lag, state="paused")
+        self._heartbeat(force=entering)  # `status` shows the pause at once
+        self.waker.wait(min(self.config.stream.poll_interval, 0.5))
+        return True
 
     def _record(self, result: BatchResult) -> None:
         now = time.time()
@@ -569,6 +924,16 @@ class Daemon:
             return
         started = time.monotonic()
         head = changelog.head_position(self.source)
+        if head < self.position.seq:
+            raise self._lost(
+                SourceFileChanged(
+                    "rewound",
+                    f"the source database {self.path} has a change log that ends at {head}, "
+                    f"before the {self.position.seq} already applied: it was restored or "
+                    "replaced (or its change log removed) while being replicated; nothing from "
+                    "it was applied: run `replicator verify --repair` before starting again",
+                )
+            )
         per_table = changelog.lag_by_table(self.source, self.position.seq)
         now = time.time()
         metrics.SOURCE_POSITION.set(head)
@@ -642,6 +1007,11 @@ class Daemon:
         if self.server is not None:
             self.server.stop()
         if self.source is not None:
-            self.source.close()
+            if self._source_lost:
+                abandon(self.source)  # closing could write its stale WAL into the file
+            else:
+                self.source.close()
             self.source = None
+        if self.guard is not None and not self._source_lost:
+            self.guard.close()  # after the connection: closing it drops SQLite's locks
         self.log.info("stopped", position=self.position.seq if self.position else None)

@@ -282,6 +282,26 @@ def build_plans(
     return order_by_dependencies(plans)
 
 
+def plan_table(
+    source: sqlite3.Connection, target: psycopg.Connection[Any], config: Config, name: str
+) -> TablePlan:
+    """Plan one table on its own (schema drift: the others keep their plans).
+
+    Raises :class:`SchemaError` listing this table's problems.
+    """
+    problems = _Problems()
+    plan: TablePlan | None = None
+    try:
+        table = describe_table(source, name)
+    except SourceError as exc:
+        problems.add(str(exc))
+    else:
+        plan = _plan_table(table, target, config, problems)
+    problems.raise_if_any()
+    assert plan is not None
+    return plan
+
+
 def _plan_table(
     table: SourceTable,
     target: psycopg.Connection[Any],
@@ -466,6 +486,27 @@ def create_table_sql(plan: TablePlan) -> sql.Composed:
     return sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(
         plan.table, sql.SQL(", ").join(parts)
     )
+
+
+def add_column_sql(
+    schema: str, table: str, column: str, pg: PgType, *, default: sql.Composable | None
+) -> list[sql.Composed]:
+    """Add a column a source table gained to its target table.
+
+    With a constant ``default`` (SQLite's, converted), existing rows get it the
+    way they do in SQLite (PostgreSQL stores it once, no table rewrite), then
+    the default is dropped again: every value the stream writes is explicit,
+    as in tables we create.
+    """
+    target = pg_ident(schema, table)
+    name = pg_ident(column)
+    add = sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(target, name, sql.SQL(pg.ddl()))
+    if default is None:
+        return [add]
+    return [
+        add + sql.SQL(" DEFAULT {}").format(default),
+        sql.SQL("ALTER TABLE {} ALTER COLUMN {} DROP DEFAULT").format(target, name),
+    ]
 
 
 def post_load_sql(plan: TablePlan, planned: Sequence[TablePlan]) -> list[tuple[str, sql.Composed]]:

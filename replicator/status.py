@@ -5,12 +5,21 @@ stats, the daemon's heartbeat, dead letters), the advisory lock, and the
 SQLite file (row counts, the change log's head). The SQLite file is opened
 read-only and each read is a short transaction.
 
+When PostgreSQL cannot be read, or the daemon's heartbeat there has stopped
+(it cannot write one while the target is unreachable), the daemon's own
+health endpoint (``metrics.address``) is asked how it is doing: ``retrying``
+with its last error, or ``paused``.
+
 Exit codes: 0 in sync; 1 behind, stalled or not started; 2 state unreadable.
 """
 
 from __future__ import annotations
 
+import json
+import sqlite3
 import time
+import urllib.error
+import urllib.request
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -19,10 +28,10 @@ import psycopg
 from psycopg import sql
 
 from replicator import sink
-from replicator.config import Config
-from replicator.errors import ReplicatorError
+from replicator.config import Config, parse_address
+from replicator.errors import ConfigError, ReplicatorError, SourceError
 from replicator.identifiers import pg_ident, sqlite_ident
-from replicator.pipeline import lock_key
+from replicator.pipeline import lock_key, pair_id
 from replicator.schema import select_tables
 from replicator.source import changelog
 from replicator.source.sqlite import list_tables, open_source, read_transaction
@@ -47,6 +56,7 @@ class TableStatus:
     last_applied_at: datetime | None
     per_second: float
     dead_letters: int
+    paused: str | None = None  # why its changes are not applied (a schema change)
 
 
 @dataclass
@@ -69,6 +79,7 @@ class Status:
     verdict: str = "not started"
     eta_seconds: float | None = None
     exit_code: int = 1
+    source_error: str | None = None  # the SQLite file could not be read (truncated, gone...)
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -91,7 +102,10 @@ def read_status(config: Config) -> Status:
     try:
         conn = sink.connect(dsn, autocommit=True, connect_timeout=config.target.connect_timeout)
     except ReplicatorError as exc:
-        raise StateUnreadable(str(exc)) from None
+        live = ask_daemon(config)
+        if live is None:
+            raise StateUnreadable(str(exc)) from None
+        return _daemon_only(live, str(exc))
     try:
         with conn:
             return _read(conn, config, schema)
@@ -111,6 +125,13 @@ def _read(conn: sink.Connection, config: Config, schema: str) -> Status:
             f"{head_revision()}: run `replicator init`"
         )
     daemon = _daemon(conn, schema)
+    if daemon.state == "stale heartbeat":
+        # Maybe running but unable to reach the target: it says so itself.
+        live = ask_daemon(config)
+        if live is not None:
+            daemon.state = f"running ({live['state']})"
+            daemon.pid = int(live["pid"]) if live.get("pid") else daemon.pid
+            daemon.last_error = str(live.get("last_error") or daemon.last_error or "") or None
     pos_rows = _q(
         conn, sql.SQL("SELECT seq FROM {} WHERE id = 1").format(pg_ident(schema, "stream_position"))
     )
@@ -146,26 +167,47 @@ def _read(conn: sink.Connection, config: Config, schema: str) -> Status:
         conn, sql.SQL("SELECT rates FROM {} WHERE id = 1").format(pg_ident(schema, "daemon"))
     )
     rates: dict[str, float] = (rates_row[0][0] or {}) if rates_row else {}
+    held = {
+        str(r[0]): (str(r[1]), str(r[2]))
+        for r in _q(
+            conn,
+            sql.SQL("SELECT table_name, state, reason FROM {} ORDER BY 1").format(
+                pg_ident(schema, "paused_tables")
+            ),
+        )
+    }
     status = Status(daemon=daemon, applied_position=applied)
 
     path = config.require_source()
-    source = open_source(path, readonly=True, busy_timeout_ms=config.source.busy_timeout_ms)
+    names: list[str] = []
+    triggers: set[str] = set()
+    head: int | None = None
+    lag: dict[str, tuple[int, float | None]] = {}
+    counts: dict[str, int] = {}
     try:
-        with read_transaction(source):
-            names = select_tables(list_tables(source), config.tables.include, config.tables.exclude)
-            has_log = changelog.changelog_exists(source)
-            triggers = set(changelog.installed_triggers(source).values()) if has_log else set()
-            head = changelog.head_position(source) if has_log else None
-            lag = changelog.lag_by_table(source, applied) if has_log and applied is not None else {}
-            counts = {
-                n: int(source.execute(f"SELECT count(*) FROM {sqlite_ident(n)}").fetchone()[0])
-                for n in names
-            }
-    finally:
-        source.close()
+        source = open_source(path, readonly=True, busy_timeout_ms=config.source.busy_timeout_ms)
+        try:
+            with read_transaction(source):
+                names = select_tables(
+                    list_tables(source), config.tables.include, config.tables.exclude
+                )
+                has_log = changelog.changelog_exists(source)
+                triggers = set(changelog.installed_triggers(source).values()) if has_log else set()
+                head = changelog.head_position(source) if has_log else None
+                if has_log and applied is not None:
+                    lag = changelog.lag_by_table(source, applied)
+                counts = {
+                    n: int(source.execute(f"SELECT count(*) FROM {sqlite_ident(n)}").fetchone()[0])
+                    for n in names
+                }
+        finally:
+            source.close()
+    except (SourceError, sqlite3.Error) as exc:
+        # A truncated or vanished file is exactly when status must still answer.
+        status.source_error = f"{path}: {exc}"
     status.source_position = head
     now = time.time()
-    for name in names:
+    for name in [*names, *(n for n in held if n not in names)]:
         target_rows = _target_count(
             conn, config.target.schema, config.table_config(name).target or name
         )
@@ -178,10 +220,13 @@ def _read(conn: sink.Connection, config: Config, schema: str) -> Status:
             total = snap[1] or 0
             snapshot = f"{100 * snap[0] / total:.0f}%" if total else "running"
         count, oldest = lag.get(name, (0, None))
+        mode = "triggers" if name in triggers else "none"
+        if name in held:
+            mode = held[name][0]  # "paused", or "resync" while it is compared and repaired
         status.tables.append(
             TableStatus(
                 table=name,
-                mode="triggers" if name in triggers else "none",
+                mode=mode,
                 source_rows=counts.get(name),
                 target_rows=target_rows,
                 snapshot=snapshot,
@@ -190,6 +235,7 @@ def _read(conn: sink.Connection, config: Config, schema: str) -> Status:
                 last_applied_at=stats.get(name, (0, None))[1],
                 per_second=float(rates.get(name, 0.0)),
                 dead_letters=dead.get(name, 0),
+                paused=held[name][1] if name in held else None,
             )
         )
     _verdict(status)
@@ -246,6 +292,56 @@ def _daemon(conn: sink.Connection, schema: str) -> DaemonStatus:
     )
 
 
+def ask_daemon(config: Config) -> dict[str, Any] | None:
+    """The daemon's /healthz answer at ``metrics.address``: None when nothing answers
+    there, or something that is not the replicator of this source and state schema."""
+    if not config.metrics.address:
+        return None
+    try:
+        host, port = parse_address(config.metrics.address)
+    except ConfigError:
+        return None
+    if port == 0:
+        return None  # a port chosen at start-up: only the daemon's log knows it
+    if host in ("", "0.0.0.0"):  # noqa: S104 - a wildcard bind is reached on loopback
+        host = "127.0.0.1"
+    elif ":" in host:  # IPv6
+        host = "[::1]" if host == "::" else f"[{host}]"
+    url = f"http://{host}:{port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=2) as reply:
+            body = reply.read()
+    except urllib.error.HTTPError as exc:  # 503: alive but stuck, still an answer
+        body = exc.read()
+    except (OSError, ValueError):
+        return None
+    try:
+        found = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(found, dict) or found.get("pair") != pair_id(config):
+        return None
+    return found if "state" in found else None
+
+
+def _daemon_only(live: dict[str, Any], unreadable: str) -> Status:
+    """What can be told while PostgreSQL cannot be read: the daemon's own word."""
+    state = str(live["state"])
+    error = str(live.get("last_error") or "")
+    daemon = DaemonStatus(
+        state=f"running ({state})",
+        pid=int(live["pid"]) if live.get("pid") else None,
+        heartbeat_age=float(live.get("last_tick_age_s") or 0.0),
+        last_error=error or None,
+    )
+    if state in ("retrying", "paused"):
+        because = f": {error}" if error else ""
+        verdict, code = f"stalled — {state}{because} (target unreadable here: {unreadable})", 1
+    else:
+        verdict, code = f"unknown — the daemon reports {state}, but {unreadable}", 2
+    return Status(daemon=daemon, verdict=verdict, exit_code=code)
+
+
 def _verdict(status: Status) -> None:
     lag = sum(t.lag_changes for t in status.tables)
     rate = sum(t.per_second for t in status.tables)
@@ -253,13 +349,21 @@ def _verdict(status: Status) -> None:
     running = status.daemon.state.startswith("running")
     if status.applied_position is None and all(t.snapshot == "not started" for t in status.tables):
         status.verdict, status.exit_code = "not started", 1
-    elif "retrying" in status.daemon.state:
+    elif "retrying" in status.daemon.state or "paused" in status.daemon.state:
+        word = "retrying" if "retrying" in status.daemon.state else "paused"
         error = f": {status.daemon.last_error}" if status.daemon.last_error else ""
-        status.verdict, status.exit_code = f"stalled — retrying{error}", 1
+        status.verdict, status.exit_code = f"stalled — {word}{error}", 1
+    elif status.source_error:
+        status.verdict = f"stalled — the source cannot be read: {status.source_error}"
+        status.exit_code = 1
     elif not snapshot_done:
         status.verdict = (
             "catching up — snapshot in progress" if running else "stalled — snapshot unfinished"
         )
+        status.exit_code = 1
+    elif paused := [t for t in status.tables if t.mode == "paused"]:
+        more = f" (and {len(paused) - 1} more)" if len(paused) > 1 else ""
+        status.verdict = f"paused — {paused[0].table}: {paused[0].paused}{more}"
         status.exit_code = 1
     elif lag == 0:
         note = "" if running else f" (daemon {status.daemon.state})"
@@ -297,6 +401,8 @@ def render(status: Status) -> str:
         lines.append(f"lock:   held by {d.lock_holder}")
     if d.last_error:
         lines.append(f"last error: {d.last_error}")
+    if status.source_error:
+        lines.append(f"source: cannot be read: {status.source_error}")
     lines.append(f"position: applied {_n(status.applied_position)} of {_n(status.source_position)}")
     head = (
         f"{'table':<26} {'mode':<8} {'source':>9} {'target':>9} {'snapshot':>9} {'lag':>7} "
@@ -309,6 +415,9 @@ def render(status: Status) -> str:
             f"{t.snapshot:>9} {t.lag_changes:>7} {t.lag_seconds:>7.1f} "
             f"{_ago(t.last_applied_at):>13} {t.per_second:>7.1f} {t.dead_letters:>5}"
         )
+    for t in status.tables:
+        if t.paused is not None:
+            lines.append(f"{t.mode}: {t.table} — {t.paused}")
     lines.append(f"verdict: {status.verdict}")
     return "\n".join(lines)
 

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from replicator.errors import SourceError
+from replicator.errors import ReplicatorError, SourceError
 from replicator.identifiers import sqlite_ident
 from replicator.source.sqlite import ROWID, SourceTable
 
@@ -134,6 +134,15 @@ def changelog_exists(conn: sqlite3.Connection) -> bool:
     return row is not None
 
 
+@dataclass(frozen=True, slots=True)
+class Installed:
+    """What :func:`install_triggers` did, read inside its write transaction."""
+
+    tables: tuple[str, ...]
+    head: int  # the log's head when the new triggers took over: later changes are theirs
+    schema_version: int  # the source's schema version with our own DDL in it
+
+
 def install(conn: sqlite3.Connection, tables: Sequence[SourceTable]) -> list[str]:
     """Create the log and (re)create the triggers of ``tables`` in one write transaction.
 
@@ -141,17 +150,39 @@ def install(conn: sqlite3.Connection, tables: Sequence[SourceTable]) -> list[str
     triggers and the new ones. Triggers of tables no longer replicated are
     dropped. Returns the names of the tables whose triggers were installed.
     """
+    return list(install_triggers(conn, tables).tables)
+
+
+def install_triggers(
+    conn: sqlite3.Connection,
+    tables: Sequence[SourceTable],
+    *,
+    expect_version: int | None = None,
+) -> Installed:
+    """:func:`install`, also telling where the new triggers' changes begin and the
+    schema version they were installed at (a later version is someone else's change).
+
+    With ``expect_version`` (the version ``tables`` were described at), raises
+    :class:`SchemaChanged` and changes nothing when the schema moved since.
+    """
     try:
         conn.execute("BEGIN IMMEDIATE")
     except sqlite3.OperationalError as exc:
         raise SourceError(f"cannot lock the source to install triggers: {exc}") from exc
     try:
+        if expect_version is not None:
+            now = int(conn.execute("PRAGMA schema_version").fetchone()[0])
+            if now != expect_version:
+                conn.execute("ROLLBACK")
+                raise SchemaChanged(now)
         conn.execute(_CREATE_LOG)
         for trig in installed_triggers(conn):
             conn.execute(f"DROP TRIGGER IF EXISTS {sqlite_ident(trig)}")
         for table in tables:
             for stmt in trigger_sql(table):
                 conn.execute(stmt)
+        head = head_position(conn)
+        version = int(conn.execute("PRAGMA schema_version").fetchone()[0])
         conn.execute("COMMIT")
     except sqlite3.Error as exc:
         conn.execute("ROLLBACK")
@@ -161,7 +192,7 @@ def install(conn: sqlite3.Connection, tables: Sequence[SourceTable]) -> list[str
                 'use capture = "cursor"'
             ) from exc
         raise SourceError(f"installing change-capture triggers failed: {exc}") from exc
-    return [t.name for t in tables]
+    return Installed(tuple(t.name for t in tables), head, version)
 
 
 def uninstall(conn: sqlite3.Connection) -> tuple[int, bool]:
@@ -242,18 +273,42 @@ _READ_SQL = (
 )
 
 
+class SchemaChanged(ReplicatorError):
+    """The source schema is not the one the caller planned with: plan again.
+
+    Raised by :func:`read_changes` and :func:`install_triggers`; the daemon
+    handles it (replicator/drift.py), it never reaches the command line."""
+
+    def __init__(self, version: int) -> None:
+        super().__init__(f"source schema version is now {version}")
+        self.version = version
+
+
 def read_changes(
-    conn: sqlite3.Connection, after: int, max_changes: int, max_bytes: int
+    conn: sqlite3.Connection,
+    after: int,
+    max_changes: int,
+    max_bytes: int,
+    *,
+    schema_version: int | None = None,
 ) -> list[Change]:
     """The next changes after ``after``, in one short read transaction.
 
     Stops at ``max_changes`` rows or once ``max_bytes`` of row images are in
-    hand (always at least one change, however large).
+    hand (always at least one change, however large). With ``schema_version``,
+    raises :class:`SchemaChanged` instead when the transaction's snapshot has
+    another one: a change read there may have been captured under a schema the
+    caller has not planned for (an added column missing from its image).
     """
     out: list[Change] = []
     size = 0
     conn.execute("BEGIN")
     try:
+        if schema_version is not None:
+            # The first read of the transaction: it fixes the snapshot the log is read in.
+            now = int(conn.execute("PRAGMA schema_version").fetchone()[0])
+            if now != schema_version:
+                raise SchemaChanged(now)
         cur = conn.execute(_READ_SQL, (after, max_changes))
         while True:
             rows = cur.fetchmany(500)

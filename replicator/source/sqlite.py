@@ -7,7 +7,10 @@ SQLite's WAL checkpoints, and the application must never wait on us.
 
 from __future__ import annotations
 
+import ctypes
+import os
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,20 +36,23 @@ def open_source(
 
     ``lenient`` installs a text factory that never fails on invalid UTF-8
     (slower; used to re-read the rare chunk that holds such text).
+
+    The file is never opened from Python to look at its header: this process
+    may already have it open through SQLite, and closing *any* descriptor of a
+    file drops every POSIX lock the process holds on it. Another process could
+    then take our connection for gone, checkpoint and delete the WAL, and our
+    connection would read a frozen database from then on. SQLite itself says
+    "file is not a database" instead.
     """
     if not path.exists():
         raise SourceError(f"source database {path} does not exist")
     if not path.is_file():
         raise SourceError(f"source database {path} is not a file")
-    try:
-        with path.open("rb") as fh:
-            header = fh.read(len(SQLITE_HEADER))
-    except OSError as exc:
-        raise SourceError(f"source database {path} cannot be read: {exc.strerror}") from exc
-    if header and header != SQLITE_HEADER:
-        raise SourceError(f"source {path} is not a SQLite database (bad file header)")
+    if not os.access(path, os.R_OK):
+        raise SourceError(f"source database {path} cannot be read: permission denied")
     mode = "ro" if readonly else "rw"
     uri = f"file:{quote(str(path.resolve()))}?mode={mode}"
+    conn: sqlite3.Connection | None = None
     try:
         conn = sqlite3.connect(
             uri,
@@ -60,6 +66,10 @@ def open_source(
             conn.text_factory = _decode_lenient
         conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()
     except sqlite3.DatabaseError as exc:
+        if conn is not None:
+            conn.close()
+        if exc.sqlite_errorcode == sqlite3.SQLITE_NOTADB:
+            raise SourceError(f"source {path} is not a SQLite database (bad file header)") from exc
         raise SourceError(f"source {path} cannot be opened as SQLite: {exc}") from exc
     return conn
 
@@ -231,3 +241,201 @@ def schema_version(conn: sqlite3.Connection) -> int:
 def journal_mode(conn: sqlite3.Connection) -> str:
     row = conn.execute("PRAGMA journal_mode").fetchone()
     return str(row[0]).lower()
+
+
+# -- the file under the open connection -----------------------------------------
+
+_HEADER_BYTES = 100  # the database header: magic, page size, page count ...
+
+
+class SourceFileChanged(SourceError):
+    """The source file vanished, was replaced or was truncated while being followed."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind  # missing, replaced, detached, overwritten, truncated, rewound
+
+
+def abandon(conn: sqlite3.Connection) -> None:
+    """Let go of a connection whose file was swapped or cut under it, without closing it.
+
+    Closing checkpoints the connection's write-ahead log into the file at its
+    path when it looks like the last connection, and after an in-place restore
+    that log belongs to the file as it was: its pages would overwrite the
+    restored ones. So the connection is never closed; the process's exit
+    releases its descriptors without a checkpoint.
+    """
+    setconfig = getattr(conn, "setconfig", None)  # Python 3.12+
+    no_checkpoint = getattr(sqlite3, "SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE", None)
+    if setconfig is not None and no_checkpoint is not None:
+        setconfig(no_checkpoint, True)
+        conn.close()
+        return
+    # Python 3.11 cannot switch the checkpoint off: keep the object alive for good
+    # (one reference more than anyone will ever drop), so it is never closed.
+    ctypes.pythonapi.Py_IncRef(ctypes.py_object(conn))
+
+
+def _page_size(header: bytes) -> int:
+    """The page size a database header declares (0 when it is no SQLite header)."""
+    if len(header) < 18 or not header.startswith(SQLITE_HEADER):
+        return 0
+    raw = int.from_bytes(header[16:18], "big")
+    return 65536 if raw == 1 else raw
+
+
+def _declared_pages(header: bytes) -> int | None:
+    """The in-header database size, when the header vouches for it (offsets 24/92)."""
+    if len(header) < _HEADER_BYTES:
+        return None
+    pages = int.from_bytes(header[28:32], "big")
+    valid = pages > 0 and header[24:28] == header[92:96]
+    return pages if valid else None
+
+
+class SourceGuard:
+    """Notices the source file vanishing, being replaced or being truncated.
+
+    Why: an open SQLite connection keeps reading the file it opened. A file
+    deleted or replaced under it leaves it reading a ghost while the
+    application writes elsewhere (a silent stall, or worse after a restart);
+    a truncated one reads as some other database, and what the daemon would
+    apply from it (deletes included) is not the application's data.
+
+    Cheap enough for every loop iteration: one ``os.stat``; the 100-byte header
+    is read again only when the size or modification time moved. Size
+    problems that a WAL checkpoint in progress could also show for a moment
+    (a file shorter than its header says, or not a whole number of pages)
+    are only *suspected* until they persist for ``grace`` seconds; the caller
+    pauses meanwhile. A missing file, another inode at the path, a header that
+    is gone or changed are certain at once.
+    """
+
+    def __init__(self, path: Path, *, grace: float = 5.0) -> None:
+        self.path = path
+        self.grace = grace
+        st = self._stat()
+        self.device, self.inode = st.st_dev, st.st_ino
+        # One descriptor for the guard's whole life, read with pread: closing *any*
+        # descriptor of the file drops every POSIX lock this process holds on it,
+        # SQLite's included (sqlite.org/howtocorrupt.html, 2.2). The application's
+        # last connection then deletes the WAL under us, and we read a stale database.
+        self._fd: int | None = os.open(self.path, os.O_RDONLY)
+        header = self._header()
+        self.page_size = _page_size(header)
+        self.had_header = self.page_size > 0
+        self._seen = (st.st_size, st.st_mtime_ns)
+        self._suspect_since: float | None = None
+        self.suspicion: str | None = None
+        # In WAL mode the -wal and -shm files live as long as any connection does
+        # (ours included): one removed or swapped under us means the file was
+        # restored or tampered with, and our connection no longer sees the
+        # application's writes (it keeps the old wal-index mapped).
+        self._companions = {
+            suffix: found for suffix in ("-wal", "-shm") if (found := self._identity(suffix))
+        }
+
+    def _stat(self) -> os.stat_result:
+        try:
+            return os.stat(self.path)
+        except FileNotFoundError:
+            raise SourceFileChanged(
+                "missing",
+                f"the source database {self.path} was deleted or moved away while being "
+                "replicated; nothing more was applied: put it back at that path and start again",
+            ) from None
+        except OSError as exc:
+            raise SourceFileChanged(
+                "missing",
+                f"the source database {self.path} cannot be checked ({exc.strerror}) while "
+                "being replicated; nothing more was applied: make it readable and start again",
+            ) from None
+
+    def _header(self) -> bytes:
+        """The header of the file opened (check() has made sure the path still is it)."""
+        if self._fd is None:
+            return b""
+        try:
+            return os.pread(self._fd, _HEADER_BYTES, 0)
+        except OSError:
+            return b""
+
+    def _identity(self, suffix: str) -> tuple[int, int] | None:
+        try:
+            st = os.stat(f"{self.path}{suffix}")
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
+
+    def close(self) -> None:
+        """Only after the SQLite connection is closed (see __init__)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def check(self) -> str | None:
+        """None when the file is still the one opened; a reason while a truncation
+        is suspected; raises :class:`SourceFileChanged` when something is certain."""
+        st = self._stat()
+        if (st.st_dev, st.st_ino) != (self.device, self.inode):
+            raise SourceFileChanged(
+                "replaced",
+                f"the source database {self.path} was replaced by a different file "
+                f"(inode {self.inode} is now {st.st_ino}) while being replicated; nothing from "
+                "the new file was applied: check it, then run `replicator verify` (or snapshot "
+                "again) before starting again",
+            )
+        for suffix, identity in self._companions.items():
+            if self._identity(suffix) != identity:
+                raise SourceFileChanged(
+                    "detached",
+                    f"the source database's {self.path.name}{suffix} file was deleted or replaced "
+                    "while being replicated (a restore, or a program removing it), so this "
+                    "connection no longer sees the application's writes; nothing more was "
+                    "applied: check the file, then run `replicator verify --repair` and start "
+                    "again",
+                )
+        seen = (st.st_size, st.st_mtime_ns)
+        if seen == self._seen and self._suspect_since is None:
+            return None
+        self._seen = seen
+        found = self._size_problem(st.st_size)
+        if found is None:
+            self._suspect_since = None
+            self.suspicion = None
+            return None
+        problem, certain = found
+        now = time.monotonic()
+        if self._suspect_since is None:
+            self._suspect_since = now
+        self.suspicion = problem
+        if certain or now - self._suspect_since >= self.grace:
+            raise SourceFileChanged(
+                "truncated",
+                f"the source database {self.path} was truncated ({problem}) while being "
+                "replicated; nothing from it was applied: restore it, then run "
+                "`replicator verify --repair` before starting again",
+            )
+        return problem
+
+    def _size_problem(self, size: int) -> tuple[str, bool] | None:
+        """What is wrong with the file's size, and whether that is certain."""
+        if not self.had_header:
+            return None  # an empty database when opened: nothing to compare with
+        if size < _HEADER_BYTES:
+            return f"{size} bytes left", True  # SQLite never shrinks a file below page 1
+        header = self._header()
+        if not header.startswith(SQLITE_HEADER) or _page_size(header) != self.page_size:
+            raise SourceFileChanged(
+                "overwritten",
+                f"the source database {self.path} was overwritten in place (its SQLite header "
+                "changed) while being replicated; nothing from it was applied: check the file, "
+                "then run `replicator verify --repair` before starting again",
+            )
+        if size % self.page_size:
+            return f"{size} bytes is not a whole number of {self.page_size}-byte pages", False
+        declared = _declared_pages(header)
+        if declared is not None and size < declared * self.page_size:
+            expected = declared * self.page_size
+            return f"{size} bytes left of the {expected} its header declares", False
+        return None
