@@ -130,7 +130,7 @@ class PairLock:
     def try_acquire(self) -> bool:
         if self.conn is None or self.conn.closed:
             self.conn = psycopg.connect(
-                self.dsn,
+                sink.with_keepalives(self.dsn),
                 autocommit=True,
                 connect_timeout=self.connect_timeout,
                 application_name=self.identity,

@@ -36,11 +36,33 @@ Connection = psycopg.Connection[Any]
 STAGE_THRESHOLD = 256
 
 
+# TCP keepalives and a user timeout: a network that drops packets without
+# closing the connection must surface as a connection error within about a
+# minute (and be retried), not hang the daemon on a dead socket.
+KEEPALIVES: dict[str, int] = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 60_000,
+}
+
+
+def with_keepalives(dsn: str) -> str:
+    """``dsn`` with the keepalive settings added (settings in ``dsn`` win)."""
+    try:
+        given = psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.Error:
+        return dsn  # malformed: let connect() report it, redacted
+    extra = {k: v for k, v in KEEPALIVES.items() if k not in given}
+    return psycopg.conninfo.make_conninfo(dsn, **extra)
+
+
 def connect(dsn: str, *, autocommit: bool = False, connect_timeout: int = 10) -> Connection:
     """Connect, turning every failure into one clear, password-free sentence."""
     try:
         conn = psycopg.connect(
-            dsn,
+            with_keepalives(dsn),
             autocommit=autocommit,
             connect_timeout=connect_timeout,
             application_name="replicator",
