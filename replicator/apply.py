@@ -14,6 +14,7 @@ goes to the dead-letter table and the rest is applied.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -26,11 +27,13 @@ from replicator import deadletter, sink
 from replicator.deadletter import DeadLetter, json_safe
 from replicator.errors import CoercionError, DataError
 from replicator.identifiers import pg_ident
+from replicator.repair import rewrite_keys
 from replicator.schema import TablePlan, target_sequences
 from replicator.source.changelog import Change
 from replicator.source.sqlite import ROWID
 
 Row = tuple[object, ...]
+FOREIGN_KEY_VIOLATION = "23503"
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +126,7 @@ class Applier:
         self.schema = state_schema
         self.stop_on_error = stop_on_error
         self.open_dead: Counter[str] = Counter()
+        self._next_retry: dict[int, float] = {}  # dead letter id -> when to try it again
         # table -> [(column position, sequence)], filled by load_sequences().
         self.sequences: dict[str, list[tuple[int, sql.Identifier]]] = {}
         # Writers for images missing columns, by (table, positions absent).
@@ -151,6 +155,54 @@ class Applier:
     def forget_connection(self, conn: sink.Connection) -> None:
         for writer in self.writers.values():
             writer.forget_connection(conn)
+
+    def children_of(self, tables: set[str]) -> set[str]:
+        """Replicated tables with a foreign key to any of ``tables`` (source names)."""
+        targets = {self.plans[t].name for t in tables if t in self.plans}
+        return {
+            name
+            for name, plan in self.plans.items()
+            if any(p in tables or p in targets for p in plan.parents)
+        }
+
+    def retry_waiting_children(
+        self, conn: sink.Connection, source: sqlite3.Connection, touched: set[str], limit: int = 200
+    ) -> int:
+        """Rows dead-lettered because their parent was missing (23503) are written
+        again, from the source as it is now, once a batch has written to a parent
+        table. Returns how many were resolved."""
+        children = self.children_of(touched)
+        if not children or not any(self.open_dead.get(c) for c in children):
+            return 0
+        now = time.monotonic()
+        with conn.cursor() as cur:
+            waiting = [
+                x
+                for x in deadletter.fetch(
+                    cur,
+                    self.schema,
+                    tables=sorted(children),
+                    sqlstate=FOREIGN_KEY_VIOLATION,
+                    limit=limit * 5,
+                )
+                # A row whose parent is still missing is tried again at most every 30 s.
+                if self._next_retry.get(x.id, 0.0) <= now
+            ][:limit]
+        for x in waiting:
+            self._next_retry[x.id] = now + 30.0
+        resolved = 0
+        for table in sorted({x.table for x in waiting}):
+            by_key: dict[tuple[Any, ...], list[int]] = {}
+            for x in waiting:
+                if x.table == table:
+                    by_key.setdefault(deadletter.decode_key(x.key), []).append(x.id)
+            results = rewrite_keys(source, conn, self.plans[table], list(by_key))
+            done = [i for r in results if r.action != "failed" for i in by_key[r.key]]
+            if done:
+                with conn.transaction(), conn.cursor() as cur:
+                    resolved += deadletter.mark(cur, self.schema, done, "parent arrived")
+                self.open_dead[table] = max(0, self.open_dead[table] - len(done))
+        return resolved
 
     # -- conversion ---------------------------------------------------------
 

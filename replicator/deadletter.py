@@ -171,9 +171,17 @@ def fetch(
     table: str | None = None,
     include_resolved: bool = False,
     limit: int | None = None,
+    sqlstate: str | None = None,
+    tables: Sequence[str] = (),
 ) -> list[StoredLetter]:
     where = [sql.SQL("true")]
     params: list[Any] = []
+    if sqlstate:
+        where.append(sql.SQL("sqlstate = %s"))
+        params.append(sqlstate)
+    if tables:
+        where.append(sql.SQL("table_name = ANY(%s)"))
+        params.append(list(tables))
     if ids:
         where.append(sql.SQL("id = ANY(%s)"))
         params.append(list(ids))

@@ -748,6 +748,11 @@ class Daemon:
             result = self.applier.apply(self.conn, changes, skip_through=self.skip)
             self.position = StreamPosition(result.last_seq, self.position.snapshot_seq)
             self._record(result)
+            upserted = {table for (table, op), n in result.applied.items() if op == "upsert" and n}
+            if upserted:
+                healed = self.applier.retry_waiting_children(self.conn, self.source, upserted)
+                if healed:
+                    self.log.info("parent_arrived", rows=healed)
         busy = self._follow_drift() or busy
         now = time.monotonic()
         if now - self._last_lag >= self._lag_every:

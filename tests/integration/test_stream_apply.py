@@ -670,3 +670,49 @@ def test_vacuum_renumbering_the_rowids_of_a_table_without_a_key(
         daemon.wait_caught_up()
 
     assert_replicated(path, pg_dsn)
+
+
+def test_a_child_waiting_for_its_dead_lettered_parent_is_written_when_the_parent_arrives(
+    refapp_db: Path, refapp_pg_dsn: str
+) -> None:
+    """A row refused for a missing parent (23503) is retried, from the source as it is
+    then, once the stream writes to its parent table: it needs no change of its own."""
+    conn = app(refapp_db)
+    with DaemonThread(daemon_config(refapp_db, refapp_pg_dsn)) as daemon:
+        daemon.wait_streaming()
+        conn.execute(
+            "INSERT INTO artifacts (id, type, source, source_id, url) VALUES "
+            "(900001, 'paper', 'arxiv', 'parent-arrives', ?)",
+            ("https://example.org/" + "x" * 2100,),  # longer than varchar(2048)
+        )
+        conn.execute(
+            "INSERT INTO artifact_scores (artifact_id, novelty, computed_at) "
+            "VALUES (900001, 0.5, '2025-11-12 08:15:30')"
+        )
+        daemon.wait_caught_up()
+        letters = {d["table_name"]: d for d in open_dead_letters(refapp_pg_dsn)}
+        assert set(letters) == {"artifacts", "artifact_scores"}, letters
+        assert "foreign key" in letters["artifact_scores"]["error"]
+
+        conn.execute("UPDATE artifacts SET url = 'https://example.org/ok' WHERE id = 900001")
+        daemon.wait_caught_up()
+        wait_until(
+            lambda: (
+                pg_all(
+                    refapp_pg_dsn, "SELECT novelty FROM artifact_scores WHERE artifact_id = 900001"
+                )
+                == [(0.5,)]
+            ),
+            30,
+            "the waiting child to be written",
+        )
+    assert open_dead_letters(refapp_pg_dsn) == []
+    resolutions = sorted(
+        r[0]
+        for r in pg_all(
+            refapp_pg_dsn,
+            "SELECT resolution FROM replicator.dead_letters WHERE resolved_at IS NOT NULL",
+        )
+    )
+    assert resolutions == ["healed by a later change", "parent arrived"]
+    assert_replicated(refapp_db, refapp_pg_dsn)
