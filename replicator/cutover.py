@@ -21,7 +21,7 @@ from psycopg.types.json import Jsonb
 from replicator import sink
 from replicator.config import Config
 from replicator.identifiers import pg_ident
-from replicator.schema import build_plans, sequence_sql, source_max_ids, target_sequences
+from replicator.schema import advance_sequences, build_plans, target_sequences
 from replicator.source import changelog
 from replicator.source.sqlite import open_source, read_transaction
 from replicator.status import read_status
@@ -209,19 +209,10 @@ class Cutover:
 
     def _sequences(self) -> tuple[bool, str]:
         conn, plans = self._sequence_plans()
-        moved = 0
         source = open_source(self.config.require_source(), readonly=True)
         try:
-            with conn, conn.transaction(), conn.cursor() as cur:
-                for plan in plans:
-                    sequences = target_sequences(conn, plan)
-                    if not sequences:
-                        continue
-                    with read_transaction(source):
-                        floors = source_max_ids(source, plan)
-                    for stmt in sequence_sql(plan, sequences, floors):
-                        cur.execute(stmt)
-                        moved += 1
+            with conn:
+                moved = advance_sequences(conn, source, plans)
         finally:
             source.close()
         return True, f"{moved} sequence(s) set past the largest id in either database"

@@ -25,7 +25,13 @@ from psycopg import sql
 from replicator.config import Config
 from replicator.errors import ConfigError, SchemaError, SourceError
 from replicator.identifiers import PG_MAX_IDENTIFIER_BYTES, pg_ident, pg_truncate, sqlite_ident
-from replicator.source.sqlite import ROWID, SourceTable, describe_table, list_tables
+from replicator.source.sqlite import (
+    ROWID,
+    SourceTable,
+    describe_table,
+    list_tables,
+    read_transaction,
+)
 from replicator.transform import ColumnRule, Converter, Kind, PgType, converter_for
 
 ROWID_COLUMN = "_replicator_rowid"
@@ -638,3 +644,22 @@ def sequence_sql(
             )
         )
     return stmts
+
+
+def advance_sequences(
+    conn: psycopg.Connection[Any], source: sqlite3.Connection, plans: Sequence[TablePlan]
+) -> int:
+    """Set every sequence of ``plans`` past the largest id in the target and in the
+    source, in one transaction; returns how many sequences were set."""
+    moved = 0
+    with conn.transaction(), conn.cursor() as cur:
+        for plan in plans:
+            sequences = target_sequences(conn, plan)
+            if not sequences:
+                continue
+            with read_transaction(source):
+                floors = source_max_ids(source, plan)
+            for stmt in sequence_sql(plan, sequences, floors):
+                cur.execute(stmt)
+                moved += 1
+    return moved

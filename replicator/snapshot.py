@@ -31,12 +31,10 @@ from replicator.identifiers import sqlite_ident
 from replicator.logs import get_logger
 from replicator.schema import (
     TablePlan,
+    advance_sequences,
     build_plans,
     create_table_sql,
     post_load_sql,
-    sequence_sql,
-    source_max_ids,
-    target_sequences,
 )
 from replicator.source.sqlite import ROWID, open_source, read_transaction
 from replicator.state import current_revision, head_revision, migrate
@@ -593,13 +591,4 @@ class Snapshotter:
         with conn.cursor() as cur:
             for plan in plans:
                 cur.execute(sql.SQL("ANALYZE {}").format(plan.table))
-        with conn.transaction(), conn.cursor() as cur:
-            for plan in plans:
-                sequences = target_sequences(conn, plan)
-                if not sequences:
-                    continue
-                with read_transaction(source):
-                    floors = source_max_ids(source, plan)
-                for stmt in sequence_sql(plan, sequences, floors):
-                    cur.execute(stmt)
-                    summary.sequences_set += 1
+        summary.sequences_set += advance_sequences(conn, source, plans)
