@@ -28,6 +28,8 @@ def json_safe(value: object) -> Any:
         return value
     if isinstance(value, float) and math.isfinite(value):
         return value
+    if isinstance(value, dict | list):
+        return json.loads(json.dumps(value, default=str))  # already JSON-shaped
     if isinstance(value, str) and "\x00" not in value:
         if value.isascii():
             return value

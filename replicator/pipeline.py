@@ -323,6 +323,7 @@ class Daemon:
         self.waker: Waker | None = None
         self.server: metrics.MetricsServer | None = None
         self._signals = 0
+        self._stop_signal: str | None = None
         self._last_prune = 0.0
         self._last_lag = 0.0
         self._lag_every = 1.0
@@ -353,11 +354,13 @@ class Daemon:
             self.waker.wake()
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        # Only flags here: logging from a signal handler can deadlock on the
+        # logger's lock when the signal lands while the loop is writing a line.
         self._signals += 1
         if self._signals > 1:
             # Safe: the position is only committed together with its data.
             os._exit(128 + signum)
-        self.log.info("stopping", signal=signal.Signals(signum).name)
+        self._stop_signal = signal.Signals(signum).name
         self.request_stop()
 
     def run(self) -> int:
@@ -994,6 +997,8 @@ class Daemon:
         )
 
     def _shutdown(self) -> None:
+        if self._stop_signal is not None:
+            self.log.info("stopping", signal=self._stop_signal)
         self.notifier.stopping()
         metrics.UP.set(0)
         if self.conn is not None:

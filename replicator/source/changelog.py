@@ -68,7 +68,10 @@ def _value(ref: str) -> str:
         f"CASE typeof({ref}) WHEN 'real' THEN CASE WHEN abs({ref}) < 1e100 "
         f"THEN json_array('r', printf('%!.17g', {ref})) "
         f"ELSE json_array('r', printf('%!.17g', {ref}*{_REAL_SCALE}), {_REAL_SCALE_EXP}) END "
-        f"WHEN 'blob' THEN json_array('b', hex({ref})) ELSE {ref} END"
+        f"WHEN 'blob' THEN json_array('b', hex({ref})) "
+        # `|| ''` drops SQLite's JSON subtype: text written by json_set() and friends
+        # must be captured as the text it is, not spliced in as a JSON object.
+        f"WHEN 'text' THEN {ref} || '' ELSE {ref} END"
     )
 
 
@@ -264,6 +267,10 @@ def decode_value(value: Any) -> Any:
             return bytes.fromhex(body)
     if isinstance(value, list) and len(value) == 3 and value[0] == "r":
         return math.ldexp(float(value[1]), int(value[2]))
+    if isinstance(value, dict | list):
+        # JSON text captured by a trigger of an older version (which let SQLite's
+        # JSON subtype through): turn it back into the text it was.
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
     return value
 
 

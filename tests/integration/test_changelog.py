@@ -8,6 +8,7 @@ streaming tests can be told apart from a capture bug.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import random
 import sqlite3
@@ -422,3 +423,22 @@ def test_uninstall_removes_every_trigger_and_the_log_and_nothing_else(
     assert db.execute("SELECT id FROM parent WHERE name = 'd'").fetchone()[0] == 4
     assert db.execute("SELECT count(*) FROM audit").fetchone()[0] == 4
     assert changelog.uninstall(db) == (0, False)  # a second run finds nothing to do
+
+
+def test_json_written_with_sqlite_json_functions_is_captured_as_text(
+    db: sqlite3.Connection,
+) -> None:
+    """json_set() and friends give text a JSON subtype; the image must still carry the
+    column's text (a JSON string), not an object spliced into the image."""
+    db.execute("CREATE TABLE docs (id INTEGER PRIMARY KEY, body TEXT, tags TEXT)")
+    capture(db, "docs")
+    db.execute("""INSERT INTO docs VALUES (1, '{"a": 1}', json_array('x', 'y'))""")
+    db.execute("UPDATE docs SET body = json_set(body, '$.b', json('[2,3]')) WHERE id = 1")
+    inserted, updated = changes(db)
+    assert inserted.image == {"id": 1, "body": '{"a": 1}', "tags": '["x","y"]'}
+    assert updated.image is not None
+    assert updated.image["body"] == '{"a":1,"b":[2,3]}'
+    stored = db.execute("SELECT body, tags FROM docs").fetchone()
+    assert (updated.image["body"], updated.image["tags"]) == stored
+    raw = db.execute(f"SELECT image FROM {CHANGELOG} WHERE op = 'U'").fetchone()[0]
+    assert isinstance(json.loads(raw)["body"], str), "the trigger let the JSON subtype through"
