@@ -1,0 +1,630 @@
+#!/usr/bin/env python3
+"""Snapshot throughput and memory: the replicator against a raw sqlite3 | psql COPY.
+
+    python bench/snapshot.py [--artifacts 1000000] [--small-artifacts 100000]
+                             [--dsn postgresql://postgres@127.0.0.1:5432/postgres]
+                             [--out docs/benchmarks.md] [--steps a,b,...] [--py-spy]
+                             [--code worktree|COMMIT]
+
+A quick version: ``--artifacts 20000 --small-artifacts 5000 --no-write``. Full size
+takes 6-11 minutes on a 2-core machine (generating the 1M database once: ~70 s).
+
+One run measures, each into a freshly created database ``bench_snap_<step>``:
+
+raw_indexed
+    ``sqlite3 -csv DB "SELECT cols" | psql -c "\\copy t (cols) FROM STDIN CSV"`` per
+    table in foreign-key order, into the app's own typed, indexed schema
+    (``replicator/data/reference_app/postgres_schema.sql``: PKs, UNIQUEs, FKs,
+    b-tree indexes and a GIN index on ``artifacts.raw_json``).
+repl_indexed
+    ``replicator snapshot`` (a subprocess, ``config/reference-app.toml``:
+    ``create_tables = false``, coercion and dead-lettering on) into the same schema.
+repl_create
+    ``replicator snapshot`` with ``REPLICATOR_SNAPSHOT_CREATE_TABLES=true`` into an
+    empty database: it creates each table with its primary key, loads it, then
+    builds secondary indexes and foreign keys.
+raw_noindex
+    the raw path into the tables the replicator would create (same column types,
+    from its own ``create_table_sql``) with the primary key removed: no index at all.
+raw_pk
+    (information) the same with the primary key kept: what the replicator's
+    tables hold while it loads them.
+repl_small
+    ``replicator snapshot`` into the indexed schema from a ``--small-artifacts``
+    database: peak RSS at a second size.
+repl_small_bad
+    the same from a database with ~0.2% bad cells: the cost of dead-lettering.
+
+Source databases are generated once with :func:`replicator.sample.generate_reference_db`
+(no bad values unless said) and cached under ``bench/out/``. Peak RSS is the
+exact ``ru_maxrss`` of the replicator process from ``wait4``; ``/proc/PID/status``
+is sampled too, to show RSS over the run. Other processes' CPU use is sampled
+from ``/proc`` during every step and reported with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import benchlib as bl
+
+bl.ensure_venv()
+
+TABLES = (
+    "tweets",
+    "artifacts",
+    "artifact_classifications",
+    "artifact_scores",
+    "discovery_labels",
+    "experiments",
+    "experiment_runs",
+    "snapshots",
+    "beta_users",
+    "cursors",
+)  # every replicated table, parents first (alembic_version is excluded, as in the config)
+CONFIG = bl.code_root() / "config" / "reference-app.toml"  # of the commit run (--code)
+ALL_STEPS = (
+    "raw_indexed",
+    "repl_indexed",
+    "repl_create",
+    "raw_noindex",
+    "raw_pk",
+    "repl_small",
+    "repl_small_bad",
+)
+RSS_TARGET_MB = 150.0
+
+
+@dataclass
+class StepResult:
+    step: str
+    rows: int
+    wall: float
+    what: str
+    peak_mb: float | None = None
+    copy_seconds: float | None = None  # replicator: sum of per-table seconds
+    tail_seconds: float | None = None  # replicator: last table copied -> exit
+    dead_letters: int = 0
+    cpu_seconds: float | None = None
+    load: str = ""
+    others_cores: float = 0.0
+    rss_profile: list[float] = field(default_factory=list)
+    counts_ok: bool = True
+    note: str = ""
+
+    @property
+    def rate(self) -> float:
+        return self.rows / self.wall if self.wall else 0.0
+
+
+def chunk_rows() -> int:
+    import tomllib
+
+    with CONFIG.open("rb") as fh:
+        return int(tomllib.load(fh).get("snapshot", {}).get("chunk_rows", 20000))
+
+
+def column_names(db: Path, table: str) -> list[str]:
+    import sqlite3
+
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return [r[1] for r in conn.execute(f'PRAGMA table_info("{table}")')]
+    finally:
+        conn.close()
+
+
+def raw_copy(db: Path, dsn: str, log_path: Path) -> float:
+    """sqlite3 -csv | psql \\copy for every table, one after the other; returns seconds."""
+    parts = ["set -eo pipefail"]
+    for t in TABLES:
+        cols = ", ".join(f'"{c}"' for c in column_names(db, t))
+        select = f'SELECT {cols} FROM "{t}"'
+        copy = f'\\copy "{t}" ({cols}) FROM STDIN CSV'
+        parts.append(
+            f"sqlite3 -csv {shlex.quote(str(db))} {shlex.quote(select)} | "
+            f"psql -q -X -v ON_ERROR_STOP=1 {shlex.quote(dsn)} -c {shlex.quote(copy)}"
+        )
+    script = "\n".join(parts)
+    (log_path.with_suffix(".sh")).write_text(script + "\n")
+    started = time.perf_counter()
+    with log_path.open("w") as err:
+        proc = subprocess.run(["bash", "-c", script], stderr=err, stdout=err, check=False)
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise RuntimeError(f"raw copy failed (exit {proc.returncode}), see {log_path}")
+    return wall
+
+
+def replicator_ddl(db: Path, dsn: str, *, keep_pk: bool) -> list[str]:
+    """The CREATE TABLE statements the replicator itself issues for this source."""
+    from replicator import sink
+    from replicator.config import load_config
+    from replicator.schema import build_plans, create_table_sql
+    from replicator.source.sqlite import open_source
+
+    config = load_config(
+        CONFIG,
+        env={},
+        overrides={
+            "source.path": str(db),
+            "target.url": dsn,
+            "snapshot.create_tables": True,
+        },
+    )
+    source = open_source(db, readonly=True)
+    conn = sink.connect(dsn, autocommit=True)
+    try:
+        plans = build_plans(source, conn, config)
+        out = []
+        for plan in plans:
+            ddl = create_table_sql(plan).as_string(conn)
+            if not keep_pk:
+                ddl, n = re.subn(r", PRIMARY KEY \([^)]*\)\)$", ")", ddl)
+                assert n == 1, ddl
+            out.append(ddl)
+        return out
+    finally:
+        conn.close()
+        source.close()
+
+
+def exec_sql(dsn: str, statements: list[str]) -> None:
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for s in statements:
+            conn.execute(s)
+
+
+def replicator_env(create_tables: bool) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("REPLICATOR_") and k not in ("DATABASE_URL", "DATABASE_PATH")
+    }
+    env["REPLICATOR_SNAPSHOT_CREATE_TABLES"] = "true" if create_tables else "false"
+    env["REPLICATOR_METRICS_ADDRESS"] = ""
+    return env
+
+
+def run_replicator(
+    db: Path, dsn: str, step: str, *, create_tables: bool, py_spy: bool
+) -> tuple[float, bl.MemoryWatch, str, float | None]:
+    cmd = [
+        *bl.replicator_command(),
+        "-c",
+        str(CONFIG),
+        "--source",
+        str(db),
+        "--target",
+        dsn,
+        "--log-format",
+        "json",
+        "snapshot",
+    ]
+    out_path = bl.OUT / f"snapshot-{step}.out"
+    err_path = bl.OUT / f"snapshot-{step}.log"
+    started = time.perf_counter()
+    with out_path.open("w") as out, err_path.open("w") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=replicator_env(create_tables))
+        watch = bl.MemoryWatch(proc)
+        spy = None
+        if py_spy:
+            spy = attach_py_spy(proc.pid, bl.OUT / f"snapshot-{step}.pyspy.txt")
+        code = watch.wait()
+        wall = time.perf_counter() - started
+        ended = time.time()
+        if spy is not None:
+            spy.wait(timeout=60)
+    if code != 0:
+        raise RuntimeError(f"replicator snapshot exited {code}; see {err_path}")
+    events = []
+    for line in err_path.read_text().splitlines():
+        try:
+            events.append(json.loads(line))
+        except ValueError:
+            continue
+    # Seconds from the last table's end to process exit: secondary indexes, foreign
+    # keys, sequences, ANALYZE (whatever the replicator does after copying).
+    done = [e["timestamp"] for e in events if e.get("event") == "snapshot_table_done"]
+    tail = None
+    if done:
+        last = dt.datetime.fromisoformat(max(done).replace("Z", "+00:00")).timestamp()
+        tail = max(0.0, ended - last)
+    return wall, watch, out_path.read_text(), tail
+
+
+def attach_py_spy(pid: int, output: Path) -> subprocess.Popen[bytes] | None:
+    exe = shutil.which("py-spy") or str(bl.REPO / ".venv" / "bin" / "py-spy")
+    if not Path(exe).exists():
+        bl.log("py-spy not found: pip install py-spy into the venv; not profiling")
+        return None
+    return subprocess.Popen(
+        [
+            exe,
+            "record",
+            "--pid",
+            str(pid),
+            "--rate",
+            "100",
+            "--format",
+            "raw",
+            "--output",
+            str(output),
+            "--nonblocking",
+            "--idle",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def parse_summary(text: str) -> tuple[float, int]:
+    """(sum of per-table seconds, dead letters) from `replicator snapshot`'s summary."""
+    for line in text.splitlines():
+        if line.startswith("total "):
+            parts = line.split()
+            return float(parts[4]), int(parts[3])
+    raise RuntimeError(f"no total line in the summary:\n{text}")
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.admin = args.dsn
+        self.sampler = bl.LoadSampler().start()
+        self.results: dict[str, StepResult] = {}
+
+    def fresh(self, step: str, *, reference_schema: bool) -> tuple[str, str]:
+        name = f"bench_snap_{step}"
+        dsn = bl.recreate_database(self.admin, name)
+        if reference_schema:
+            bl.apply_reference_schema(dsn)
+        bl.checkpoint(self.admin)
+        return name, dsn
+
+    def finish(self, name: str) -> None:
+        if not self.args.keep:
+            bl.drop_database(self.admin, name)
+
+    def check_counts(self, dsn: str, expected: dict[str, int], dead: int = 0) -> tuple[bool, str]:
+        got = bl.pg_counts(dsn, TABLES)
+        missing = sum(expected.values()) - sum(got.values())
+        ok = missing == dead and all(got[t] <= expected[t] for t in TABLES)
+        note = "" if ok else f"row counts differ: expected {expected}, got {got}"
+        if not ok:
+            bl.log(note)
+        return ok, note
+
+    def raw(self, step: str, db: Path, expected: dict[str, int], ddl: str) -> StepResult:
+        name, dsn = self.fresh(step, reference_schema=(ddl == "reference"))
+        what = {
+            "reference": "reference schema: PKs, 4 UNIQUE, 5 FKs, 7 b-tree + 1 GIN index",
+            "nopk": "replicator's CREATE TABLE (its column types) without the PRIMARY KEY: "
+            "no index, no FK",
+            "pk": "replicator's CREATE TABLE (its column types) with the PRIMARY KEY only",
+        }[ddl]
+        if ddl != "reference":
+            exec_sql(dsn, replicator_ddl(db, dsn, keep_pk=(ddl == "pk")))
+            bl.checkpoint(self.admin)
+        bl.log(f"{step}: raw sqlite3 | psql COPY into {name} ...")
+        with self.sampler.window(step) as w:
+            wall = raw_copy(db, dsn, bl.OUT / f"snapshot-{step}.log")
+        ok, note = self.check_counts(dsn, expected)
+        self.finish(name)
+        r = StepResult(
+            step=step,
+            rows=sum(expected.values()),
+            wall=wall,
+            what=what,
+            load=w.describe(),
+            others_cores=w.others_cores(),
+            counts_ok=ok,
+            note=note,
+        )
+        bl.log(f"{step}: {r.rows} rows in {wall:.1f}s = {r.rate:,.0f} rows/s; {r.load}")
+        return r
+
+    def repl(self, step: str, db: Path, expected: dict[str, int], *, create: bool) -> StepResult:
+        name, dsn = self.fresh(step, reference_schema=not create)
+        bl.log(f"{step}: replicator snapshot into {name} (create_tables={create}) ...")
+        with self.sampler.window(step) as w:
+            wall, watch, summary, tail = run_replicator(
+                db, dsn, step, create_tables=create, py_spy=self.args.py_spy
+            )
+        copy_seconds, dead = parse_summary(summary)
+        ok, note = self.check_counts(dsn, expected, dead)
+        self.finish(name)
+        what = (
+            "empty database: the replicator creates tables + PKs, loads, then builds "
+            "secondary indexes and FKs (NOT VALID + VALIDATE)"
+            if create
+            else "reference schema (as raw_indexed), config/reference-app.toml "
+            f"(chunk_rows {chunk_rows()})"
+        )
+        r = StepResult(
+            step=step,
+            rows=sum(expected.values()),
+            wall=wall,
+            what=what,
+            peak_mb=watch.trace.peak_mb,
+            copy_seconds=copy_seconds,
+            tail_seconds=tail,
+            dead_letters=dead,
+            cpu_seconds=watch.cpu_seconds,
+            load=w.describe(),
+            others_cores=w.others_cores(),
+            rss_profile=[watch.trace.rss_at(f) for f in (0.1, 0.5, 0.9)],
+            counts_ok=ok,
+            note=note,
+        )
+        bl.log(
+            f"{step}: {r.rows} rows in {wall:.1f}s = {r.rate:,.0f} rows/s (copy phase "
+            f"{copy_seconds:.1f}s), peak RSS {r.peak_mb:.0f} MB, client CPU "
+            f"{watch.cpu_seconds:.0f}s, dead letters {dead}; {r.load}"
+        )
+        return r
+
+    def run(self) -> None:
+        a = self.args
+        steps = a.steps
+        big = bl.reference_db(a.artifacts, a.seed, bad_values=False)
+        big_counts = bl.sqlite_counts(big, TABLES)
+        small = small_counts = bad = bad_counts = None
+        if "repl_small" in steps:
+            small = bl.reference_db(a.small_artifacts, a.seed, bad_values=False)
+            small_counts = bl.sqlite_counts(small, TABLES)
+        if "repl_small_bad" in steps:
+            bad = bl.reference_db(a.small_artifacts, a.seed, bad_values=True)
+            bad_counts = bl.sqlite_counts(bad, TABLES)
+        self.sources = {
+            "big": (big, big_counts),
+            "small": (small, small_counts),
+            "bad": (bad, bad_counts),
+        }
+        self.uptime_before = bl.uptime()
+        self.top_before = bl.top_snapshot()
+        started = time.perf_counter()
+        for step in steps:
+            if step == "raw_indexed":
+                self.results[step] = self.raw(step, big, big_counts, "reference")
+            elif step == "repl_indexed":
+                self.results[step] = self.repl(step, big, big_counts, create=False)
+            elif step == "repl_create":
+                self.results[step] = self.repl(step, big, big_counts, create=True)
+            elif step == "raw_noindex":
+                self.results[step] = self.raw(step, big, big_counts, "nopk")
+            elif step == "raw_pk":
+                self.results[step] = self.raw(step, big, big_counts, "pk")
+            elif step == "repl_small":
+                assert small and small_counts
+                self.results[step] = self.repl(step, small, small_counts, create=False)
+            elif step == "repl_small_bad":
+                assert bad and bad_counts
+                self.results[step] = self.repl(step, bad, bad_counts, create=False)
+        self.total_seconds = time.perf_counter() - started
+        self.uptime_after = bl.uptime()
+        self.top_after = bl.top_snapshot()
+        self.sampler.stop()
+
+    # -- report ----------------------------------------------------------------
+
+    def report(self, info: dict[str, str]) -> str:
+        a = self.args
+        R = self.results
+        big, big_counts = self.sources["big"]
+        assert big is not None and big_counts is not None
+        lines = ["## Snapshot", ""]
+        lines += bl.machine_lines(info)
+        lines += bl.code_change_note(info)
+        cmd = " ".join(shlex.quote(x) for x in ["python", "bench/snapshot.py", *sys.argv[1:]])
+        lines += [
+            "",
+            f"Command: `{cmd}` (whole run {self.total_seconds / 60:.1f} min, "
+            "database generation excluded).",
+            "",
+            f"Source: `{big.name}`, {a.artifacts:,} artifacts, no bad values, "
+            f"{sum(big_counts.values()):,} rows in the 10 replicated tables "
+            f"({', '.join(f'{t} {n:,}' for t, n in big_counts.items())}); "
+            f"{big.stat().st_size / 2**20:,.0f} MiB.",
+            "",
+        ]
+        rows = []
+        raw_i = R.get("raw_indexed")
+        raw_n = R.get("raw_noindex")
+
+        def ratio(r: StepResult, base: StepResult | None) -> str:
+            return f"{r.rate / base.rate:.2f}x" if base else "n/a"
+
+        for step in a.steps:
+            r = R[step]
+            target = ""
+            ok: bool | None = None
+            if step in ("repl_indexed", "repl_create"):
+                base, need, name = (
+                    (raw_i, 0.9, "raw_indexed")
+                    if step == "repl_indexed"
+                    else (raw_n, 1.0, "raw_noindex")
+                )
+                ok = (r.peak_mb or 0) < RSS_TARGET_MB
+                if base is not None:
+                    target = f"≥ {need:.2f}x {name}; RSS < 150 MB"
+                    ok = ok and r.rate >= need * base.rate
+                else:
+                    target = f"RSS < 150 MB ({name} not run)"
+                rel = ratio(r, base)
+            elif step in ("repl_small", "repl_small_bad"):
+                target = "RSS < 150 MB"
+                ok = (r.peak_mb or 0) < RSS_TARGET_MB
+                rel = ratio(r, R.get("repl_small")) if step == "repl_small_bad" else "n/a"
+            elif step == "raw_pk":
+                rel = ratio(r, raw_n)
+            else:
+                rel = "1.00x" if step in ("raw_indexed", "raw_noindex") else "n/a"
+            rows.append(
+                [
+                    f"`{step}`",
+                    bl.fmt_int(r.rows),
+                    f"{r.wall:.1f}",
+                    bl.fmt_int(r.rate),
+                    rel,
+                    f"{r.peak_mb:.0f}" if r.peak_mb is not None else "-",
+                    f"{r.copy_seconds:.1f}" if r.copy_seconds is not None else "-",
+                    f"{r.tail_seconds:.1f}" if r.tail_seconds is not None else "-",
+                    f"{r.cpu_seconds:.0f}" if r.cpu_seconds is not None else "-",
+                    f"{r.others_cores:.2f}",
+                    target or "-",
+                    bl.verdict(ok) if ok is not None else "-",
+                ]
+            )
+        lines += bl.table(
+            [
+                "step",
+                "rows",
+                "wall s",
+                "rows/s",
+                "vs baseline",
+                "peak RSS MB",
+                "copy phase s",
+                "after copy s",
+                "replicator CPU s",
+                "other procs (cores)",
+                "target",
+                "result",
+            ],
+            rows,
+        )
+        lines += [
+            "",
+            "Baselines: `repl_indexed` is compared with `raw_indexed`, `repl_create` and "
+            "`raw_pk` with `raw_noindex`, `repl_small_bad` with `repl_small` (same size, "
+            "clean). Rows/s is source rows divided by the wall time of the whole command "
+            "(for the replicator: process start to exit, including its start-up, state-schema "
+            "migration, planning, index builds and sequence setting). *copy phase* is the sum "
+            "of the replicator's own per-table times; *after copy* is from the last table "
+            "copied to the process exit (index and foreign-key builds, sequences, ANALYZE); "
+            "the rest of the wall time is start-up (imports, state-schema check, planning). "
+            "*replicator CPU* is user+sys of the "
+            "replicator process (wait4). *other procs* is the CPU other processes on the "
+            "machine (not this benchmark, not PostgreSQL serving it) used during the step, "
+            "in cores out of "
+            f"{os.cpu_count()}.",
+            "",
+            "What each side had:",
+            "",
+        ]
+        for step in a.steps:
+            r = R[step]
+            extra = ""
+            if r.peak_mb is not None and r.rss_profile:
+                extra = (
+                    f" RSS at 10/50/90% of the run: "
+                    f"{' / '.join(f'{x:.0f}' for x in r.rss_profile)} MB."
+                )
+            if r.dead_letters:
+                extra += f" {r.dead_letters} rows dead-lettered."
+            if not r.counts_ok:
+                extra += f" **Row-count check failed**: {r.note}"
+            lines.append(f"- `{step}`: {r.what}.{extra} Load: {r.load}.")
+        if "repl_small" in R:
+            small, small_counts = self.sources["small"]
+            assert small and small_counts
+            lines += [
+                "",
+                f"`repl_small` source: `{small.name}`, {sum(small_counts.values()):,} rows "
+                f"({a.small_artifacts:,} artifacts).",
+            ]
+        if "repl_small_bad" in R:
+            bad, bad_counts = self.sources["bad"]
+            assert bad and bad_counts
+            rb, rs = R["repl_small_bad"], R.get("repl_small")
+            cost = f"{(rs.rate / rb.rate - 1) * 100:+.0f}% time" if rs else "n/a"
+            lines += [
+                f"`repl_small_bad` source: `{bad.name}`, {sum(bad_counts.values()):,} rows, "
+                f"{rb.dead_letters} dead letters ({rb.dead_letters / rb.rows * 100:.2f}%); "
+                f"dead-lettering cost vs the clean database of the same size: {cost}.",
+            ]
+        lines += [
+            "",
+            "Notes on the raw path: `sqlite3 -csv` prints REAL values with 15 significant "
+            "digits and PostgreSQL ignores the UTC offset of ISO text going into "
+            "`timestamp` columns, so the raw copy is not a correct migration (the "
+            "replicator's is); it is the speed of light for a one-shot copy. It runs "
+            "`sqlite3` and `psql` as two processes in a pipe next to the PostgreSQL "
+            "backend, so it uses both cores.",
+            "",
+            "Machine load (`uptime`) before: `"
+            + self.uptime_before.strip()
+            + "`; after: `"
+            + self.uptime_after.strip()
+            + "`.",
+            "",
+        ]
+        return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--artifacts", type=int, default=1_000_000)
+    parser.add_argument(
+        "--small-artifacts",
+        type=int,
+        default=100_000,
+        help="size of the second RSS point and of the bad-values run",
+    )
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--code",
+        default="worktree",
+        help="replicator code to run: 'worktree' (the files on disk) or a git commit/ref, "
+        "exported with git archive under bench/out/code-<sha>/ and put first on PYTHONPATH",
+    )
+    parser.add_argument("--dsn", default=bl.DEFAULT_DSN, help="an admin DSN (may CREATE DATABASE)")
+    parser.add_argument("--out", type=Path, default=bl.REPO / "docs" / "benchmarks.md")
+    parser.add_argument(
+        "--steps", default=",".join(ALL_STEPS), help=f"comma-separated subset of {ALL_STEPS}"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the bench_snap_* databases")
+    parser.add_argument(
+        "--py-spy",
+        action="store_true",
+        help="attach py-spy (non-blocking, 100 Hz, --idle) to each replicator run, into "
+        "bench/out/snapshot-*.pyspy.txt; figures are then not representative",
+    )
+    parser.add_argument("--no-write", action="store_true", help="print the section only")
+    args = parser.parse_args()
+    args.steps = [s.strip() for s in args.steps.split(",") if s.strip()]
+    unknown = set(args.steps) - set(ALL_STEPS)
+    if unknown:
+        parser.error(f"unknown steps: {sorted(unknown)}")
+    bl.OUT.mkdir(parents=True, exist_ok=True)
+    info = bl.machine_info(args.dsn)
+    bench = Bench(args)
+    bench.run()
+    section = bench.report(info)
+    print(section)
+    (bl.OUT / "snapshot-top.txt").write_text(
+        "before:\n" + bench.top_before + "\n\nafter:\n" + bench.top_after + "\n"
+    )
+    if not args.no_write:
+        bl.write_section(args.out, "snapshot", section)
+        bl.log(f"wrote the snapshot section of {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
