@@ -177,3 +177,46 @@ def database_exists(admin_dsn: str, name: str) -> bool:
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
         row = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
     return row is not None
+
+
+@contextlib.contextmanager
+def password_role(admin_dsn: str, dsn: str, password: str) -> Iterator[tuple[str, str]]:
+    """A throwaway login role with ``password`` that may create the state schema and
+    tables in ``dsn``'s database; yields (URL, key=value DSN) connecting as it.
+
+    Dropped afterwards with everything it owns."""
+    role = f"rt_pw_{os.getpid()}_{secrets.token_hex(3)}"
+    params = conninfo_to_dict(dsn)
+    dbname = str(params["dbname"])
+    with psycopg.connect(admin_dsn, autocommit=True) as admin:
+        admin.execute(
+            sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                sql.Identifier(role), sql.Literal(password)
+            )
+        )
+    try:
+        with psycopg.connect(dsn, autocommit=True) as db:
+            db.execute(
+                sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(
+                    sql.Identifier(dbname), sql.Identifier(role)
+                )
+            )
+            db.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(sql.Identifier(role)))
+        host = str(params.get("host") or "127.0.0.1")
+        port = str(params.get("port") or "5432")
+        if host.startswith("/"):
+            url = (
+                f"postgresql://{role}:{quote(password)}@/{quote(dbname)}"
+                f"?host={quote(host)}&port={port}"
+            )
+        else:
+            shown_host = f"[{host}]" if ":" in host else host
+            url = f"postgresql://{role}:{quote(password)}@{shown_host}:{port}/{quote(dbname)}"
+        keywords = f"host={host} port={port} dbname={dbname} user={role} password={password}"
+        yield url, keywords
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as db:
+            db.execute(sql.SQL("REASSIGN OWNED BY {} TO CURRENT_USER").format(sql.Identifier(role)))
+            db.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+        with psycopg.connect(admin_dsn, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))

@@ -22,8 +22,7 @@ from urllib.parse import quote
 import click
 import psycopg
 import pytest
-from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
+from pgutil import password_role
 
 from replicator.cli import main as cli_main
 from replicator.errors import ConfigError, SourceError
@@ -155,41 +154,8 @@ def test_snapshot_with_only_the_apps_environment_variables(tmp_path: Path, pg_ds
 def password_url(pg_admin_dsn: str, pg_dsn: str) -> Iterator[tuple[str, str]]:
     """(URL, key=value DSN) for a throwaway login role with a password, owning nothing
     but allowed to create tables in this test's database."""
-    role = f"rt_pw_{os.getpid()}_{secrets.token_hex(3)}"
-    params = conninfo_to_dict(pg_dsn)
-    dbname = str(params["dbname"])
-    with psycopg.connect(pg_admin_dsn, autocommit=True) as admin:
-        admin.execute(
-            sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
-                sql.Identifier(role), sql.Literal(PASSWORD)
-            )
-        )
-    try:
-        with psycopg.connect(pg_dsn, autocommit=True) as db:
-            db.execute(
-                sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(
-                    sql.Identifier(dbname), sql.Identifier(role)
-                )
-            )
-            db.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(sql.Identifier(role)))
-        host = str(params.get("host") or "127.0.0.1")
-        port = str(params.get("port") or "5432")
-        if host.startswith("/"):
-            url = (
-                f"postgresql://{role}:{quote(PASSWORD)}@/{quote(dbname)}"
-                f"?host={quote(host)}&port={port}"
-            )
-        else:
-            shown_host = f"[{host}]" if ":" in host else host
-            url = f"postgresql://{role}:{quote(PASSWORD)}@{shown_host}:{port}/{quote(dbname)}"
-        keywords = f"host={host} port={port} dbname={dbname} user={role} password={PASSWORD}"
-        yield url, keywords
-    finally:
-        with psycopg.connect(pg_dsn, autocommit=True) as db:
-            db.execute(sql.SQL("REASSIGN OWNED BY {} TO CURRENT_USER").format(sql.Identifier(role)))
-            db.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
-        with psycopg.connect(pg_admin_dsn, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+    with password_role(pg_admin_dsn, pg_dsn, PASSWORD) as urls:
+        yield urls
 
 
 @pytest.mark.parametrize("form", ["url", "keywords"])

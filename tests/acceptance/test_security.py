@@ -31,12 +31,10 @@ from typing import Any
 from urllib.parse import quote
 
 import click
-import psycopg
 import pytest
 import yaml
 from click.testing import CliRunner
-from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
+from pgutil import password_role
 from shiputil import (
     REPO,
     clean_env,
@@ -187,38 +185,8 @@ def test_no_secret_in_any_help_output() -> None:
 def password_role_url(pg_admin_dsn: str, pg_dsn: str) -> Iterator[str]:
     """A URL with a password, for a login role of this test that may create the
     state schema and tables in this test's database."""
-    role = f"rt_sec_{os.getpid()}_{secrets.token_hex(3)}"
-    params = conninfo_to_dict(pg_dsn)
-    dbname = str(params["dbname"])
-    with psycopg.connect(pg_admin_dsn, autocommit=True) as admin:
-        admin.execute(
-            sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
-                sql.Identifier(role), sql.Literal(SECRET)
-            )
-        )
-    try:
-        with psycopg.connect(pg_dsn, autocommit=True) as db:
-            db.execute(
-                sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(
-                    sql.Identifier(dbname), sql.Identifier(role)
-                )
-            )
-            db.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(sql.Identifier(role)))
-        host = str(params.get("host") or "127.0.0.1")
-        port = str(params.get("port") or "5432")
-        if host.startswith("/"):
-            yield (
-                f"postgresql://{role}:{quote(SECRET)}@/{quote(dbname)}"
-                f"?host={quote(host)}&port={port}"
-            )
-        else:
-            yield f"postgresql://{role}:{quote(SECRET)}@{host}:{port}/{quote(dbname)}"
-    finally:
-        with psycopg.connect(pg_dsn, autocommit=True) as db:
-            db.execute(sql.SQL("REASSIGN OWNED BY {} TO CURRENT_USER").format(sql.Identifier(role)))
-            db.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
-        with psycopg.connect(pg_admin_dsn, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+    with password_role(pg_admin_dsn, pg_dsn, SECRET) as (url, _keywords):
+        yield url
 
 
 @contextlib.contextmanager
