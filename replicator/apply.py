@@ -152,10 +152,6 @@ class Applier:
         with conn.cursor() as cur:
             self.open_dead = Counter(deadletter.count_open(cur, self.schema))
 
-    def forget_connection(self, conn: sink.Connection) -> None:
-        for writer in self.writers.values():
-            writer.forget_connection(conn)
-
     def children_of(self, tables: set[str]) -> set[str]:
         """Replicated tables with a foreign key to any of ``tables`` (source names)."""
         targets = {self.plans[t].name for t in tables if t in self.plans}

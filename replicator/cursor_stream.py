@@ -359,7 +359,3 @@ class CursorStream:
             metrics.LAG_CHANGES.labels(name).set(0 if not poll.full else poll.forward)
             overall = max(overall, lag)
         self.lag_seconds = overall if waiting else 0.0
-
-    def forget_connection(self, conn: sink.Connection) -> None:
-        if self.applier is not None:
-            self.applier.forget_connection(conn)

@@ -441,10 +441,6 @@ class Daemon:
 
     def _drop_connection(self) -> None:
         if self.conn is not None:
-            if self.applier is not None:
-                self.applier.forget_connection(self.conn)
-            if self.cursors is not None:
-                self.cursors.forget_connection(self.conn)
             with contextlib.suppress(psycopg.Error):
                 self.conn.close()
         self.conn = None

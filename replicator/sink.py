@@ -140,7 +140,6 @@ class TableWriter:
         self.delete_sql = sql.SQL("DELETE FROM {} WHERE ({}) = ({})").format(
             table, key, sql.SQL(", ").join(sql.Placeholder() for _ in plan.target_key)
         )
-        self._stage_ready: set[int] = set()
 
     def column_names(self) -> list[str]:
         return [c.target for c in self.plan.columns]
@@ -165,10 +164,6 @@ class TableWriter:
     def delete(self, cur: Cursor, keys: Sequence[Row]) -> None:
         if keys:
             cur.executemany(self.delete_sql, keys)
-
-    def forget_connection(self, conn: Connection) -> None:
-        """The staging table lives per session: a new connection needs it again."""
-        self._stage_ready.discard(id(conn))
 
 
 def _copy(cur: Cursor, statement: sql.Composed, rows: Sequence[Row]) -> None:
