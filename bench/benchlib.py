@@ -30,6 +30,20 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "bench" / "out"
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+# The reference app's replicated tables, parents first: replicator.sample's
+# REFERENCE_TABLES without alembic_version (excluded, as in the config).
+REPLICATED_TABLES = (
+    "tweets",
+    "artifacts",
+    "artifact_classifications",
+    "artifact_scores",
+    "discovery_labels",
+    "experiments",
+    "experiment_runs",
+    "snapshots",
+    "beta_users",
+    "cursors",
+)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 

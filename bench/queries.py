@@ -44,18 +44,7 @@ from replicator.snapshot import ProgressDisplay, Snapshotter  # noqa: E402
 DBNAME = "bench_queries"
 QUERIES = bl.REPO / "config" / "reference-app-queries.toml"
 CONFIG = bl.REPO / "config" / "reference-app.toml"
-APP_TABLES = (
-    "tweets",
-    "artifacts",
-    "artifact_classifications",
-    "artifact_scores",
-    "discovery_labels",
-    "experiments",
-    "experiment_runs",
-    "snapshots",
-    "beta_users",
-    "cursors",
-)
+APP_TABLES = bl.REPLICATED_TABLES
 
 VARIANTS = """
 # Other forms of reference queries, to measure what the comments in

@@ -63,18 +63,7 @@ import benchlib as bl
 
 bl.ensure_venv()
 
-TABLES = (
-    "tweets",
-    "artifacts",
-    "artifact_classifications",
-    "artifact_scores",
-    "discovery_labels",
-    "experiments",
-    "experiment_runs",
-    "snapshots",
-    "beta_users",
-    "cursors",
-)  # every replicated table, parents first (alembic_version is excluded, as in the config)
+TABLES = bl.REPLICATED_TABLES
 CONFIG = bl.code_root() / "config" / "reference-app.toml"  # of the commit run (--code)
 ALL_STEPS = (
     "raw_indexed",

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from benchlib import (
     DEFAULT_DSN,
+    REPLICATED_TABLES,
     REPO,
     apply_reference_schema,
     drop_database,
@@ -33,18 +34,7 @@ from benchlib import (
     write_section,
 )
 
-TABLES = (
-    "tweets",
-    "artifacts",
-    "artifact_classifications",
-    "artifact_scores",
-    "discovery_labels",
-    "experiments",
-    "experiment_runs",
-    "snapshots",
-    "beta_users",
-    "cursors",
-)
+TABLES = REPLICATED_TABLES
 
 
 def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, int, int]:
