@@ -1,8 +1,8 @@
 """Shared helpers for the benchmark scripts in this folder (not part of the package).
 
 What lives here: the machine description written at the top of each
-benchmark section, per-process memory sampling (``VmRSS``/``VmHWM`` from
-``/proc`` plus the exact peak from ``wait4``), a sampler that tells how much
+benchmark section, per-process memory sampling (``VmRSS`` and the high-water mark ``VmHWM``
+from ``/proc``; CPU time from ``wait4``), a sampler that tells how much
 CPU *other* processes took while a measurement ran, throwaway PostgreSQL
 databases, and the code that rewrites one section of ``docs/benchmarks.md``.
 """
@@ -379,7 +379,11 @@ class LoadSampler:
 @dataclass
 class MemoryTrace:
     samples: list[tuple[float, int, int]] = field(default_factory=list)  # (t, rss kB, hwm kB)
-    peak_kb: int = 0  # exact, from wait4's ru_maxrss
+    # The process's own VmHWM (its high-water mark since exec), as last sampled.
+    # Not wait4's ru_maxrss: Linux carries the parent's high-water mark over to a
+    # child started by vfork + exec, so a benchmark process grown big (generating
+    # a database) would show up as the replicator's peak.
+    peak_kb: int = 0
 
     @property
     def peak_mb(self) -> float:
@@ -410,7 +414,7 @@ def read_status(pid: int) -> tuple[int, int] | None:
 
 
 class MemoryWatch:
-    """Samples VmRSS/VmHWM of one process; :meth:`wait` reaps it with wait4 (exact peak)."""
+    """Samples VmRSS/VmHWM of one process; :meth:`wait` reaps it with wait4 (CPU time)."""
 
     def __init__(self, proc: subprocess.Popen[Any], interval: float = 0.25) -> None:
         self.proc = proc
@@ -431,6 +435,8 @@ class MemoryWatch:
                 continue
             self.trace.samples.append((time.monotonic() - start, st[0], st[1]))
             self._stop.wait(self.interval)
+        # A zombie's status no longer shows its memory: the last sample before exit
+        # holds the high-water mark up to then (sampling every ``interval``).
 
     def wait(self, timeout: float | None = None) -> int:
         """Wait for the process to exit and return its exit code."""
@@ -444,7 +450,7 @@ class MemoryWatch:
             time.sleep(0.05)
         self._stop.set()
         self._thread.join()
-        self.trace.peak_kb = usage.ru_maxrss  # kB on Linux
+        self.trace.peak_kb = max((s[2] for s in self.trace.samples), default=0)
         code = os.waitstatus_to_exitcode(status)
         self.proc.returncode = code
         self.cpu_seconds = usage.ru_utime + usage.ru_stime

@@ -22,13 +22,19 @@ repl_indexed
 repl_create
     ``replicator snapshot`` with ``REPLICATOR_SNAPSHOT_CREATE_TABLES=true`` into an
     empty database: it creates each table with its primary key, loads it, then
-    builds secondary indexes and foreign keys.
+    builds secondary indexes and foreign keys. Compared with ``raw_created``.
+raw_created
+    the raw path into the complete schema ``repl_create`` ends with, created before
+    the load (what someone running sqlite3 | psql would have): the replicator's own
+    ``create_table_sql`` (column types, primary key) followed by every statement of
+    its ``post_load_sql`` (UNIQUE and secondary indexes, foreign keys).
 raw_noindex
-    the raw path into the tables the replicator would create (same column types,
-    from its own ``create_table_sql``) with the primary key removed: no index at all.
+    (information) the raw path into the tables the replicator would create (same
+    column types) with the primary key removed: no index at all, the bound of a bare
+    COPY that no path building indexes can reach.
 raw_pk
     (information) the same with the primary key kept: what the replicator's
-    tables hold while it loads them.
+    tables hold while it loads them. Compared with ``raw_noindex``.
 repl_small
     ``replicator snapshot`` into the indexed schema from a ``--small-artifacts``
     database: peak RSS at a second size.
@@ -37,9 +43,10 @@ repl_small_bad
 
 Source databases are generated once with :func:`replicator.sample.generate_reference_db`
 (no bad values unless said) and cached under ``bench/out/``. Peak RSS is the
-exact ``ru_maxrss`` of the replicator process from ``wait4``; ``/proc/PID/status``
-is sampled too, to show RSS over the run. Other processes' CPU use is sampled
-from ``/proc`` during every step and reported with the figures.
+replicator process's ``VmHWM`` (its own high-water mark) from ``/proc/PID/status``,
+sampled every 0.25 s together with ``VmRSS`` to show RSS over the run. Other
+processes' CPU use is sampled from ``/proc`` during every step and reported with the
+figures.
 """
 
 from __future__ import annotations
@@ -69,6 +76,7 @@ ALL_STEPS = (
     "raw_indexed",
     "repl_indexed",
     "repl_create",
+    "raw_created",
     "raw_noindex",
     "raw_pk",
     "repl_small",
@@ -84,7 +92,7 @@ class StepResult:
     wall: float
     what: str
     peak_mb: float | None = None
-    copy_seconds: float | None = None  # replicator: sum of per-table seconds
+    copy_seconds: float | None = None  # replicator: first table copy start -> last end
     tail_seconds: float | None = None  # replicator: last table copied -> exit
     dead_letters: int = 0
     cpu_seconds: float | None = None
@@ -138,11 +146,16 @@ def raw_copy(db: Path, dsn: str, log_path: Path) -> float:
     return wall
 
 
-def replicator_ddl(db: Path, dsn: str, *, keep_pk: bool) -> list[str]:
-    """The CREATE TABLE statements the replicator itself issues for this source."""
+def replicator_ddl(db: Path, dsn: str, *, keep_pk: bool, post_load: bool = False) -> list[str]:
+    """The CREATE TABLE statements the replicator itself issues for this source.
+
+    With ``post_load``, followed by every statement it runs after its load
+    (``post_load_sql``: UNIQUE and secondary indexes, foreign keys added NOT VALID
+    then validated), so the tables get the complete schema before any row.
+    """
     from replicator import sink
     from replicator.config import load_config
-    from replicator.schema import build_plans, create_table_sql
+    from replicator.schema import build_plans, create_table_sql, post_load_sql
     from replicator.source.sqlite import open_source
 
     config = load_config(
@@ -165,6 +178,10 @@ def replicator_ddl(db: Path, dsn: str, *, keep_pk: bool) -> list[str]:
                 ddl, n = re.subn(r", PRIMARY KEY \([^)]*\)\)$", ")", ddl)
                 assert n == 1, ddl
             out.append(ddl)
+        if post_load:
+            assert keep_pk
+            for plan in plans:
+                out += [stmt.as_string(conn) for _, stmt in post_load_sql(plan, plans)]
         return out
     finally:
         conn.close()
@@ -192,7 +209,7 @@ def replicator_env(create_tables: bool) -> dict[str, str]:
 
 def run_replicator(
     db: Path, dsn: str, step: str, *, create_tables: bool, py_spy: bool
-) -> tuple[float, bl.MemoryWatch, str, float | None]:
+) -> tuple[float, bl.MemoryWatch, str, float | None, float | None]:
     cmd = [
         *bl.replicator_command(),
         "-c",
@@ -227,14 +244,22 @@ def run_replicator(
             events.append(json.loads(line))
         except ValueError:
             continue
-    # Seconds from the last table's end to process exit: secondary indexes, foreign
-    # keys, sequences, ANALYZE (whatever the replicator does after copying).
-    done = [e["timestamp"] for e in events if e.get("event") == "snapshot_table_done"]
-    tail = None
-    if done:
-        last = dt.datetime.fromisoformat(max(done).replace("Z", "+00:00")).timestamp()
+    # Each table copy ends at its snapshot_table_done event and started "seconds"
+    # before. Copy phase: wall time from the first table's start to the last one's end
+    # (tables are copied several at a time, so the sum of their seconds would
+    # double-count). Tail: seconds from the last table's end to process exit: secondary
+    # indexes, foreign keys, sequences, ANALYZE (whatever the replicator does after).
+    spans = []
+    for e in events:
+        if e.get("event") == "snapshot_table_done":
+            end = dt.datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00")).timestamp()
+            spans.append((end - float(e.get("seconds", 0.0)), end))
+    copy = tail = None
+    if spans:
+        last = max(end for _, end in spans)
+        copy = last - min(start for start, _ in spans)
         tail = max(0.0, ended - last)
-    return wall, watch, out_path.read_text(), tail
+    return wall, watch, out_path.read_text(), copy, tail
 
 
 def attach_py_spy(pid: int, output: Path) -> subprocess.Popen[bytes] | None:
@@ -262,12 +287,11 @@ def attach_py_spy(pid: int, output: Path) -> subprocess.Popen[bytes] | None:
     )
 
 
-def parse_summary(text: str) -> tuple[float, int]:
-    """(sum of per-table seconds, dead letters) from `replicator snapshot`'s summary."""
+def parse_summary(text: str) -> int:
+    """Dead letters from `replicator snapshot`'s summary."""
     for line in text.splitlines():
         if line.startswith("total "):
-            parts = line.split()
-            return float(parts[4]), int(parts[3])
+            return int(line.split()[3])
     raise RuntimeError(f"no total line in the summary:\n{text}")
 
 
@@ -306,10 +330,22 @@ class Bench:
             "nopk": "replicator's CREATE TABLE (its column types) without the PRIMARY KEY: "
             "no index, no FK",
             "pk": "replicator's CREATE TABLE (its column types) with the PRIMARY KEY only",
+            "created": "the complete schema repl_create ends with, created before the load: "
+            "replicator's CREATE TABLE (its column types, PRIMARY KEY) + its post-load "
+            "statements",
         }[ddl]
         if ddl != "reference":
-            exec_sql(dsn, replicator_ddl(db, dsn, keep_pk=(ddl == "pk")))
+            statements = replicator_ddl(
+                db, dsn, keep_pk=(ddl in ("pk", "created")), post_load=(ddl == "created")
+            )
+            exec_sql(dsn, statements)
             bl.checkpoint(self.admin)
+            if ddl == "created":
+                n_pk = sum(s.startswith("CREATE TABLE") for s in statements)
+                n_unique = sum(s.startswith("CREATE UNIQUE INDEX") for s in statements)
+                n_index = sum(s.startswith("CREATE INDEX") for s in statements)
+                n_fk = sum(s.startswith("DO ") for s in statements)
+                what += f" ({n_pk} PKs, {n_unique} UNIQUE, {n_index} b-tree indexes, {n_fk} FKs)"
         bl.log(f"{step}: raw sqlite3 | psql COPY into {name} ...")
         with self.sampler.window(step) as w:
             wall = raw_copy(db, dsn, bl.OUT / f"snapshot-{step}.log")
@@ -332,10 +368,10 @@ class Bench:
         name, dsn = self.fresh(step, reference_schema=not create)
         bl.log(f"{step}: replicator snapshot into {name} (create_tables={create}) ...")
         with self.sampler.window(step) as w:
-            wall, watch, summary, tail = run_replicator(
+            wall, watch, summary, copy_seconds, tail = run_replicator(
                 db, dsn, step, create_tables=create, py_spy=self.args.py_spy
             )
-        copy_seconds, dead = parse_summary(summary)
+        dead = parse_summary(summary)
         ok, note = self.check_counts(dsn, expected, dead)
         self.finish(name)
         what = (
@@ -361,9 +397,10 @@ class Bench:
             counts_ok=ok,
             note=note,
         )
+        copy_text = f"{copy_seconds:.1f}s" if copy_seconds is not None else "n/a"
         bl.log(
             f"{step}: {r.rows} rows in {wall:.1f}s = {r.rate:,.0f} rows/s (copy phase "
-            f"{copy_seconds:.1f}s), peak RSS {r.peak_mb:.0f} MB, client CPU "
+            f"{copy_text}), peak RSS {r.peak_mb:.0f} MB, client CPU "
             f"{watch.cpu_seconds:.0f}s, dead letters {dead}; {r.load}"
         )
         return r
@@ -395,6 +432,8 @@ class Bench:
                 self.results[step] = self.repl(step, big, big_counts, create=False)
             elif step == "repl_create":
                 self.results[step] = self.repl(step, big, big_counts, create=True)
+            elif step == "raw_created":
+                self.results[step] = self.raw(step, big, big_counts, "created")
             elif step == "raw_noindex":
                 self.results[step] = self.raw(step, big, big_counts, "nopk")
             elif step == "raw_pk":
@@ -435,6 +474,7 @@ class Bench:
         rows = []
         raw_i = R.get("raw_indexed")
         raw_n = R.get("raw_noindex")
+        raw_c = R.get("raw_created")
 
         def ratio(r: StepResult, base: StepResult | None) -> str:
             return f"{r.rate / base.rate:.2f}x" if base else "n/a"
@@ -447,7 +487,7 @@ class Bench:
                 base, need, name = (
                     (raw_i, 0.9, "raw_indexed")
                     if step == "repl_indexed"
-                    else (raw_n, 1.0, "raw_noindex")
+                    else (raw_c, 1.0, "raw_created")
                 )
                 ok = (r.peak_mb or 0) < RSS_TARGET_MB
                 if base is not None:
@@ -463,7 +503,7 @@ class Bench:
             elif step == "raw_pk":
                 rel = ratio(r, raw_n)
             else:
-                rel = "1.00x" if step in ("raw_indexed", "raw_noindex") else "n/a"
+                rel = "1.00x" if step in ("raw_indexed", "raw_created", "raw_noindex") else "n/a"
             rows.append(
                 [
                     f"`{step}`",
@@ -499,12 +539,19 @@ class Bench:
         )
         lines += [
             "",
-            "Baselines: `repl_indexed` is compared with `raw_indexed`, `repl_create` and "
-            "`raw_pk` with `raw_noindex`, `repl_small_bad` with `repl_small` (same size, "
+            "Baselines: `repl_indexed` is compared with `raw_indexed`, `repl_create` with "
+            "`raw_created` (the raw path into the same complete schema the replicator ends "
+            "with: its column types, primary keys, UNIQUE and secondary indexes and foreign "
+            "keys, created before the load as someone running sqlite3 | psql would have "
+            "them), `raw_pk` with `raw_noindex` (a bare COPY into the same column types "
+            "with no index at all: shown as the bound no path that builds indexes can "
+            "reach), `repl_small_bad` with `repl_small` (same size, "
             "clean). Rows/s is source rows divided by the wall time of the whole command "
             "(for the replicator: process start to exit, including its start-up, state-schema "
-            "migration, planning, index builds and sequence setting). *copy phase* is the sum "
-            "of the replicator's own per-table times; *after copy* is from the last table "
+            "migration, planning, index builds and sequence setting). *copy phase* is the wall "
+            "time from the start of the first table copy to the end of the last one (the "
+            "replicator copies several tables at a time, from its `snapshot_table_done` "
+            "log events); *after copy* is from the last table "
             "copied to the process exit (index and foreign-key builds, sequences, ANALYZE); "
             "the rest of the wall time is start-up (imports, state-schema check, planning). "
             "*replicator CPU* is user+sys of the "

@@ -960,8 +960,8 @@ class Bench:
             )
         if self.catchups or self.latencies:
             lines.append(
-                f"- Daemon peak RSS over its whole last life (catch-up + latency runs), from "
-                f"wait4: {self.daemon_lifetime_peak_mb:.0f} MB."
+                f"- Daemon peak RSS over its whole last life (catch-up + latency runs), its "
+                f"VmHWM: {self.daemon_lifetime_peak_mb:.0f} MB."
             )
         if self.trig:
             t = self.trig

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from psycopg import sql
+from psycopg.abc import Transformer
 
 from replicator import deadletter, sink
 from replicator.deadletter import DeadLetter, json_safe
@@ -112,6 +113,19 @@ class BatchResult:
     replayed: bool = False  # the fast path failed and the batch was replayed in order
     max_ids: dict[tuple[str, int], int] = field(default_factory=dict)  # for sequences
     seconds: float = 0.0
+
+
+@dataclass
+class Prepared:
+    """A batch coalesced and converted, ready to write (see :meth:`Applier.prepare`)."""
+
+    relevant: list[Change]  # the batch's changes to replicated tables, in log order
+    deletes: dict[str, list[Row]] = field(default_factory=dict)  # table -> keys
+    upserts: dict[str, list[Row]] = field(default_factory=dict)  # table -> rows
+    partial: dict[str, dict[tuple[int, ...], list[Row]]] = field(default_factory=dict)
+    dead_letters: list[DeadLetter] = field(default_factory=list)  # values that do not convert
+    # table -> its upserts as COPY text, formatted ahead (large upserts only)
+    payloads: dict[str, bytes] = field(default_factory=dict)
 
 
 class Applier:
@@ -282,6 +296,53 @@ class Applier:
 
     # -- applying -------------------------------------------------------------
 
+    def prepare(
+        self,
+        changes: Sequence[Change],
+        skip_through: Mapping[str, int] | None = None,
+        *,
+        formatter: Transformer | None = None,
+    ) -> Prepared:
+        """Coalesce ``changes`` per row and convert them to the target's types.
+
+        Pure computation over the plans (no connection), so the daemon runs it on
+        its read-ahead thread while the previous batch is being written.
+        ``skip_through`` maps a table to a log position: its changes up to there
+        are passed over (a re-sync after a schema change reads that table itself,
+        later than them). With ``formatter`` (a psycopg Transformer of the target
+        connection, used by this thread only), large upserts are also formatted
+        as COPY text here, so that writing them is a mere send.
+        """
+        skip = skip_through or {}
+        relevant = [
+            c
+            for c in changes
+            if c.table in self.plans and (c.table not in skip or c.seq > skip[c.table])
+        ]
+        prepared = Prepared(relevant)
+        last: dict[tuple[str, tuple[Any, ...]], Change] = {}
+        for change in relevant:
+            last[(change.table, change.key)] = change
+        for (table, _key), change in last.items():
+            plan = self.plans[table]
+            row = self._key_row(plan, change) if change.is_delete else self._convert(plan, change)
+            if isinstance(row, DeadLetter):
+                prepared.dead_letters.append(row)
+                continue
+            absent = () if change.is_delete else self._absent(plan, change)
+            if absent:
+                prepared.partial.setdefault(table, {}).setdefault(absent, []).append(row)
+                continue
+            target = prepared.deletes if change.is_delete else prepared.upserts
+            target.setdefault(table, []).append(row)
+        if formatter is not None:
+            for table, rows in prepared.upserts.items():
+                if len(rows) >= sink.STAGE_THRESHOLD:
+                    payload = sink.copy_payload(formatter, rows)
+                    if payload is not None:
+                        prepared.payloads[table] = payload
+        return prepared
+
     def apply(
         self,
         conn: sink.Connection,
@@ -289,14 +350,15 @@ class Applier:
         *,
         save: Callable[[sink.Cursor, BatchResult], None] | None = None,
         skip_through: Mapping[str, int] | None = None,
+        prepared: Prepared | None = None,
     ) -> BatchResult:
         """Apply ``changes`` (consecutive, in log order) in one transaction.
 
         The position the batch reaches is written in that same transaction: the
         trigger log's ``seq`` by default, or whatever ``save`` writes (cursor
-        positions, reconciliation progress) when given. ``skip_through`` maps a
-        table to a log position: its changes up to there are passed over (a
-        re-sync after a schema change reads that table itself, later than them).
+        positions, reconciliation progress) when given. ``skip_through`` is as
+        for :meth:`prepare`; ``prepared`` is what :meth:`prepare` made of these
+        very changes with the same ``skip_through``, when it was run already.
         """
         started = time.monotonic()
         result = BatchResult(
@@ -306,16 +368,13 @@ class Applier:
             oldest_captured_at=min(c.captured_at for c in changes),
             newest_captured_at=max(c.captured_at for c in changes),
         )
-        skip = skip_through or {}
-        relevant = [
-            c
-            for c in changes
-            if c.table in self.plans and (c.table not in skip or c.seq > skip[c.table])
-        ]
+        if prepared is None:
+            prepared = self.prepare(changes, skip_through)
+        relevant = prepared.relevant
         with conn.transaction():
             try:
                 with conn.transaction():
-                    self._apply_coalesced(conn, relevant, result)
+                    self._apply_coalesced(conn, prepared, result)
             except Exception as exc:
                 if not sink.is_row_error(exc):
                     raise
@@ -346,25 +405,10 @@ class Applier:
         return result
 
     def _apply_coalesced(
-        self, conn: sink.Connection, changes: Sequence[Change], result: BatchResult
+        self, conn: sink.Connection, prepared: Prepared, result: BatchResult
     ) -> None:
-        last: dict[tuple[str, tuple[Any, ...]], Change] = {}
-        for change in changes:
-            last[(change.table, change.key)] = change
-        deletes: dict[str, list[Row]] = {}
-        upserts: dict[str, list[Row]] = {}
-        partial: dict[str, dict[tuple[int, ...], list[Row]]] = {}  # by absent columns
-        for (table, _key), change in last.items():
-            plan = self.plans[table]
-            row = self._key_row(plan, change) if change.is_delete else self._convert(plan, change)
-            if isinstance(row, DeadLetter):
-                result.dead_letters.append(row)
-                continue
-            absent = () if change.is_delete else self._absent(plan, change)
-            if absent:
-                partial.setdefault(table, {}).setdefault(absent, []).append(row)
-                continue
-            (deletes if change.is_delete else upserts).setdefault(table, []).append(row)
+        result.dead_letters.extend(prepared.dead_letters)
+        deletes, upserts, partial = prepared.deletes, prepared.upserts, prepared.partial
         with conn.cursor() as cur:
             for table in reversed(self.order):
                 if table in deletes:
@@ -372,7 +416,9 @@ class Applier:
                     result.applied[(table, "delete")] += len(deletes[table])
             for table in self.order:
                 if table in upserts:
-                    self.writers[table].upsert(cur, upserts[table])
+                    self.writers[table].upsert(
+                        cur, upserts[table], payload=prepared.payloads.get(table)
+                    )
                     result.applied[(table, "upsert")] += len(upserts[table])
                     self._note_ids(table, upserts[table], result)
                 for absent, rows in partial.get(table, {}).items():

@@ -162,6 +162,14 @@ class SnapshotConfig:
         default=True,
         metadata=_doc("Create target tables that do not exist, using the documented mapping."),
     )
+    parallel_tables: int = field(
+        default=2,
+        metadata=_doc(
+            "Tables copied at the same time, each over its own SQLite and PostgreSQL "
+            "connection. A table whose existing target table has foreign keys waits for "
+            "its parent tables. 1 copies one table after another."
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -577,6 +585,8 @@ def _validate(config: Config) -> None:
         validate_dsn(config.target.url.reveal())
     if config.snapshot.chunk_rows < 1:
         raise ConfigError("snapshot.chunk_rows must be at least 1")
+    if config.snapshot.parallel_tables < 1:
+        raise ConfigError("snapshot.parallel_tables must be at least 1")
     if config.stream.batch_max_changes < 1:
         raise ConfigError("stream.batch_max_changes must be at least 1")
     if config.metrics.address:

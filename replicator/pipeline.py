@@ -35,6 +35,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.abc import Transformer
 from psycopg.types.json import Jsonb
 from tenacity import (
     RetryCallState,
@@ -46,17 +47,32 @@ from tenacity import (
 )
 
 from replicator import __version__, checkpoint, drift, metrics, sink
-from replicator.apply import Applier, BatchResult, StreamPosition, init_position, load_position
+from replicator.apply import (
+    Applier,
+    BatchResult,
+    Prepared,
+    StreamPosition,
+    init_position,
+    load_position,
+)
 from replicator.config import Config, parse_address
 from replicator.cursor_stream import CursorStream, Specs, open_for_capture
 from replicator.errors import ConfigError, LockHeldError, SourceError
 from replicator.identifiers import pg_ident
 from replicator.logs import get_logger
+from replicator.readahead import ReadAhead
 from replicator.reconcile import Reconciler
 from replicator.schema import TablePlan
 from replicator.snapshot import Snapshotter, ensure_state
 from replicator.source import changelog
-from replicator.source.sqlite import SourceFileChanged, SourceGuard, abandon, schema_version
+from replicator.source.changelog import Change
+from replicator.source.sqlite import (
+    SourceFileChanged,
+    SourceGuard,
+    abandon,
+    open_source,
+    schema_version,
+)
 from replicator.systemd import Notifier
 
 RATE_WINDOW = 60.0  # seconds of history behind the per-table throughput in the heartbeat
@@ -320,6 +336,10 @@ class Daemon:
         self.cursors: CursorStream | None = None
         self.triggers = True  # some tables are captured by triggers
         self.position: StreamPosition | None = None
+        # The second thread: the next batch read ahead during a backlog, and pruning.
+        self.readahead: ReadAhead | None = None
+        self._pruning_upto = 0
+        self._formatter: Transformer | None = None  # COPY formatting on that thread
         self.waker: Waker | None = None
         self.server: metrics.MetricsServer | None = None
         self._signals = 0
@@ -469,6 +489,9 @@ class Daemon:
             # server went away in between, which is worth a retry, not an exit.
             raise psycopg.OperationalError(str(exc)) from exc
         self.conn = conn
+        # A Transformer of this connection (its adapters and encoding), for the
+        # read-ahead thread's use only: it formats large upserts as COPY text.
+        self._formatter = psycopg.adapt.Transformer(conn)
         ensure_state(conn, self.dsn, self.schema)
         self.watch.load(conn, self.schema)
         self._setup(startup=True)
@@ -724,17 +747,7 @@ class Daemon:
         cfg = self.config.stream
         try:
             busy = self.cursors.step(self.source, self.conn) if self.cursors is not None else False
-            changes = (
-                changelog.read_changes(
-                    self.source,
-                    self.position.seq,
-                    cfg.batch_max_changes,
-                    cfg.batch_max_bytes,
-                    schema_version=self.watch.version,
-                )
-                if self.triggers
-                else []
-            )
+            changes, prepared = self._read_batch() if self.triggers else ([], None)
         except (changelog.SchemaChanged, sqlite3.OperationalError) as exc:
             # A cursor's read can fail first ("no such column") when the schema moves.
             if isinstance(exc, changelog.SchemaChanged) or self.watch.changed(self.source):
@@ -744,7 +757,9 @@ class Daemon:
         if changes and self._check_source() is not None:
             return  # the file turned suspect while we read: apply nothing from that read
         if changes:
-            result = self.applier.apply(self.conn, changes, skip_through=self.skip)
+            result = self.applier.apply(
+                self.conn, changes, skip_through=self.skip, prepared=prepared
+            )
             self.position = StreamPosition(result.last_seq, self.position.snapshot_seq)
             self._record(result)
             upserted = {table for (table, op), n in result.applied.items() if op == "upsert" and n}
@@ -756,7 +771,9 @@ class Daemon:
         now = time.monotonic()
         if now - self._last_lag >= self._lag_every:
             self._sample_lag()
-        if now - self._last_prune >= 1.0 and self._pruned_upto < self.position.seq:
+        self._prune_done()
+        due = now - self._last_prune >= 1.0 and self._pruned_upto < self.position.seq
+        if due and self._writable and not self._worker().pruning():
             self._last_prune = now
             self._prune()
         self._heartbeat()
@@ -772,6 +789,40 @@ class Daemon:
         self.health.tick(connected=True, lag_seconds=lag, state="streaming")
         if not changes and not busy and not self.stop.is_set():
             self.waker.wait(cfg.poll_interval)
+
+    def _read_batch(self) -> tuple[list[Change], Prepared | None]:
+        """The next batch of the log, and its rows converted when that is done already:
+        read ahead while the previous batch was applied (during a backlog), or read now."""
+        assert self.source is not None and self.position is not None
+        assert self.applier is not None
+        cfg = self.config.stream
+        version = self.watch.version
+        context = (self.applier, dict(self.skip))
+        found = None
+        if self.readahead is not None:
+            found = self.readahead.take(self.position.seq, version, context)
+        if found is not None:
+            changes, prepared = found
+        else:
+            changes = changelog.read_changes(
+                self.source,
+                self.position.seq,
+                cfg.batch_max_changes,
+                cfg.batch_max_bytes,
+                schema_version=version,
+            )
+            prepared = None
+        if changes and len(changes) >= cfg.batch_max_changes // 2:
+            # A backlog: read and convert the next batch while this one is applied.
+            applier, skip = self.applier, dict(self.skip)
+            formatter = self._formatter
+            self._worker().start(
+                changes[-1].seq,
+                version,
+                context,
+                lambda batch: applier.prepare(batch, skip, formatter=formatter),
+            )
+        return changes, prepared
 
     def _schema_changed(self) -> None:
         assert self.source is not None
@@ -829,27 +880,47 @@ class Daemon:
         return bool(self.skip)
 
     def _prune(self) -> None:
-        """Delete applied log rows without ever making the application wait: when
-        it holds SQLite's write lock, pruning waits a moment at most and is left
-        for a later round (reads go on meanwhile: WAL readers are not blocked)."""
-        assert self.source is not None and self.position is not None
-        upto = self.position.seq
-        self.source.execute(f"PRAGMA busy_timeout = {PRUNE_LOCK_WAIT_MS}")
+        """Delete applied log rows, on the read-ahead thread, without ever making the
+        application wait: when it holds SQLite's write lock, pruning waits a moment
+        at most and is left for a later round (reads go on meanwhile: WAL readers
+        are not blocked). Its outcome is collected by :meth:`_prune_done`."""
+        assert self.position is not None
+        upto, batch = self.position.seq, self.config.stream.prune_batch
+        self._pruning_upto = upto
+        self._worker().prune(lambda conn: changelog.prune(conn, upto, batch))
+
+    def _prune_done(self) -> None:
+        if self.readahead is None:
+            return
         try:
-            changelog.prune(self.source, upto, self.config.stream.prune_batch)
+            if self.readahead.pruned() is None:
+                return  # still running, or none started
         except sqlite3.OperationalError as exc:
             if transient_kind(exc) != "sqlite_busy":
                 raise
             if not self._prune_deferred:
                 self.log.info(
-                    "prune_deferred", reason="the source's write lock is taken", position=upto
+                    "prune_deferred",
+                    reason="the source's write lock is taken",
+                    position=self._pruning_upto,
                 )
             self._prune_deferred = True
             return
-        finally:
-            self.source.execute(f"PRAGMA busy_timeout = {int(self.config.source.busy_timeout_ms)}")
-        self._pruned_upto = upto
+        self._pruned_upto = self._pruning_upto
         self._prune_deferred = False
+
+    def _worker(self) -> ReadAhead:
+        """The read-ahead and pruning thread, started on first use."""
+        if self.readahead is None:
+            path, cfg = self.path, self.config
+            busy = cfg.source.busy_timeout_ms
+            self.readahead = ReadAhead(
+                lambda: open_source(path, readonly=True, busy_timeout_ms=busy),
+                cfg.stream.batch_max_changes,
+                cfg.stream.batch_max_bytes,
+                pruner=lambda: open_source(path, busy_timeout_ms=PRUNE_LOCK_WAIT_MS),
+            )
+        return self.readahead
 
     def _lost(self, exc: SourceFileChanged) -> SourceFileChanged:
         """Log and record why the source is unusable; the caller raises it (exit 3)."""
@@ -1012,6 +1083,9 @@ class Daemon:
             self.waker.close()
         if self.server is not None:
             self.server.stop()
+        if self.readahead is not None:
+            self.readahead.close(release=abandon if self._source_lost else None)
+            self.readahead = None
         if self.source is not None:
             if self._source_lost:
                 abandon(self.source)  # closing could write its stale WAL into the file

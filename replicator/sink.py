@@ -22,6 +22,11 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+# psycopg's own COPY row formatter (C when psycopg[binary] is installed); not a
+# documented name, so the lock file pins the psycopg version it was read from.
+from psycopg._copy_base import format_row_text
+from psycopg.abc import Transformer
+
 from replicator.config import redact_dsn
 from replicator.errors import ConfigError
 from replicator.identifiers import pg_ident
@@ -148,8 +153,11 @@ class TableWriter:
         """COPY rows straight into the table (it must not hold their keys)."""
         _copy(cur, self.copy_sql, rows)
 
-    def upsert(self, cur: Cursor, rows: Sequence[Row]) -> None:
-        """Insert or update rows by key: staging + merge when large, else pipelined."""
+    def upsert(self, cur: Cursor, rows: Sequence[Row], *, payload: bytes | None = None) -> None:
+        """Insert or update rows by key: staging + merge when large, else pipelined.
+
+        ``payload``, when given, is ``rows`` already formatted as COPY text
+        (:func:`copy_payload`), sent as it is."""
         if len(rows) < STAGE_THRESHOLD:
             cur.executemany(self.upsert_sql, rows)
             return
@@ -158,12 +166,30 @@ class TableWriter:
         # then the table is gone again. IF NOT EXISTS makes this one catalog look-up.
         cur.execute(self.create_stage_sql)
         cur.execute(sql.SQL("TRUNCATE {}").format(self.stage))
-        _copy(cur, self.stage_copy_sql, rows)
+        if payload is None:
+            _copy(cur, self.stage_copy_sql, rows)
+        else:
+            with cur.copy(self.stage_copy_sql) as copy:
+                copy.write(payload)
         cur.execute(self.merge_sql)
 
     def delete(self, cur: Cursor, keys: Sequence[Row]) -> None:
         if keys:
             cur.executemany(self.delete_sql, keys)
+
+
+def copy_payload(formatter: Transformer, rows: Sequence[Row]) -> bytes | None:
+    """``rows`` as COPY text, formatted by psycopg's own row formatter with
+    ``formatter`` (a Transformer of the connection that will send it); None when
+    a value does not format (the rows are then written one by one, which tells
+    which row it is)."""
+    out = bytearray()
+    try:
+        for row in rows:
+            format_row_text(row, formatter, out)
+    except (UnicodeEncodeError, psycopg.DataError, OverflowError, TypeError):
+        return None
+    return bytes(out)
 
 
 def _copy(cur: Cursor, statement: sql.Composed, rows: Sequence[Row]) -> None:

@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, TextIO
 
@@ -91,12 +92,17 @@ class SnapshotSummary:
 
 
 class ProgressDisplay:
-    """One line per table on a terminal; structured log lines otherwise."""
+    """A progress line per table on a terminal; structured log lines otherwise.
+
+    While several tables are copied at once, the terminal line shows each of
+    them side by side, and a table's own line is printed when it is done.
+    """
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
         self.log = get_logger()
+        self._active: dict[str, tuple[str, str]] = {}  # table -> its progress, long and short
 
     def chunk(self, table: str, done: int, total: int | None, started: float, rows: int) -> None:
         elapsed = max(time.monotonic() - started, 1e-6)
@@ -104,10 +110,16 @@ class ProgressDisplay:
         if self.tty:
             pct = f"{100 * done / total:5.1f}%" if total else "   ? %"
             eta = (total - done) / rate if total and rate > 0 else 0.0
-            self.stream.write(
-                f"\r{table[:28]:<28} {pct} {done:>10}/{total or '?':<10} "
-                f"{rate:>9.0f} rows/s  ETA {eta:5.0f}s "
+            self._active[table] = (
+                f"{table[:28]:<28} {pct} {done:>10}/{total or '?':<10} "
+                f"{rate:>9.0f} rows/s  ETA {eta:5.0f}s",
+                f"{table[:16]} {pct.strip()} ETA {eta:.0f}s",
             )
+            if len(self._active) == 1:
+                line = self._active[table][0]
+            else:
+                line = " | ".join(short for _, short in self._active.values())
+            self.stream.write(f"\r{line} \x1b[K")
             self.stream.flush()
         else:
             self.log.info(
@@ -121,7 +133,12 @@ class ProgressDisplay:
 
     def table_done(self, table: str, result: TableResult) -> None:
         if self.tty:
-            self.stream.write("\n")
+            if self._active.pop(table, None) is not None or not result.skipped:
+                rate = result.rows_read / result.seconds if result.seconds > 0 else 0.0
+                self.stream.write(
+                    f"\r{table[:28]:<28} done {result.rows_read:>10} rows "
+                    f"{rate:>9.0f} rows/s  {result.seconds:6.1f}s \x1b[K\n"
+                )
             self.stream.flush()
         self.log.info(
             "snapshot_table_done",
@@ -353,6 +370,12 @@ def ensure_state(conn: sink.Connection, dsn: str, schema: str) -> None:
 
 
 ChunkHook = Callable[[str, int, int, int], None]  # table, rows copied, rows written, total
+# table, rows copied, rows written, total, when the table started, rows in the chunk
+ChunkReport = Callable[[str, int, int, int, float, int], None]
+
+
+class SnapshotStopped(Exception):
+    """A parallel copy was told to stop (after the chunk it had just committed)."""
 
 
 class Snapshotter:
@@ -416,12 +439,150 @@ class Snapshotter:
             if restart:
                 checkpoint.reset_progress(cur, self.schema)
             progress = checkpoint.load_progress(cur, self.schema)
-        for plan in plans:
-            summary.tables.append(
-                self.copy_table(source, conn, plan, progress.get(plan.source.name))
-            )
+        todo = [p for p in plans if not self._done(progress.get(p.source.name))]
+        workers = min(self.config.snapshot.parallel_tables, len(todo))
+        if workers <= 1:
+            for plan in plans:
+                summary.tables.append(
+                    self.copy_table(source, conn, plan, progress.get(plan.source.name))
+                )
+        else:
+            results = self._copy_parallel(plans, progress, workers)
+            summary.tables.extend(results[p.source.name] for p in plans)
         self.finish(source, conn, plans, created, summary)
         return summary
+
+    @staticmethod
+    def _done(progress: SnapshotProgress | None) -> bool:
+        return progress is not None and progress.done
+
+    def _copy_parallel(
+        self,
+        plans: Sequence[TablePlan],
+        progress: dict[str, SnapshotProgress],
+        workers: int,
+    ) -> dict[str, TableResult]:
+        """Copy up to ``workers`` tables at once, each on connections of its own.
+
+        This thread schedules, shows progress and calls ``on_chunk`` (which may
+        stop the copy by raising); the workers only read, convert and write. A
+        table whose target existed before waits for the tables its foreign keys
+        point to (PostgreSQL checks them row by row); a table created by us gets
+        its foreign keys after the load and waits for nothing.
+        """
+        names = {p.source.name for p in plans} | {p.name for p in plans}
+        results: dict[str, TableResult] = {}
+        finished: set[str] = set()
+        waiting = list(plans)
+        running: dict[str, Future[TableResult]] = {}
+        events: queue.Queue[tuple[str, str, tuple[int, int, int, float, int]]] = queue.Queue()
+        stop = threading.Event()
+
+        def ready(plan: TablePlan) -> bool:
+            if not plan.exists:
+                return True
+            return all(p in finished or p not in names for p in plan.parents)
+
+        def run(plan: TablePlan) -> TableResult:
+            try:
+                return self._copy_on_own_connections(
+                    plan, progress.get(plan.source.name), events, stop
+                )
+            finally:
+                events.put((plan.source.name, "done", (0, 0, 0, 0.0, 0)))  # wakes the loop
+
+        for plan in list(waiting):
+            earlier = progress.get(plan.source.name)
+            if earlier is not None and earlier.done:
+                waiting.remove(plan)
+                results[plan.source.name] = self._skipped(earlier)
+                finished.update({plan.source.name, plan.name})
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="snapshot")
+        try:
+            while waiting or running:
+                for plan in list(waiting):
+                    if len(running) < workers and ready(plan):
+                        waiting.remove(plan)
+                        running[plan.source.name] = pool.submit(run, plan)
+                if not running:  # a cycle among existing tables: take them in plan order
+                    plan = waiting.pop(0)
+                    running[plan.source.name] = pool.submit(run, plan)
+                name, kind, fig = events.get()
+                if kind == "chunk":
+                    read, written, total, started, rows = fig
+                    self.display.chunk(name, read, total, started, rows)
+                    if self.on_chunk is not None:
+                        self.on_chunk(name, read, written, total)
+                else:  # "done": the worker has returned or raised
+                    result = running.pop(name).result()  # a worker's error is raised here
+                    results[name] = result
+                    finished.update({name, self._plan_named(plans, name).name})
+                    self.display.table_done(name, result)
+        except BaseException:
+            stop.set()  # the workers stop after the chunk in hand (committed or not)
+            raise
+        finally:
+            pool.shutdown(wait=True)
+        return results
+
+    @staticmethod
+    def _skipped(progress: SnapshotProgress) -> TableResult:
+        """The result of a table an earlier run copied completely."""
+        return TableResult(
+            table=progress.table,
+            rows_read=progress.rows_read,
+            rows_written=progress.rows_written,
+            dead_letters=progress.dead_letters,
+            skipped=True,
+        )
+
+    @staticmethod
+    def _plan_named(plans: Sequence[TablePlan], name: str) -> TablePlan:
+        return next(p for p in plans if p.source.name == name)
+
+    def _copy_on_own_connections(
+        self,
+        plan: TablePlan,
+        progress: SnapshotProgress | None,
+        events: queue.Queue[tuple[str, str, tuple[int, int, int, float, int]]],
+        stop: threading.Event,
+    ) -> TableResult:
+        source = open_source(
+            self.path, readonly=True, busy_timeout_ms=self.config.source.busy_timeout_ms
+        )
+        conn = sink.connect(
+            self.dsn, autocommit=True, connect_timeout=self.config.target.connect_timeout
+        )
+        lenient: list[sqlite3.Connection] = []
+
+        def open_lenient() -> sqlite3.Connection:
+            if not lenient:
+                lenient.append(
+                    open_source(
+                        self.path,
+                        readonly=True,
+                        busy_timeout_ms=self.config.source.busy_timeout_ms,
+                        lenient=True,
+                    )
+                )
+            return lenient[0]
+
+        def report(
+            name: str, read: int, written: int, total: int, started: float, rows: int
+        ) -> None:
+            events.put((name, "chunk", (read, written, total, started, rows)))
+            if stop.is_set():
+                raise SnapshotStopped(name)
+
+        try:
+            return self.copy_table(
+                source, conn, plan, progress, report=report, lenient=open_lenient, show=False
+            )
+        finally:
+            conn.close()
+            source.close()
+            for c in lenient:
+                c.close()
 
     def create_missing(self, conn: sink.Connection, plans: Sequence[TablePlan]) -> set[str]:
         """Create tables that do not exist yet; return every table we ever created."""
@@ -454,14 +615,16 @@ class Snapshotter:
         conn: sink.Connection,
         plan: TablePlan,
         progress: SnapshotProgress | None,
+        *,
+        report: ChunkReport | None = None,
+        lenient: Callable[[], sqlite3.Connection] | None = None,
+        show: bool = True,
     ) -> TableResult:
         name = plan.source.name
         result = TableResult(table=name)
         if progress is not None and progress.done:
-            result.rows_read, result.rows_written = progress.rows_read, progress.rows_written
-            result.dead_letters, result.skipped = progress.dead_letters, True
-            return result
-        reader = ChunkReader(source, plan, self._lenient_conn)
+            return self._skipped(progress)
+        reader = ChunkReader(source, plan, lenient or self._lenient_conn)
         writer = sink.TableWriter(plan)
         if progress is None:
             with conn.cursor() as cur:
@@ -484,7 +647,17 @@ class Snapshotter:
             supersede = deadletter.count_open(cur, self.schema).get(name, 0) > 0
         prefetch = Prefetcher(reader, plan, progress.last_key, chunk_rows)
         try:
-            self._copy_chunks(conn, plan, prefetch, progress, write, columns, supersede, started)
+            self._copy_chunks(
+                conn,
+                plan,
+                prefetch,
+                progress,
+                write,
+                columns,
+                supersede,
+                started,
+                report or self._report,
+            )
         finally:
             prefetch.close()
         with conn.cursor() as cur:
@@ -497,8 +670,16 @@ class Snapshotter:
         result.seconds = time.monotonic() - started
         if before.rows_read:
             log.info("snapshot_resumed", from_rows=before.rows_read)
-        self.display.table_done(name, result)
+        if show:
+            self.display.table_done(name, result)
         return result
+
+    def _report(
+        self, name: str, read: int, written: int, total: int, started: float, rows: int
+    ) -> None:
+        self.display.chunk(name, read, total, started, rows)
+        if self.on_chunk is not None:
+            self.on_chunk(name, read, written, total)
 
     def _copy_chunks(
         self,
@@ -510,6 +691,7 @@ class Snapshotter:
         columns: Sequence[str],
         supersede: bool,
         started: float,
+        report: ChunkReport,
     ) -> None:
         name = plan.source.name
         stop = self.config.snapshot.on_error == "stop"
@@ -552,18 +734,19 @@ class Snapshotter:
                     log.info("waiting_for_parent", stage="snapshot", reason=letter.describe())
                 else:
                     log.warning("dead_letter", stage="snapshot", reason=letter.describe())
-            self.display.chunk(
-                name, progress.rows_read, progress.rows_total, started, len(raw_rows)
-            )
             metrics.ROWS_COPIED.labels(name).inc(len(good) - len(failures))
             if progress.rows_total:
                 metrics.SNAPSHOT_PROGRESS.labels(name).set(
                     min(1.0, progress.rows_read / progress.rows_total)
                 )
-            if self.on_chunk is not None:
-                self.on_chunk(
-                    name, progress.rows_read, progress.rows_written, progress.rows_total or 0
-                )
+            report(
+                name,
+                progress.rows_read,
+                progress.rows_written,
+                progress.rows_total or 0,
+                started,
+                len(raw_rows),
+            )
 
     def finish(
         self,
