@@ -7,8 +7,9 @@ commit). Done one after the other, each side idles while the other works.
 :class:`ReadAhead` overlaps them: once a full batch is in hand, the next one
 is read and prepared on a thread of its own, over a SQLite connection of its
 own, while the batch in hand is applied. Pruning the applied part of the log
-(a few SQLite write transactions) runs on that thread too, so it never delays
-an apply.
+(a few SQLite write transactions) runs on that thread too: the main loop never
+waits for it (a read queued behind a prune does, which only matters in the rare
+case that the application holds SQLite's write lock for long).
 
 Correctness does not depend on timing. A batch read ahead is used only when
 it starts exactly where the stream stands when it is needed, under the same
@@ -67,6 +68,7 @@ class ReadAhead:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-ahead")
         self._pending: _Pending | None = None
         self._pruning: Future[int] | None = None
+        self._closed = False
         self.used = 0  # batches taken from the read-ahead (for tests and logs)
         self.wasted = 0  # batches read ahead and thrown away
 
@@ -105,8 +107,9 @@ class ReadAhead:
         if (pending.after, pending.version, pending.context) != (after, version, context):
             self._settle(pending)
             return None
+        found = pending.future.result()
         self.used += 1
-        return pending.future.result()
+        return found
 
     def discard(self) -> None:
         """Forget what was read ahead (waiting for the read in flight to end)."""
@@ -128,7 +131,8 @@ class ReadAhead:
         self._pruning = self._pool.submit(lambda: prune(self._conn("prune")))
 
     def pruning(self) -> bool:
-        return self._pruning is not None and not self._pruning.done()
+        """A prune was started and its outcome not collected by :meth:`pruned` yet."""
+        return self._pruning is not None
 
     def pruned(self) -> int | None:
         """Rows the last prune deleted once it has ended (its error raised here), else None."""
@@ -139,7 +143,11 @@ class ReadAhead:
 
     def close(self, *, release: Callable[[sqlite3.Connection], None] | None = None) -> None:
         """Stop the thread and let go of its connections: closed, or handed to
-        ``release`` (the daemon abandons connections to a file swapped under it)."""
+        ``release`` (the daemon abandons connections to a file swapped under it).
+        Closing twice is harmless."""
+        if self._closed:
+            return
+        self._closed = True
         self.discard()
         if self._pruning is not None:
             with contextlib.suppress(Exception):
