@@ -18,7 +18,12 @@ raw_indexed
     b-tree indexes and a GIN index on ``artifacts.raw_json``).
 repl_indexed
     ``replicator snapshot`` (a subprocess, ``config/reference-app.toml``:
-    ``create_tables = false``, coercion and dead-lettering on) into the same schema.
+    ``create_tables = false``, coercion and dead-lettering on, ``defer_indexes =
+    true``: each empty table is loaded without its secondary indexes, which are
+    built again once it is copied; keys, UNIQUEs and FKs stay) into the same schema.
+repl_indexed_keep
+    (information) the same with ``defer_indexes = false``: every index in place
+    during the load.
 repl_create
     ``replicator snapshot`` with ``REPLICATOR_SNAPSHOT_CREATE_TABLES=true`` into an
     empty database: it creates each table with its primary key, loads it, then
@@ -75,6 +80,7 @@ CONFIG = bl.code_root() / "config" / "reference-app.toml"  # of the commit run (
 ALL_STEPS = (
     "raw_indexed",
     "repl_indexed",
+    "repl_indexed_keep",
     "repl_create",
     "raw_created",
     "raw_noindex",
@@ -196,7 +202,7 @@ def exec_sql(dsn: str, statements: list[str]) -> None:
             conn.execute(s)
 
 
-def replicator_env(create_tables: bool) -> dict[str, str]:
+def replicator_env(create_tables: bool, defer_indexes: bool | None = None) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
@@ -204,11 +210,19 @@ def replicator_env(create_tables: bool) -> dict[str, str]:
     }
     env["REPLICATOR_SNAPSHOT_CREATE_TABLES"] = "true" if create_tables else "false"
     env["REPLICATOR_METRICS_ADDRESS"] = ""
+    if defer_indexes is not None:
+        env["REPLICATOR_SNAPSHOT_DEFER_INDEXES"] = "true" if defer_indexes else "false"
     return env
 
 
 def run_replicator(
-    db: Path, dsn: str, step: str, *, create_tables: bool, py_spy: bool
+    db: Path,
+    dsn: str,
+    step: str,
+    *,
+    create_tables: bool,
+    py_spy: bool,
+    defer_indexes: bool | None = None,
 ) -> tuple[float, bl.MemoryWatch, str, float | None, float | None]:
     cmd = [
         *bl.replicator_command(),
@@ -226,7 +240,9 @@ def run_replicator(
     err_path = bl.OUT / f"snapshot-{step}.log"
     started = time.perf_counter()
     with out_path.open("w") as out, err_path.open("w") as err:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=replicator_env(create_tables))
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=err, env=replicator_env(create_tables, defer_indexes)
+        )
         watch = bl.MemoryWatch(proc)
         spy = None
         if py_spy:
@@ -364,12 +380,25 @@ class Bench:
         bl.log(f"{step}: {r.rows} rows in {wall:.1f}s = {r.rate:,.0f} rows/s; {r.load}")
         return r
 
-    def repl(self, step: str, db: Path, expected: dict[str, int], *, create: bool) -> StepResult:
+    def repl(
+        self,
+        step: str,
+        db: Path,
+        expected: dict[str, int],
+        *,
+        create: bool,
+        defer_indexes: bool | None = None,
+    ) -> StepResult:
         name, dsn = self.fresh(step, reference_schema=not create)
         bl.log(f"{step}: replicator snapshot into {name} (create_tables={create}) ...")
         with self.sampler.window(step) as w:
             wall, watch, summary, copy_seconds, tail = run_replicator(
-                db, dsn, step, create_tables=create, py_spy=self.args.py_spy
+                db,
+                dsn,
+                step,
+                create_tables=create,
+                py_spy=self.args.py_spy,
+                defer_indexes=defer_indexes,
             )
         dead = parse_summary(summary)
         ok, note = self.check_counts(dsn, expected, dead)
@@ -379,7 +408,9 @@ class Bench:
             "secondary indexes and FKs (NOT VALID + VALIDATE)"
             if create
             else "reference schema (as raw_indexed), config/reference-app.toml "
-            f"(chunk_rows {chunk_rows()})"
+            f"(chunk_rows {chunk_rows()}"
+            + (", defer_indexes = false" if defer_indexes is False else "")
+            + ")"
         )
         r = StepResult(
             step=step,
@@ -430,6 +461,10 @@ class Bench:
                 self.results[step] = self.raw(step, big, big_counts, "reference")
             elif step == "repl_indexed":
                 self.results[step] = self.repl(step, big, big_counts, create=False)
+            elif step == "repl_indexed_keep":
+                self.results[step] = self.repl(
+                    step, big, big_counts, create=False, defer_indexes=False
+                )
             elif step == "repl_create":
                 self.results[step] = self.repl(step, big, big_counts, create=True)
             elif step == "raw_created":
@@ -502,6 +537,8 @@ class Bench:
                 rel = ratio(r, R.get("repl_small")) if step == "repl_small_bad" else "n/a"
             elif step == "raw_pk":
                 rel = ratio(r, raw_n)
+            elif step == "repl_indexed_keep":
+                rel = ratio(r, raw_i)
             else:
                 rel = "1.00x" if step in ("raw_indexed", "raw_created", "raw_noindex") else "n/a"
             rows.append(
@@ -539,7 +576,8 @@ class Bench:
         )
         lines += [
             "",
-            "Baselines: `repl_indexed` is compared with `raw_indexed`, `repl_create` with "
+            "Baselines: `repl_indexed` (and, for information, `repl_indexed_keep`) is "
+            "compared with `raw_indexed`, `repl_create` with "
             "`raw_created` (the raw path into the same complete schema the replicator ends "
             "with: its column types, primary keys, UNIQUE and secondary indexes and foreign "
             "keys, created before the load as someone running sqlite3 | psql would have "

@@ -889,7 +889,9 @@ class Bench:
             )
         if self.catchups:
             peaks = [c.hwm_mb for c in self.catchups]
-            flat = max(peaks) - min(peaks) < 0.15 * min(peaks) and max(peaks) < 150
+            # Flat: a backlog 10x larger costs less than 15% more memory. (No absolute
+            # cap: the issue asks for flat; the figure itself is in the table.)
+            flat = max(peaks) - min(peaks) < 0.15 * min(peaks)
             rows.append(
                 [
                     "daemon peak RSS (VmHWM) at the end of catch-up",

@@ -162,6 +162,17 @@ class SnapshotConfig:
         default=True,
         metadata=_doc("Create target tables that do not exist, using the documented mapping."),
     )
+    defer_indexes: bool = field(
+        default=False,
+        metadata=_doc(
+            "Into an existing table that is empty when its copy starts: drop its secondary "
+            "indexes for the copy and build them again once the table is copied, as "
+            "pgloader's 'drop indexes' does. Primary keys, unique and foreign-key "
+            "constraints stay (they still check every row). The definitions are kept in the "
+            "state schema until rebuilt, so a copy killed meanwhile rebuilds them on its "
+            "next run."
+        ),
+    )
     parallel_tables: int = field(
         default=2,
         metadata=_doc(

@@ -28,7 +28,7 @@ from replicator.checkpoint import SnapshotProgress
 from replicator.config import Config
 from replicator.deadletter import DeadLetter, json_safe
 from replicator.errors import CoercionError, DataError, SourceError
-from replicator.identifiers import sqlite_ident
+from replicator.identifiers import pg_ident, sqlite_ident
 from replicator.logs import get_logger
 from replicator.schema import (
     TablePlan,
@@ -43,6 +43,32 @@ from replicator.state import current_revision, head_revision, migrate
 RawRow = tuple[Any, ...]
 FOREIGN_KEY_VIOLATION = "23503"
 CREATED_TABLES_KEY = "created_tables"
+DEFERRED_INDEXES_KEY = "deferred_indexes"  # + ":schema.table" -> [[index, definition]]
+
+# Secondary indexes: not a primary key or unique index, not behind any constraint
+# (exclusion constraints included), not a partition of a partitioned index.
+_SECONDARY_INDEXES_SQL = """
+SELECT i.relname, pg_get_indexdef(x.indexrelid)
+FROM pg_index x
+JOIN pg_class i ON i.oid = x.indexrelid
+JOIN pg_class t ON t.oid = x.indrelid
+JOIN pg_namespace n ON n.oid = t.relnamespace
+WHERE n.nspname = %s AND t.relname = %s
+  AND NOT x.indisprimary AND NOT x.indisunique AND x.indisvalid
+  AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = x.indexrelid)
+  AND NOT EXISTS (SELECT 1 FROM pg_inherits h WHERE h.inhrelid = x.indexrelid)
+ORDER BY i.relname
+"""
+
+
+def _save_meta(cur: sink.Cursor, schema: str, key: str, value: object) -> None:
+    cur.execute(
+        sql.SQL(
+            "INSERT INTO {} (key, value) VALUES (%s, %s) ON CONFLICT (key) "
+            "DO UPDATE SET value = EXCLUDED.value, updated_at = now()"
+        ).format(pg_ident(schema, "meta")),
+        (key, psycopg.types.json.Jsonb(value)),
+    )
 
 
 @dataclass
@@ -600,13 +626,7 @@ class Snapshotter:
                     cur.execute(create_table_sql(plan))
                     created.add(plan.name)
                     self.log.info("table_created", table=plan.name, schema=plan.schema)
-            cur.execute(
-                sql.SQL(
-                    "INSERT INTO {} (key, value) VALUES (%s, %s) ON CONFLICT (key) "
-                    "DO UPDATE SET value = EXCLUDED.value, updated_at = now()"
-                ).format(sql.Identifier(self.schema, "meta")),
-                (CREATED_TABLES_KEY, psycopg.types.json.Jsonb(sorted(created))),
-            )
+            _save_meta(cur, self.schema, CREATED_TABLES_KEY, sorted(created))
         return created
 
     def copy_table(
@@ -635,6 +655,14 @@ class Snapshotter:
         with read_transaction(source):
             progress = replace(progress, rows_total=reader.count())
         reader.upper = reader.max_key()
+        fresh = progress.last_key is None and not progress.rows_read
+        if (
+            fresh
+            and progress.method == "copy"
+            and plan.exists
+            and self.config.snapshot.defer_indexes
+        ):
+            self.defer_indexes(conn, plan)
         write = writer.copy if progress.method == "copy" else writer.upsert
         columns = writer.column_names()
         chunk_rows = self.config.snapshot.chunk_rows
@@ -664,6 +692,7 @@ class Snapshotter:
             found = checkpoint.load_progress(cur, self.schema).get(name)
         assert found is not None
         progress = found
+        self.rebuild_indexes(conn, plan)
         result.rows_read = progress.rows_read
         result.rows_written = progress.rows_written
         result.dead_letters = progress.dead_letters
@@ -748,6 +777,61 @@ class Snapshotter:
                 len(raw_rows),
             )
 
+    # -- secondary indexes left out of the copy (snapshot.defer_indexes) ---------
+
+    def _deferred_key(self, plan: TablePlan) -> str:
+        return f"{DEFERRED_INDEXES_KEY}:{plan.schema}.{plan.name}"
+
+    def defer_indexes(self, conn: sink.Connection, plan: TablePlan) -> None:
+        """Drop ``plan``'s secondary indexes (none behind a constraint), keeping their
+        definitions in the state schema in the same transaction."""
+        with conn.transaction(), conn.cursor() as cur:
+            cur.execute(_SECONDARY_INDEXES_SQL, (plan.schema, plan.name))
+            found = [(str(r[0]), str(r[1])) for r in cur.fetchall()]
+            if not found:
+                return
+            _save_meta(cur, self.schema, self._deferred_key(plan), found)
+            for index, _definition in found:
+                cur.execute(sql.SQL("DROP INDEX {}").format(pg_ident(plan.schema, index)))
+        self.log.info("indexes_deferred", table=plan.name, indexes=[i for i, _ in found])
+
+    def rebuild_indexes(self, conn: sink.Connection, plan: TablePlan) -> None:
+        """Build the indexes :meth:`defer_indexes` dropped (those still missing)."""
+        key = self._deferred_key(plan)
+        with conn.cursor() as cur:
+            cur.execute(
+                sql.SQL("SELECT value FROM {} WHERE key = %s").format(
+                    pg_ident(self.schema, "meta")
+                ),
+                (key,),
+            )
+            row = cur.fetchone()
+        if row is None:
+            return
+        started = time.monotonic()
+        built = []
+        for index, definition in row[0]:
+            with conn.transaction(), conn.cursor() as cur:
+                cur.execute(
+                    "SELECT to_regclass(%s) IS NULL",
+                    (pg_ident(plan.schema, index).as_string(conn),),
+                )
+                missing = cur.fetchone()
+                if missing and missing[0]:
+                    cur.execute(definition)
+                    built.append(index)
+        with conn.transaction(), conn.cursor() as cur:
+            cur.execute(
+                sql.SQL("DELETE FROM {} WHERE key = %s").format(pg_ident(self.schema, "meta")),
+                (key,),
+            )
+        self.log.info(
+            "indexes_rebuilt",
+            table=plan.name,
+            indexes=built,
+            seconds=round(time.monotonic() - started, 3),
+        )
+
     def finish(
         self,
         source: sqlite3.Connection,
@@ -756,7 +840,12 @@ class Snapshotter:
         created: set[str],
         summary: SnapshotSummary,
     ) -> None:
-        """Secondary indexes and foreign keys of created tables, then sequences."""
+        """Indexes left out of the copy; secondary indexes and foreign keys of created
+        tables; then sequences."""
+        for plan in plans:
+            # Normally rebuilt as each table's copy ends; these are from a run that
+            # died in between (or a table completed by an earlier run).
+            self.rebuild_indexes(conn, plan)
         for plan in plans:
             if plan.name not in created:
                 continue
