@@ -473,6 +473,7 @@ class Daemon:
             self.source, self.specs, readonly = open_for_capture(self.config)
             self.guard = SourceGuard(self.path)
             self._writable = not readonly
+            self._worker()
             self.log.info(
                 "source_opened",
                 readonly=readonly,
@@ -604,6 +605,10 @@ class Daemon:
                 rows=sum(t.rows_written for t in summary.tables),
                 dead_letters=summary.dead_letters,
             )
+        if startup:
+            # Indexes a copy left out (snapshot.defer_indexes) and a killed run did
+            # not get to build again: back before anything is streamed.
+            Snapshotter(self.config, on_chunk=self._snapshot_chunk).rebuild_deferred(conn)
         applier = Applier(
             trigger_plans, self.schema, stop_on_error=self.config.snapshot.on_error == "stop"
         )
@@ -801,9 +806,9 @@ class Daemon:
         found = None
         if self.readahead is not None:
             found = self.readahead.take(self.position.seq, version, context)
-        if found is not None:
+        if found is not None and found[0]:
             changes, prepared = found
-        else:
+        else:  # nothing read ahead, or it found the log's end: read what is there now
             changes = changelog.read_changes(
                 self.source,
                 self.position.seq,
@@ -910,15 +915,23 @@ class Daemon:
         self._prune_deferred = False
 
     def _worker(self) -> ReadAhead:
-        """The read-ahead and pruning thread, started on first use."""
+        """The read-ahead and pruning thread. Its connections are opened here, on this
+        thread, when the source is (so they are to the file the guard watches)."""
         if self.readahead is None:
-            path, cfg = self.path, self.config
-            busy = cfg.source.busy_timeout_ms
+            cfg = self.config
+            reader = open_source(
+                self.path, readonly=True, busy_timeout_ms=cfg.source.busy_timeout_ms
+            )
+            pruner = (
+                open_source(self.path, busy_timeout_ms=PRUNE_LOCK_WAIT_MS)
+                if self._writable
+                else None
+            )
             self.readahead = ReadAhead(
-                lambda: open_source(path, readonly=True, busy_timeout_ms=busy),
+                lambda: reader,
                 cfg.stream.batch_max_changes,
                 cfg.stream.batch_max_bytes,
-                pruner=lambda: open_source(path, busy_timeout_ms=PRUNE_LOCK_WAIT_MS),
+                pruner=(lambda: pruner) if pruner is not None else None,
             )
         return self.readahead
 

@@ -150,6 +150,8 @@ class ReadAhead:
         self._closed = True
         self.discard()
         if self._pruning is not None:
+            if release is not None:
+                self._pruning.cancel()  # a file swapped under us: prune nothing more
             with contextlib.suppress(Exception):
                 self._pruning.result()
             self._pruning = None

@@ -27,7 +27,7 @@ from replicator import checkpoint, deadletter, metrics, sink
 from replicator.checkpoint import SnapshotProgress
 from replicator.config import Config
 from replicator.deadletter import DeadLetter, json_safe
-from replicator.errors import CoercionError, DataError, SourceError
+from replicator.errors import CoercionError, ConfigError, DataError, SourceError
 from replicator.identifiers import pg_ident, sqlite_ident
 from replicator.logs import get_logger
 from replicator.schema import (
@@ -46,7 +46,9 @@ CREATED_TABLES_KEY = "created_tables"
 DEFERRED_INDEXES_KEY = "deferred_indexes"  # + ":schema.table" -> [[index, definition]]
 
 # Secondary indexes: not a primary key or unique index, not behind any constraint
-# (exclusion constraints included), not a partition of a partitioned index.
+# (exclusion constraints included), not a partition of a partitioned index, and
+# on plain columns only: an expression or a predicate could fail on a value when
+# the index is built after the load, where it would have refused that one row.
 _SECONDARY_INDEXES_SQL = """
 SELECT i.relname, pg_get_indexdef(x.indexrelid)
 FROM pg_index x
@@ -55,10 +57,19 @@ JOIN pg_class t ON t.oid = x.indrelid
 JOIN pg_namespace n ON n.oid = t.relnamespace
 WHERE n.nspname = %s AND t.relname = %s
   AND NOT x.indisprimary AND NOT x.indisunique AND x.indisvalid
+  AND x.indexprs IS NULL AND x.indpred IS NULL
   AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = x.indexrelid)
   AND NOT EXISTS (SELECT 1 FROM pg_inherits h WHERE h.inhrelid = x.indexrelid)
 ORDER BY i.relname
 """
+
+
+def _load_meta(cur: sink.Cursor, schema: str, key: str) -> Any:
+    cur.execute(
+        sql.SQL("SELECT value FROM {} WHERE key = %s").format(pg_ident(schema, "meta")), (key,)
+    )
+    row = cur.fetchone()
+    return row[0] if row else None
 
 
 def _save_meta(cur: sink.Cursor, schema: str, key: str, value: object) -> None:
@@ -576,9 +587,15 @@ class Snapshotter:
         source = open_source(
             self.path, readonly=True, busy_timeout_ms=self.config.source.busy_timeout_ms
         )
-        conn = sink.connect(
-            self.dsn, autocommit=True, connect_timeout=self.config.target.connect_timeout
-        )
+        try:
+            conn = sink.connect(
+                self.dsn, autocommit=True, connect_timeout=self.config.target.connect_timeout
+            )
+        except ConfigError as exc:
+            source.close()
+            # The main connection to this very target works: a server gone or full
+            # for a moment, worth a retry by the daemon, not a configuration error.
+            raise psycopg.OperationalError(str(exc)) from exc
         lenient: list[sqlite3.Connection] = []
 
         def open_lenient() -> sqlite3.Connection:
@@ -739,6 +756,12 @@ class Snapshotter:
             keypos = plan.key_positions
             last_key = tuple(raw_rows[-1][i] for i in keypos)
             with conn.transaction():
+                # The chunk and its checkpoint commit together or not at all either
+                # way; not waiting for the WAL flush can only lose the newest chunks
+                # in a server crash, and then their checkpoint with them: the next
+                # run copies them again. (The stream's commits stay synchronous, and
+                # its first one flushes every chunk before it.)
+                conn.execute("SET LOCAL synchronous_commit = off")
                 failures = sink.write_isolating(conn, good, write, columns)
                 if failures:
                     failed = failures_to_letters(plan, good_raw, failures, "snapshot")
@@ -783,43 +806,66 @@ class Snapshotter:
         return f"{DEFERRED_INDEXES_KEY}:{plan.schema}.{plan.name}"
 
     def defer_indexes(self, conn: sink.Connection, plan: TablePlan) -> None:
-        """Drop ``plan``'s secondary indexes (none behind a constraint), keeping their
-        definitions in the state schema in the same transaction."""
+        """Drop ``plan``'s plain secondary indexes, keeping their definitions in the
+        state schema in the same transaction (added to any kept there already)."""
+        key = self._deferred_key(plan)
         with conn.transaction(), conn.cursor() as cur:
             cur.execute(_SECONDARY_INDEXES_SQL, (plan.schema, plan.name))
-            found = [(str(r[0]), str(r[1])) for r in cur.fetchall()]
+            found = [[str(r[0]), str(r[1])] for r in cur.fetchall()]
             if not found:
                 return
-            _save_meta(cur, self.schema, self._deferred_key(plan), found)
+            kept = _load_meta(cur, self.schema, key)
+            earlier = kept["indexes"] if isinstance(kept, dict) else []
+            names = {i for i, _ in found}
+            indexes = [x for x in earlier if x[0] not in names] + found
+            _save_meta(
+                cur,
+                self.schema,
+                key,
+                {"schema": plan.schema, "table": plan.name, "indexes": indexes},
+            )
             for index, _definition in found:
                 cur.execute(sql.SQL("DROP INDEX {}").format(pg_ident(plan.schema, index)))
-        self.log.info("indexes_deferred", table=plan.name, indexes=[i for i, _ in found])
+        self.log.info("indexes_deferred", table=plan.name, indexes=sorted(names))
 
     def rebuild_indexes(self, conn: sink.Connection, plan: TablePlan) -> None:
-        """Build the indexes :meth:`defer_indexes` dropped (those still missing)."""
-        key = self._deferred_key(plan)
+        """Build the indexes :meth:`defer_indexes` dropped from ``plan``'s table."""
+        self._rebuild(conn, self._deferred_key(plan))
+
+    def rebuild_deferred(self, conn: sink.Connection) -> None:
+        """Build every index still recorded as deferred, whatever table it is on
+        (a run killed between a table's last chunk and its rebuild, or a table
+        no longer planned). The daemon calls this before it streams."""
         with conn.cursor() as cur:
             cur.execute(
-                sql.SQL("SELECT value FROM {} WHERE key = %s").format(
+                sql.SQL("SELECT key FROM {} WHERE key LIKE %s ORDER BY key").format(
                     pg_ident(self.schema, "meta")
                 ),
-                (key,),
+                (f"{DEFERRED_INDEXES_KEY}:%",),
             )
-            row = cur.fetchone()
-        if row is None:
+            keys = [str(r[0]) for r in cur.fetchall()]
+        for key in keys:
+            self._rebuild(conn, key)
+
+    def _rebuild(self, conn: sink.Connection, key: str) -> None:
+        with conn.cursor() as cur:
+            kept = _load_meta(cur, self.schema, key)
+        if not isinstance(kept, dict):
             return
+        schema, table = str(kept["schema"]), str(kept["table"])
         started = time.monotonic()
         built = []
-        for index, definition in row[0]:
+        for index, definition in kept["indexes"]:
             with conn.transaction(), conn.cursor() as cur:
                 cur.execute(
-                    "SELECT to_regclass(%s) IS NULL",
-                    (pg_ident(plan.schema, index).as_string(conn),),
+                    "SELECT to_regclass(%s) IS NULL", (pg_ident(schema, index).as_string(conn),)
                 )
                 missing = cur.fetchone()
                 if missing and missing[0]:
                     cur.execute(definition)
                     built.append(index)
+            if self.on_chunk is not None:  # keeps a daemon's watchdog and heartbeat fed
+                self.on_chunk(table, 0, 0, 0)
         with conn.transaction(), conn.cursor() as cur:
             cur.execute(
                 sql.SQL("DELETE FROM {} WHERE key = %s").format(pg_ident(self.schema, "meta")),
@@ -827,7 +873,7 @@ class Snapshotter:
             )
         self.log.info(
             "indexes_rebuilt",
-            table=plan.name,
+            table=table,
             indexes=built,
             seconds=round(time.monotonic() - started, 3),
         )
@@ -842,10 +888,9 @@ class Snapshotter:
     ) -> None:
         """Indexes left out of the copy; secondary indexes and foreign keys of created
         tables; then sequences."""
-        for plan in plans:
-            # Normally rebuilt as each table's copy ends; these are from a run that
-            # died in between (or a table completed by an earlier run).
-            self.rebuild_indexes(conn, plan)
+        # Normally rebuilt as each table's copy ends; these are from a run that died
+        # in between (or a table not planned this time).
+        self.rebuild_deferred(conn)
         for plan in plans:
             if plan.name not in created:
                 continue
