@@ -431,6 +431,9 @@ class Snapshotter:
         self.path = config.require_source()
         self.dsn = config.require_target()
         self._lenient: sqlite3.Connection | None = None
+        # Of the current run_plans(): every plan, and the tables we created.
+        self._plans: Sequence[TablePlan] = ()
+        self._created: set[str] = set()
 
     def _lenient_conn(self) -> sqlite3.Connection:
         if self._lenient is None:
@@ -472,6 +475,7 @@ class Snapshotter:
     ) -> SnapshotSummary:
         summary = SnapshotSummary()
         created = self.create_missing(conn, plans)
+        self._plans, self._created = plans, created
         with conn.cursor() as cur:
             if restart:
                 checkpoint.reset_progress(cur, self.schema)
@@ -710,6 +714,8 @@ class Snapshotter:
         assert found is not None
         progress = found
         self.rebuild_indexes(conn, plan)
+        if plan.name in self._created:
+            self._build_indexes(conn, plan)
         result.rows_read = progress.rows_read
         result.rows_written = progress.rows_written
         result.dead_letters = progress.dead_letters
@@ -827,6 +833,20 @@ class Snapshotter:
             for index, _definition in found:
                 cur.execute(sql.SQL("DROP INDEX {}").format(pg_ident(plan.schema, index)))
         self.log.info("indexes_deferred", table=plan.name, indexes=sorted(names))
+
+    def _build_indexes(self, conn: sink.Connection, plan: TablePlan) -> None:
+        """The secondary and UNIQUE indexes of a table we created, built as soon as it
+        is copied (on the worker that copied it, while others copy on). Foreign keys
+        wait for :meth:`finish`, which runs every post-load statement again (each is
+        idempotent) and reports those that fail."""
+        for what, stmt in post_load_sql(plan, self._plans):
+            if not what.startswith("index "):
+                continue
+            try:
+                with conn.transaction(), conn.cursor() as cur:
+                    cur.execute(stmt)
+            except (psycopg.errors.IntegrityError, psycopg.errors.DataError):
+                continue  # finish() tries again and reports it
 
     def rebuild_indexes(self, conn: sink.Connection, plan: TablePlan) -> None:
         """Build the indexes :meth:`defer_indexes` dropped from ``plan``'s table."""
