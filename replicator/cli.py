@@ -413,6 +413,12 @@ def status(ctx: click.Context, as_json: bool, watch: bool, interval: float) -> N
         from replicator.status import read_status, render
 
         config = ctx.obj.config()
+        if watch:
+            import signal
+
+            # Ctrl-C ends --watch even when started with SIGINT ignored (as from a
+            # shell's background job), which Python would otherwise leave ignored.
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         while True:
             result = read_status(config)
             text = (
