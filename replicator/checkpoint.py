@@ -179,3 +179,23 @@ def reconcile_finished(cur: psycopg.Cursor[Any], schema: str, table: str, repair
         ).format(pg_ident(schema, "cursor_position")),
         (repaired, table),
     )
+
+
+def load_meta(cur: psycopg.Cursor[Any], schema: str, key: str) -> Any:
+    """The value under ``key`` in the state schema's key/value table, or None."""
+    cur.execute(
+        sql.SQL("SELECT value FROM {} WHERE key = %s").format(pg_ident(schema, "meta")), (key,)
+    )
+    row = cur.fetchone()
+    return row[0] if row else None
+
+
+def save_meta(cur: psycopg.Cursor[Any], schema: str, key: str, value: object) -> None:
+    """Set ``key`` in the state schema's key/value table (JSON ``value``)."""
+    cur.execute(
+        sql.SQL(
+            "INSERT INTO {} (key, value) VALUES (%s, %s) ON CONFLICT (key) "
+            "DO UPDATE SET value = EXCLUDED.value, updated_at = now()"
+        ).format(pg_ident(schema, "meta")),
+        (key, Jsonb(value)),
+    )

@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from psycopg import sql
-from psycopg.types.json import Jsonb
 
-from replicator import sink
+from replicator import checkpoint, sink
 from replicator.config import Config
 from replicator.identifiers import pg_ident
 from replicator.schema import advance_sequences, build_plans, target_sequences
@@ -218,11 +217,10 @@ class Cutover:
         return True, f"{moved} sequence(s) set past the largest id in either database"
 
     def _record(self, report: CutoverReport) -> None:
-        with sink.connect(self.config.require_target(), autocommit=True) as conn:
-            conn.execute(
-                sql.SQL(
-                    "INSERT INTO {} (key, value) VALUES ('cutover', %s) ON CONFLICT (key) "
-                    "DO UPDATE SET value = EXCLUDED.value, updated_at = now()"
-                ).format(pg_ident(self.schema, "meta")),
-                (Jsonb(json.loads(json.dumps(report.to_json(), default=str))),),
+        with (
+            sink.connect(self.config.require_target(), autocommit=True) as conn,
+            conn.cursor() as cur,
+        ):
+            checkpoint.save_meta(
+                cur, self.schema, "cutover", json.loads(json.dumps(report.to_json(), default=str))
             )

@@ -64,24 +64,6 @@ ORDER BY i.relname
 """
 
 
-def _load_meta(cur: sink.Cursor, schema: str, key: str) -> Any:
-    cur.execute(
-        sql.SQL("SELECT value FROM {} WHERE key = %s").format(pg_ident(schema, "meta")), (key,)
-    )
-    row = cur.fetchone()
-    return row[0] if row else None
-
-
-def _save_meta(cur: sink.Cursor, schema: str, key: str, value: object) -> None:
-    cur.execute(
-        sql.SQL(
-            "INSERT INTO {} (key, value) VALUES (%s, %s) ON CONFLICT (key) "
-            "DO UPDATE SET value = EXCLUDED.value, updated_at = now()"
-        ).format(pg_ident(schema, "meta")),
-        (key, psycopg.types.json.Jsonb(value)),
-    )
-
-
 @dataclass
 class TableResult:
     table: str
@@ -647,7 +629,7 @@ class Snapshotter:
                     cur.execute(create_table_sql(plan))
                     created.add(plan.name)
                     self.log.info("table_created", table=plan.name, schema=plan.schema)
-            _save_meta(cur, self.schema, CREATED_TABLES_KEY, sorted(created))
+            checkpoint.save_meta(cur, self.schema, CREATED_TABLES_KEY, sorted(created))
         return created
 
     def copy_table(
@@ -820,11 +802,11 @@ class Snapshotter:
             found = [[str(r[0]), str(r[1])] for r in cur.fetchall()]
             if not found:
                 return
-            kept = _load_meta(cur, self.schema, key)
+            kept = checkpoint.load_meta(cur, self.schema, key)
             earlier = kept["indexes"] if isinstance(kept, dict) else []
             names = {i for i, _ in found}
             indexes = [x for x in earlier if x[0] not in names] + found
-            _save_meta(
+            checkpoint.save_meta(
                 cur,
                 self.schema,
                 key,
@@ -869,7 +851,7 @@ class Snapshotter:
 
     def _rebuild(self, conn: sink.Connection, key: str) -> None:
         with conn.cursor() as cur:
-            kept = _load_meta(cur, self.schema, key)
+            kept = checkpoint.load_meta(cur, self.schema, key)
         if not isinstance(kept, dict):
             return
         schema, table = str(kept["schema"]), str(kept["table"])

@@ -866,3 +866,21 @@ def like_sum(
             rows = pg.execute("SELECT tweet_id, like_count FROM tweets").fetchall()
     skip = set(without)
     return sum(int(n or 0) for tweet_id, n in rows if tweet_id not in skip)
+
+
+def sqlite_from_script(path: Path, script: str) -> Path:
+    """A SQLite file at ``path`` made by running ``script``."""
+    conn = sqlite3.connect(path)
+    try:
+        conn.executescript(script)
+        conn.commit()
+    finally:
+        conn.close()
+    return path
+
+
+def snapshot_config(source: Path, dsn: str, **snapshot: Any) -> Config:
+    """A configuration from ``source`` to ``dsn`` with ``[snapshot]`` settings."""
+    overrides: dict[str, Any] = {"source.path": str(source), "target.url": dsn}
+    overrides.update({f"snapshot.{k}": v for k, v in snapshot.items()})
+    return load_config(None, env={}, overrides=overrides)

@@ -18,8 +18,8 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
+from streamutil import snapshot_config, sqlite_from_script
 
-from replicator.config import Config, load_config
 from replicator.errors import SchemaError
 from replicator.snapshot import ProgressDisplay, SnapshotSummary, Snapshotter
 
@@ -29,20 +29,8 @@ ROWID_COLUMN = "_replicator_rowid"
 # --------------------------------------------------------------------------- helpers
 
 
-def make_source(path: Path, script: str) -> Path:
-    conn = sqlite3.connect(path)
-    try:
-        conn.executescript(script)
-        conn.commit()
-    finally:
-        conn.close()
-    return path
-
-
-def make_config(source: Path, dsn: str, **snapshot: Any) -> Config:
-    overrides = {"source.path": str(source), "target.url": dsn}
-    overrides.update({f"snapshot.{k}": v for k, v in snapshot.items()})
-    return load_config(None, env={}, overrides=overrides)
+make_source = sqlite_from_script
+make_config = snapshot_config
 
 
 def snapshot(source: Path, dsn: str, *, restart: bool = False, **settings: Any) -> SnapshotSummary:

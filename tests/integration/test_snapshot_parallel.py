@@ -9,7 +9,6 @@ source, row for row (streamutil's typed comparison).
 from __future__ import annotations
 
 import io
-import sqlite3
 import threading
 import time
 from collections.abc import Sequence
@@ -19,7 +18,7 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
-from streamutil import assert_replicated, open_dead_letters
+from streamutil import assert_replicated, open_dead_letters, snapshot_config, sqlite_from_script
 
 from replicator.config import Config, load_config
 from replicator.errors import ConfigError
@@ -31,20 +30,8 @@ Chunk = tuple[str, int, int, int]  # what on_chunk gets: table, read, written, t
 # --------------------------------------------------------------------------- helpers
 
 
-def make_source(path: Path, script: str) -> Path:
-    conn = sqlite3.connect(path)
-    try:
-        conn.executescript(script)
-        conn.commit()
-    finally:
-        conn.close()
-    return path
-
-
-def make_config(source: Path, dsn: str, **snapshot: Any) -> Config:
-    overrides: dict[str, Any] = {"source.path": str(source), "target.url": dsn}
-    overrides.update({f"snapshot.{k}": v for k, v in snapshot.items()})
-    return load_config(None, env={}, overrides=overrides)
+make_source = sqlite_from_script
+make_config = snapshot_config
 
 
 class Recorder:
