@@ -14,6 +14,14 @@ from replicator.deadletter import decode_key, json_key
 from replicator.identifiers import pg_ident
 
 
+def _jkey(key: tuple[Any, ...] | None) -> Jsonb | None:
+    return Jsonb(json_key(key)) if key is not None else None
+
+
+def _dkey(value: Any) -> tuple[Any, ...] | None:
+    return decode_key(value) if value is not None else None
+
+
 @dataclass(frozen=True, slots=True)
 class SnapshotProgress:
     table: str
@@ -46,11 +54,10 @@ def load_progress(cur: psycopg.Cursor[Any], schema: str) -> dict[str, SnapshotPr
     )
     out = {}
     for row in cur.fetchall():
-        # json_key stores blobs, invalid UTF-8, NUL text as descriptions: undo that
-        last = decode_key(row[1]) if row[1] is not None else None
         out[str(row[0])] = SnapshotProgress(
             table=str(row[0]),
-            last_key=last,
+            # json_key stores blobs, invalid UTF-8, NUL text as descriptions: undo that
+            last_key=_dkey(row[1]),
             rows_read=int(row[2]),
             rows_written=int(row[3]),
             dead_letters=int(row[4]),
@@ -75,7 +82,7 @@ def save_progress(cur: psycopg.Cursor[Any], schema: str, p: SnapshotProgress) ->
         ).format(pg_ident(schema, "snapshot_progress")),
         (
             p.table,
-            Jsonb(json_key(p.last_key)) if p.last_key is not None else None,
+            _jkey(p.last_key),
             p.rows_read,
             p.rows_written,
             p.dead_letters,
@@ -89,6 +96,109 @@ def save_progress(cur: psycopg.Cursor[Any], schema: str, p: SnapshotProgress) ->
 
 def reset_progress(cur: psycopg.Cursor[Any], schema: str) -> None:
     cur.execute(sql.SQL("DELETE FROM {}").format(pg_ident(schema, "snapshot_progress")))
+
+
+@dataclass(frozen=True, slots=True)
+class PartProgress:
+    """One key range (``key_from``, ``key_to``] of a table the snapshot split; a
+    bound of None is open (the last part reads up to the table's largest key)."""
+
+    table: str
+    part: int
+    key_from: tuple[Any, ...] | None
+    key_to: tuple[Any, ...] | None
+    last_key: tuple[Any, ...] | None = None
+    rows_read: int = 0
+    rows_written: int = 0
+    dead_letters: int = 0
+    done: bool = False
+
+    @property
+    def after(self) -> tuple[Any, ...] | None:
+        """The key the next chunk starts after (exclusive)."""
+        return self.last_key if self.last_key is not None else self.key_from
+
+    def advance(
+        self, last_key: tuple[Any, ...], read: int, written: int, dead: int
+    ) -> PartProgress:
+        return replace(
+            self,
+            last_key=last_key,
+            rows_read=self.rows_read + read,
+            rows_written=self.rows_written + written,
+            dead_letters=self.dead_letters + dead,
+        )
+
+
+def load_parts(cur: psycopg.Cursor[Any], schema: str, table: str) -> list[PartProgress]:
+    cur.execute(
+        sql.SQL(
+            "SELECT part, key_from, key_to, last_key, rows_read, rows_written, dead_letters,"
+            " done FROM {} WHERE table_name = %s ORDER BY part"
+        ).format(pg_ident(schema, "snapshot_parts")),
+        (table,),
+    )
+    return [
+        PartProgress(
+            table=table,
+            part=int(r[0]),
+            key_from=_dkey(r[1]),
+            key_to=_dkey(r[2]),
+            last_key=_dkey(r[3]),
+            rows_read=int(r[4]),
+            rows_written=int(r[5]),
+            dead_letters=int(r[6]),
+            done=bool(r[7]),
+        )
+        for r in cur.fetchall()
+    ]
+
+
+def create_parts(cur: psycopg.Cursor[Any], schema: str, parts: list[PartProgress]) -> None:
+    """Record a table's split (its row in snapshot_progress must exist)."""
+    cur.executemany(
+        sql.SQL(
+            "INSERT INTO {} (table_name, part, key_from, key_to) VALUES (%s, %s, %s, %s)"
+        ).format(pg_ident(schema, "snapshot_parts")),
+        [(p.table, p.part, _jkey(p.key_from), _jkey(p.key_to)) for p in parts],
+    )
+
+
+def save_part(
+    cur: psycopg.Cursor[Any],
+    schema: str,
+    p: PartProgress,
+    added: tuple[int, int, int],
+) -> None:
+    """A part's new position, and the rows it ``added`` (read, written, dead-lettered)
+    counted into its table's row: parts of one table commit concurrently, so the
+    table's sums are incremented, never overwritten."""
+    cur.execute(
+        sql.SQL(
+            "UPDATE {} SET last_key = %s, rows_read = %s, rows_written = %s,"
+            " dead_letters = %s, done = %s, updated_at = now()"
+            " WHERE table_name = %s AND part = %s"
+        ).format(pg_ident(schema, "snapshot_parts")),
+        (
+            _jkey(p.last_key),
+            p.rows_read,
+            p.rows_written,
+            p.dead_letters,
+            p.done,
+            p.table,
+            p.part,
+        ),
+    )
+    if cur.rowcount != 1:
+        raise RuntimeError(f"the snapshot range {p.part} of table {p.table!r} is not recorded")
+    if any(added):
+        cur.execute(
+            sql.SQL(
+                "UPDATE {} SET rows_read = rows_read + %s, rows_written = rows_written + %s,"
+                " dead_letters = dead_letters + %s, updated_at = now() WHERE table_name = %s"
+            ).format(pg_ident(schema, "snapshot_progress")),
+            (*added, p.table),
+        )
 
 
 # -- cursor capture ------------------------------------------------------------

@@ -151,6 +151,17 @@ class SnapshotConfig:
             "PostgreSQL transaction with its checkpoint."
         ),
     )
+    chunk_bytes: int = field(
+        default=4 * 1024 * 1024,
+        metadata=_doc(
+            "Most memory the rows of one snapshot chunk take as read, estimated from "
+            "the chunk before it (the first chunk of a table or range holds at most 256 "
+            "rows): a table of wide rows is copied in chunks of fewer than chunk_rows "
+            "rows. Each range being copied holds up to three chunks at once (as read and "
+            "as converted), so memory is about 3 x chunk_bytes x parallel_tables plus "
+            "the process itself. 0: chunk_rows alone."
+        ),
+    )
     on_error: Literal["deadletter", "stop"] = field(
         default="deadletter",
         metadata=_doc(
@@ -179,6 +190,16 @@ class SnapshotConfig:
             "Tables copied at the same time, each over its own SQLite and PostgreSQL "
             "connection. A table whose existing target table has foreign keys waits for "
             "its parent tables. 1 copies one table after another."
+        ),
+    )
+    split_rows: int = field(
+        default=200_000,
+        metadata=_doc(
+            "A table with at least this many rows is copied as several primary-key "
+            "ranges at once (up to parallel_tables, at least this many rows each), so "
+            "that one large table does not leave the other connections idle. Each "
+            "range keeps its own checkpoint. A table whose existing target has a "
+            "foreign key to itself is not split. 0 never splits a table."
         ),
     )
 
@@ -598,6 +619,10 @@ def _validate(config: Config) -> None:
         raise ConfigError("snapshot.chunk_rows must be at least 1")
     if config.snapshot.parallel_tables < 1:
         raise ConfigError("snapshot.parallel_tables must be at least 1")
+    if config.snapshot.chunk_bytes < 0:
+        raise ConfigError("snapshot.chunk_bytes must be 0 (no limit) or more")
+    if config.snapshot.split_rows < 0:
+        raise ConfigError("snapshot.split_rows must be 0 (never split) or more")
     if config.stream.batch_max_changes < 1:
         raise ConfigError("stream.batch_max_changes must be at least 1")
     if config.metrics.address:

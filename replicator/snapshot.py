@@ -10,6 +10,7 @@ no row missed. Rows that cannot be written go to the dead-letter table.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import queue
 import sqlite3
 import sys
@@ -18,13 +19,13 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any, TextIO
+from typing import Any, NamedTuple, TextIO
 
 import psycopg
 from psycopg import sql
 
 from replicator import checkpoint, deadletter, metrics, sink
-from replicator.checkpoint import SnapshotProgress
+from replicator.checkpoint import PartProgress, SnapshotProgress
 from replicator.config import Config
 from replicator.deadletter import DeadLetter, json_safe
 from replicator.errors import CoercionError, ConfigError, DataError, SourceError
@@ -39,11 +40,15 @@ from replicator.schema import (
 )
 from replicator.source.sqlite import ROWID, open_source, read_transaction
 from replicator.state import current_revision, head_revision, migrate
+from replicator.transform import json_valid_converter
 
 RawRow = tuple[Any, ...]
 FOREIGN_KEY_VIOLATION = "23503"
 CREATED_TABLES_KEY = "created_tables"
 DEFERRED_INDEXES_KEY = "deferred_indexes"  # + ":schema.table" -> [[index, definition]]
+CHUNK_ATTEMPTS = 5  # a chunk rolled back by a deadlock between two ranges is tried again
+SIZE_SAMPLE = 64  # rows of a chunk whose size sets the next chunk's (snapshot.chunk_bytes)
+DONE = -1  # WorkerEvent.part of a table's completion (its indexes built, its result given)
 
 # Secondary indexes: not a primary key or unique index, not behind any constraint
 # (exclusion constraints included), not a partition of a partitioned index, and
@@ -175,18 +180,23 @@ def row_image(plan: TablePlan, raw: RawRow) -> dict[str, Any]:
 
 
 def convert_rows(
-    plan: TablePlan, raw_rows: Sequence[RawRow], stage: str
+    plan: TablePlan, raw_rows: Sequence[RawRow], stage: str, valid: Sequence[int] | None = None
 ) -> tuple[list[tuple[object, ...]], list[RawRow], list[DeadLetter]]:
     """Convert to target types; rows with a value that cannot be converted come back as
-    dead letters. Returns (converted rows, their raw rows, dead letters)."""
+    dead letters. Returns (converted rows, their raw rows, dead letters). ``valid``
+    (from :meth:`ChunkReader.read_checked`) flags the rows whose JSON columns hold
+    NULL or text SQLite's ``json_valid()`` accepted."""
     convs = [c.convert for c in plan.columns]
+    # Rows whose JSON columns SQLite found valid (``valid``): their text is not parsed again.
+    trusting = [json_valid_converter(c.type) or c.convert for c in plan.columns]
+    flags: Sequence[int] = valid if valid is not None else [0] * len(raw_rows)
     good: list[tuple[object, ...]] = []
     good_raw: list[RawRow] = []
     dead: list[DeadLetter] = []
     keypos = plan.key_positions
-    for raw in raw_rows:
+    for raw, ok in zip(raw_rows, flags, strict=True):
         try:
-            good.append(tuple([f(v) for f, v in zip(convs, raw, strict=True)]))
+            good.append(tuple([f(v) for f, v in zip(trusting if ok else convs, raw, strict=True)]))
             good_raw.append(raw)
         except CoercionError:
             for col, f, v in zip(plan.columns, convs, raw, strict=True):
@@ -247,6 +257,15 @@ def stop_on_first(letters: Sequence[DeadLetter]) -> None:
         raise DataError(f'{first.describe()}{value} (on_error = "stop")')
 
 
+def _has_json_valid(conn: sqlite3.Connection) -> bool:
+    """Whether this SQLite has its JSON functions (built in since 3.38; optional before)."""
+    try:
+        conn.execute("SELECT json_valid('1')").fetchone()
+    except sqlite3.OperationalError:
+        return False
+    return True
+
+
 class ChunkReader:
     """Keyset pagination over one table, one short read transaction per chunk.
 
@@ -257,16 +276,35 @@ class ChunkReader:
     """
 
     def __init__(
-        self, conn: sqlite3.Connection, plan: TablePlan, lenient: Callable[[], sqlite3.Connection]
+        self,
+        conn: sqlite3.Connection,
+        plan: TablePlan,
+        lenient: Callable[[], sqlite3.Connection],
+        *,
+        check_json: bool = False,
     ):
         self.conn = conn
         self.lenient = lenient
         self.table = sqlite_ident(plan.source.name)
         self.keys = ", ".join(ROWID if k == ROWID else sqlite_ident(k) for k in plan.key)
         self.select = plan.source_select_list()
+        # read_checked(): one more column, 1 when every JSON column of the row is
+        # NULL or text that json_valid() accepts (typeof first: it refuses blobs).
+        json_columns = [
+            sqlite_ident(c.source) for c in plan.columns if json_valid_converter(c.type)
+        ]
+        self.checked_select: str | None = None
+        if check_json and json_columns and _has_json_valid(conn):
+            valid = " AND ".join(
+                f"({c} IS NULL OR (typeof({c}) = 'text' AND json_valid({c})))" for c in json_columns
+            )
+            self.checked_select = f"{self.select}, {valid}"
         self.count_sql = f"SELECT count(*) FROM {self.table}"
         descending = ", ".join(f"{ROWID if k == ROWID else sqlite_ident(k)} DESC" for k in plan.key)
         self.max_sql = f"SELECT {self.keys} FROM {self.table} ORDER BY {descending} LIMIT 1"
+        self.nth_sql = f"SELECT {self.keys} FROM {self.table} ORDER BY {self.keys} LIMIT 1 OFFSET ?"
+        self.single = len(plan.key) == 1
+        self.below_sql = f"SELECT count(*) FROM {self.table} WHERE {self.keys} <= ?"
         self.upper: tuple[Any, ...] | None = None
 
     def count(self) -> int:
@@ -275,6 +313,39 @@ class ChunkReader:
     def max_key(self) -> tuple[Any, ...] | None:
         row = self._fetch(self.max_sql, ())
         return tuple(row[0]) if row else None
+
+    def split_points(self, n: int, total: int, upper: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        """Up to ``n - 1`` increasing keys that cut the table (its ``total`` rows, keys up
+        to ``upper``) into ``n`` ranges of about as many rows; call inside one read
+        transaction. A single integer key is cut by value, kept when counting the
+        rows below each cut shows the ranges even (ids that are not spread evenly
+        are not); otherwise the keys at row positions are taken (a walk over the key)."""
+        try:
+            if self.single:
+                cuts = self._value_cuts(n, total, upper)
+                if cuts:
+                    return cuts
+            points = []
+            for i in range(1, n):
+                row = self.conn.execute(self.nth_sql, (total * i // n - 1,)).fetchone()
+                if row is None:
+                    break
+                points.append(tuple(row))
+            return points
+        except sqlite3.OperationalError:
+            return []  # a key that is not valid UTF-8: copied as one range
+
+    def _value_cuts(self, n: int, total: int, upper: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        first = self.conn.execute(self.nth_sql, (0,)).fetchone()
+        low, high = (first[0] if first else None), upper[0]
+        if not (isinstance(low, int) and isinstance(high, int) and high - low >= n):
+            return []
+        cuts = [(low + (high - low) * i // n,) for i in range(1, n)]
+        for i, cut in enumerate(cuts, start=1):
+            below = self.conn.execute(self.below_sql, cut).fetchone()
+            if below is None or abs(int(below[0]) - total * i // n) > total // (2 * n):
+                return []
+        return cuts
 
     @staticmethod
     def _bind(key: tuple[Any, ...]) -> tuple[str, list[Any]]:
@@ -296,6 +367,20 @@ class ChunkReader:
         return ", ".join(marks), params
 
     def read(self, after: tuple[Any, ...] | None, limit: int) -> list[RawRow]:
+        """The next ``limit`` rows after the key ``after`` (up to ``upper``)."""
+        return self._page(self.select, after, limit)
+
+    def read_checked(
+        self, after: tuple[Any, ...] | None, limit: int
+    ) -> tuple[list[RawRow], list[int] | None]:
+        """As :meth:`read`, with each row's JSON check (see :func:`convert_rows`);
+        None when there is nothing to check."""
+        if self.checked_select is None:
+            return self.read(after, limit), None
+        rows = self._page(self.checked_select, after, limit)
+        return [r[:-1] for r in rows], [r[-1] for r in rows]
+
+    def _page(self, select: str, after: tuple[Any, ...] | None, limit: int) -> list[RawRow]:
         where: list[str] = []
         params: list[Any] = []
         if after is not None:
@@ -307,7 +392,7 @@ class ChunkReader:
             where.append(f"({self.keys}) <= ({marks})")
             params += values
         clause = f" WHERE {' AND '.join(where)}" if where else ""
-        query = f"SELECT {self.select} FROM {self.table}{clause} ORDER BY {self.keys} LIMIT ?"
+        query = f"SELECT {select} FROM {self.table}{clause} ORDER BY {self.keys} LIMIT ?"
         return self._fetch(query, (*params, limit))
 
     def _fetch(self, query: str, params: tuple[Any, ...]) -> list[RawRow]:
@@ -327,21 +412,40 @@ Converted = tuple[list[tuple[object, ...]], list[RawRow], list[DeadLetter]]
 Chunk = tuple[list[RawRow], Converted]
 
 
+def _row_memory(row: RawRow) -> int:
+    """Roughly the bytes Python holds for a row read from SQLite: the tuple, and each
+    value's object (text counted by its length, as if it were ASCII)."""
+    size = 56 + 8 * len(row)
+    for v in row:
+        if isinstance(v, str | bytes):
+            size += 49 + len(v)
+        elif v is not None:
+            size += 32
+    return size
+
+
 class Prefetcher:
     """Reads and converts the next chunk in a thread while the current one is written.
 
     PostgreSQL parses, indexes and commits a chunk in its own process; without
     this the replicator would sit idle meanwhile, and PostgreSQL would sit idle
     while the next chunk is read and converted. One chunk ahead at most, so
-    memory stays bounded.
+    memory stays bounded: a chunk holds at most ``rows`` rows and, estimated from
+    the rows read so far, about ``max_bytes`` of values (wide rows, fewer of them).
     """
 
     def __init__(
-        self, reader: ChunkReader, plan: TablePlan, after: tuple[Any, ...] | None, rows: int
+        self,
+        reader: ChunkReader,
+        plan: TablePlan,
+        after: tuple[Any, ...] | None,
+        rows: int,
+        max_bytes: int = 0,
     ) -> None:
         self.reader = reader
         self.plan = plan
         self.rows = rows
+        self.max_bytes = max_bytes
         self.queue: queue.Queue[Chunk | BaseException | None] = queue.Queue(maxsize=1)
         self.stopping = threading.Event()
         self.thread = threading.Thread(
@@ -351,16 +455,28 @@ class Prefetcher:
 
     def _run(self, after: tuple[Any, ...] | None) -> None:
         keypos = self.plan.key_positions
+        # The first chunk, small, sizes the next ones.
+        limit = min(self.rows, SIZE_SAMPLE * 4) if self.max_bytes else self.rows
         try:
             while not self.stopping.is_set():
-                raw_rows = self.reader.read(after, self.rows)
+                raw_rows, valid = self.reader.read_checked(after, limit)
                 if not raw_rows:
                     self._put(None)
                     return
-                self._put((raw_rows, convert_rows(self.plan, raw_rows, "snapshot")))
+                if self.max_bytes:
+                    limit = self._limit(raw_rows)
+                self._put((raw_rows, convert_rows(self.plan, raw_rows, "snapshot", valid)))
                 after = tuple(raw_rows[-1][i] for i in keypos)
         except BaseException as exc:  # handed to the writing thread, raised there
             self._put(exc)
+
+    def _limit(self, rows: list[RawRow]) -> int:
+        """Rows for the next chunk: ``max_bytes`` over the memory a row of this one
+        takes as read (from a sample of its rows; about what Python holds for it)."""
+        sample = rows[:: max(1, len(rows) // SIZE_SAMPLE)]
+        size = sum(_row_memory(r) for r in sample)
+        per_row = max(1.0, size / len(sample))
+        return max(1, min(self.rows, int(self.max_bytes / per_row)))
 
     def _put(self, item: Chunk | BaseException | None) -> None:
         while not self.stopping.is_set():
@@ -395,6 +511,69 @@ ChunkReport = Callable[[str, int, int, int, float, int], None]
 
 class SnapshotStopped(Exception):
     """A parallel copy was told to stop (after the chunk it had just committed)."""
+
+
+class WorkerEvent(NamedTuple):
+    """What a worker tells the thread that schedules: a chunk committed (``chunk``:
+    rows read, written, total of the table, when it started, rows in the chunk), or,
+    with ``chunk`` None, that its range (``part``) or the table (DONE) is finished."""
+
+    table: str
+    part: int
+    chunk: tuple[int, int, int, float, int] | None = None
+
+
+@dataclass(eq=False)
+class TableJob:
+    """One table's copy, shared by the workers that copy its ranges."""
+
+    plan: TablePlan
+    progress: SnapshotProgress  # its row in snapshot_progress (the sums, when split)
+    parts: list[PartProgress]  # its key ranges; empty: one range, positioned in progress
+    upper: tuple[Any, ...] | None  # the largest key when this run started the table
+    supersede: bool  # open dead letters of the table: copied keys resolve them
+    started: float = field(default_factory=time.monotonic)  # reset when its copy begins
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    _copied: list[int] = field(default_factory=list, repr=False)
+    _begun: bool = field(default=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._copied = [self.progress.rows_read, self.progress.rows_written]
+
+    @property
+    def name(self) -> str:
+        return self.plan.source.name
+
+    @property
+    def split(self) -> bool:
+        return bool(self.parts)
+
+    def todo(self) -> list[PartProgress]:
+        """The ranges still to copy."""
+        if self.parts:
+            return [p for p in self.parts if not p.done]
+        return [PartProgress(self.name, 0, None, None, last_key=self.progress.last_key)]
+
+    def estimate(self, part: PartProgress) -> int:
+        """Rows left in ``part``, roughly (ranges are cut to hold about as many)."""
+        total = self.progress.rows_total or 0
+        if not self.parts:
+            return max(0, total - self.progress.rows_read)
+        return max(0, total // len(self.parts) - part.rows_read)
+
+    def begin(self) -> None:
+        """A range's copy begins: the table's clock starts with the first one."""
+        with self.lock:
+            if not self._begun:
+                self._begun = True
+                self.started = time.monotonic()
+
+    def add(self, read: int, written: int) -> tuple[int, int, int]:
+        """Count a committed chunk; the table's rows read and written so far, and its total."""
+        with self.lock:
+            self._copied[0] += read
+            self._copied[1] += written
+            return self._copied[0], self._copied[1], self.progress.rows_total or 0
 
 
 class Snapshotter:
@@ -463,14 +642,14 @@ class Snapshotter:
                 checkpoint.reset_progress(cur, self.schema)
             progress = checkpoint.load_progress(cur, self.schema)
         todo = [p for p in plans if not self._done(progress.get(p.source.name))]
-        workers = min(self.config.snapshot.parallel_tables, len(todo))
-        if workers <= 1:
+        workers = self.config.snapshot.parallel_tables
+        if workers <= 1 or not todo:
             for plan in plans:
                 summary.tables.append(
                     self.copy_table(source, conn, plan, progress.get(plan.source.name))
                 )
         else:
-            results = self._copy_parallel(plans, progress, workers)
+            results = self._copy_parallel(source, conn, plans, progress, workers)
             summary.tables.extend(results[p.source.name] for p in plans)
         self.finish(source, conn, plans, created, summary)
         return summary
@@ -481,24 +660,33 @@ class Snapshotter:
 
     def _copy_parallel(
         self,
+        source: sqlite3.Connection,
+        conn: sink.Connection,
         plans: Sequence[TablePlan],
         progress: dict[str, SnapshotProgress],
         workers: int,
     ) -> dict[str, TableResult]:
-        """Copy up to ``workers`` tables at once, each on connections of its own.
+        """Copy up to ``workers`` tables, or key ranges of a large table, at once, each
+        on connections of its own.
 
-        This thread schedules, shows progress and calls ``on_chunk`` (which may
-        stop the copy by raising); the workers only read, convert and write. A
-        table whose target existed before waits for the tables its foreign keys
-        point to (PostgreSQL checks them row by row); a table created by us gets
-        its foreign keys after the load and waits for nothing.
+        This thread prepares each table (counts it, splits it), schedules, shows
+        progress and calls ``on_chunk`` (which may stop the copy by raising); the
+        workers only read, convert and write, and, once every range of a table is
+        copied, one of them completes it (its indexes built). A table whose target
+        existed before waits for the tables its foreign keys point to (PostgreSQL
+        checks them row by row); a table created by us gets its foreign keys after
+        the load and waits for nothing. Of the ranges ready to copy, the largest go
+        first.
         """
         names = {p.source.name for p in plans} | {p.name for p in plans}
         results: dict[str, TableResult] = {}
         finished: set[str] = set()
         waiting = list(plans)
-        running: dict[str, Future[TableResult]] = {}
-        events: queue.Queue[tuple[str, str, tuple[int, int, int, float, int]]] = queue.Queue()
+        pending: list[tuple[TableJob, PartProgress | None]] = []  # None: the table's completion
+        running: dict[tuple[str, int], Future[TableResult | None]] = {}
+        jobs: dict[str, TableJob] = {}
+        left: dict[str, int] = {}  # ranges of a table not copied yet
+        events: queue.Queue[WorkerEvent] = queue.Queue()
         stop = threading.Event()
 
         def ready(plan: TablePlan) -> bool:
@@ -506,13 +694,27 @@ class Snapshotter:
                 return True
             return all(p in finished or p not in names for p in plan.parents)
 
-        def run(plan: TablePlan) -> TableResult:
+        def start(plan: TablePlan) -> None:
+            job = self.prepare(source, conn, plan, progress.get(plan.source.name), ways=workers)
+            todo = job.todo()
+            jobs[job.name], left[job.name] = job, len(todo)
+            pending.extend((job, part) for part in todo)
+            if not todo:  # every range was copied by an earlier run
+                pending.append((job, None))
+
+        def order(item: tuple[TableJob, PartProgress | None]) -> tuple[int, int]:
+            job, part = item
+            return (0, 0) if part is None else (1, -job.estimate(part))
+
+        def run(job: TableJob, part: PartProgress | None) -> TableResult | None:
+            number = DONE if part is None else part.part
             try:
-                return self._copy_on_own_connections(
-                    plan, progress.get(plan.source.name), events, stop
-                )
+                if part is None:
+                    return self._complete_on_own_connection(job)
+                self._copy_on_own_connections(job, part, events, stop)
+                return None
             finally:
-                events.put((plan.source.name, "done", (0, 0, 0, 0.0, 0)))  # wakes the loop
+                events.put(WorkerEvent(job.name, number))  # wakes the loop
 
         for plan in list(waiting):
             earlier = progress.get(plan.source.name)
@@ -522,25 +724,40 @@ class Snapshotter:
                 finished.update({plan.source.name, plan.name})
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="snapshot")
         try:
-            while waiting or running:
-                for plan in list(waiting):
-                    if len(running) < workers and ready(plan):
-                        waiting.remove(plan)
-                        running[plan.source.name] = pool.submit(run, plan)
-                if not running:  # a cycle among existing tables: take them in plan order
-                    plan = waiting.pop(0)
-                    running[plan.source.name] = pool.submit(run, plan)
-                name, kind, fig = events.get()
-                if kind == "chunk":
-                    read, written, total, started, rows = fig
-                    self.display.chunk(name, read, total, started, rows)
+            while waiting or pending or running:
+                # Tables are prepared (counted, cut) as connections free up, so that
+                # the workers, and on_chunk, do not wait for all of them at once.
+                for plan in [p for p in waiting if ready(p)]:
+                    if len(pending) >= workers - len(running):
+                        break
+                    waiting.remove(plan)
+                    start(plan)
+                if waiting and not pending and not running:
+                    # a cycle among existing tables: take them in plan order
+                    start(waiting.pop(0))
+                pending.sort(key=order)
+                while pending and len(running) < workers:
+                    job, part = pending.pop(0)
+                    number = DONE if part is None else part.part
+                    running[(job.name, number)] = pool.submit(run, job, part)
+                event = events.get()
+                if event.chunk is not None:
+                    read, written, total, started, rows = event.chunk
+                    self.display.chunk(event.table, read, total, started, rows)
                     if self.on_chunk is not None:
-                        self.on_chunk(name, read, written, total)
-                else:  # "done": the worker has returned or raised
-                    result = running.pop(name).result()  # a worker's error is raised here
-                    results[name] = result
-                    finished.update({name, self._plan_named(plans, name).name})
-                    self.display.table_done(name, result)
+                        self.on_chunk(event.table, read, written, total)
+                    continue
+                # a worker has returned or raised; its error is raised here
+                result = running.pop((event.table, event.part)).result()
+                if event.part != DONE:
+                    left[event.table] -= 1
+                    if not left[event.table]:
+                        pending.append((jobs[event.table], None))
+                    continue
+                assert result is not None
+                results[event.table] = result
+                finished.update({event.table, self._plan_named(plans, event.table).name})
+                self.display.table_done(event.table, result)
         except BaseException:
             stop.set()  # the workers stop after the chunk in hand (committed or not)
             raise
@@ -563,13 +780,7 @@ class Snapshotter:
     def _plan_named(plans: Sequence[TablePlan], name: str) -> TablePlan:
         return next(p for p in plans if p.source.name == name)
 
-    def _copy_on_own_connections(
-        self,
-        plan: TablePlan,
-        progress: SnapshotProgress | None,
-        events: queue.Queue[tuple[str, str, tuple[int, int, int, float, int]]],
-        stop: threading.Event,
-    ) -> TableResult:
+    def _open_worker_connections(self) -> tuple[sqlite3.Connection, sink.Connection]:
         source = open_source(
             self.path, readonly=True, busy_timeout_ms=self.config.source.busy_timeout_ms
         )
@@ -582,6 +793,16 @@ class Snapshotter:
             # The main connection to this very target works: a server gone or full
             # for a moment, worth a retry by the daemon, not a configuration error.
             raise psycopg.OperationalError(str(exc)) from exc
+        return source, conn
+
+    def _copy_on_own_connections(
+        self,
+        job: TableJob,
+        part: PartProgress,
+        events: queue.Queue[WorkerEvent],
+        stop: threading.Event,
+    ) -> None:
+        source, conn = self._open_worker_connections()
         lenient: list[sqlite3.Connection] = []
 
         def open_lenient() -> sqlite3.Connection:
@@ -599,19 +820,29 @@ class Snapshotter:
         def report(
             name: str, read: int, written: int, total: int, started: float, rows: int
         ) -> None:
-            events.put((name, "chunk", (read, written, total, started, rows)))
+            events.put(WorkerEvent(name, part.part, (read, written, total, started, rows)))
             if stop.is_set():
                 raise SnapshotStopped(name)
 
         try:
-            return self.copy_table(
-                source, conn, plan, progress, report=report, lenient=open_lenient, show=False
-            )
+            self.copy_part(source, conn, job, part, report=report, lenient=open_lenient)
         finally:
             conn.close()
             source.close()
             for c in lenient:
                 c.close()
+
+    def _complete_on_own_connection(self, job: TableJob) -> TableResult:
+        try:
+            conn = sink.connect(
+                self.dsn, autocommit=True, connect_timeout=self.config.target.connect_timeout
+            )
+        except ConfigError as exc:  # as in _open_worker_connections
+            raise psycopg.OperationalError(str(exc)) from exc
+        try:
+            return self.complete(conn, job, show=False)
+        finally:
+            conn.close()
 
     def create_missing(self, conn: sink.Connection, plans: Sequence[TablePlan]) -> set[str]:
         """Create tables that do not exist yet; return every table we ever created."""
@@ -638,17 +869,29 @@ class Snapshotter:
         conn: sink.Connection,
         plan: TablePlan,
         progress: SnapshotProgress | None,
-        *,
-        report: ChunkReport | None = None,
-        lenient: Callable[[], sqlite3.Connection] | None = None,
-        show: bool = True,
     ) -> TableResult:
-        name = plan.source.name
-        result = TableResult(table=name)
+        """Copy one table on these connections, its ranges one after another."""
         if progress is not None and progress.done:
             return self._skipped(progress)
-        reader = ChunkReader(source, plan, lenient or self._lenient_conn)
-        writer = sink.TableWriter(plan)
+        job = self.prepare(source, conn, plan, progress, ways=1)
+        for part in job.todo():
+            self.copy_part(source, conn, job, part, report=self._report)
+        return self.complete(conn, job, show=True)
+
+    def prepare(
+        self,
+        source: sqlite3.Connection,
+        conn: sink.Connection,
+        plan: TablePlan,
+        progress: SnapshotProgress | None,
+        *,
+        ways: int,
+    ) -> TableJob:
+        """Count the table, decide copy or merge, split it into up to ``ways`` key
+        ranges when it is large (a split is recorded, and kept by later runs), and
+        set its secondary indexes aside when configured."""
+        name = plan.source.name
+        reader = ChunkReader(source, plan, self._lenient_conn)
         if progress is None:
             with conn.cursor() as cur:
                 cur.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(plan.table))
@@ -657,8 +900,28 @@ class Snapshotter:
             progress = SnapshotProgress(table=name, last_key=None, method=method)
         with read_transaction(source):
             progress = replace(progress, rows_total=reader.count())
-        reader.upper = reader.max_key()
+        upper = reader.max_key()
         fresh = progress.last_key is None and not progress.rows_read
+        with conn.cursor() as cur:
+            parts = checkpoint.load_parts(cur, self.schema, name)
+            # Open dead letters of this table (an earlier run, or the stream): a key
+            # copied again gets a fresh verdict, so they are superseded, never doubled.
+            supersede = deadletter.count_open(cur, self.schema).get(name, 0) > 0
+        if parts and not fresh:  # a split table resumed: its row gets today's count
+            with conn.transaction(), conn.cursor() as cur:
+                checkpoint.save_progress(cur, self.schema, progress)
+        if not parts and fresh and not self._refers_to_itself(conn, plan):
+            parts = self._split(reader, progress, upper, ways)
+            if parts:
+                with conn.transaction(), conn.cursor() as cur:
+                    checkpoint.save_progress(cur, self.schema, progress)
+                    checkpoint.create_parts(cur, self.schema, parts)
+                self.log.info(
+                    "snapshot_split",
+                    table=name,
+                    parts=len(parts),
+                    bounds=[json_safe(list(p.key_to)) for p in parts if p.key_to is not None],
+                )
         if (
             fresh
             and progress.method == "copy"
@@ -666,46 +929,92 @@ class Snapshotter:
             and self.config.snapshot.defer_indexes
         ):
             self.defer_indexes(conn, plan)
-        write = writer.copy if progress.method == "copy" else writer.upsert
-        columns = writer.column_names()
-        chunk_rows = self.config.snapshot.chunk_rows
-        started = time.monotonic()
-        before = progress
-        log = self.log.bind(table=name)
+        if progress.rows_read:
+            self.log.info("snapshot_resumed", table=name, from_rows=progress.rows_read)
+        return TableJob(plan, progress, parts, upper, supersede)
+
+    @staticmethod
+    def _refers_to_itself(conn: sink.Connection, plan: TablePlan) -> bool:
+        """Whether the target table has a foreign key to itself: PostgreSQL checks it
+        row by row, and a row in one range may point at a row of another range not
+        committed yet, so such a table is copied as one range, in key order."""
         with conn.cursor() as cur:
-            # Open dead letters of this table (an earlier run, or the stream): a key
-            # copied again gets a fresh verdict, so they are superseded, never doubled.
-            supersede = deadletter.count_open(cur, self.schema).get(name, 0) > 0
-        prefetch = Prefetcher(reader, plan, progress.last_key, chunk_rows)
-        try:
-            self._copy_chunks(
-                conn,
-                plan,
-                prefetch,
-                progress,
-                write,
-                columns,
-                supersede,
-                started,
-                report or self._report,
+            cur.execute(
+                "SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE contype = 'f'"
+                " AND conrelid = %s::regclass AND confrelid = conrelid)",
+                (plan.table.as_string(conn),),
             )
+            row = cur.fetchone()
+        return bool(row and row[0])
+
+    def _split(
+        self,
+        reader: ChunkReader,
+        progress: SnapshotProgress,
+        upper: tuple[Any, ...] | None,
+        ways: int,
+    ) -> list[PartProgress]:
+        every = self.config.snapshot.split_rows
+        total = progress.rows_total or 0
+        if every <= 0 or ways < 2 or upper is None:
+            return []
+        n = min(ways, total // every)
+        if n < 2:
+            return []
+        with read_transaction(reader.conn):
+            bounds = reader.split_points(n, total, upper)
+        if not bounds:
+            return []
+        edges: list[tuple[Any, ...] | None] = [None, *bounds, None]
+        return [
+            PartProgress(table=progress.table, part=i, key_from=edges[i], key_to=edges[i + 1])
+            for i in range(len(edges) - 1)
+        ]
+
+    def copy_part(
+        self,
+        source: sqlite3.Connection,
+        conn: sink.Connection,
+        job: TableJob,
+        part: PartProgress,
+        *,
+        report: ChunkReport,
+        lenient: Callable[[], sqlite3.Connection] | None = None,
+    ) -> None:
+        """Copy one key range of a table (the whole table when it is not split)."""
+        job.begin()
+        reader = ChunkReader(source, job.plan, lenient or self._lenient_conn, check_json=True)
+        reader.upper = part.key_to if part.key_to is not None else job.upper
+        snap = self.config.snapshot
+        prefetch = Prefetcher(reader, job.plan, part.after, snap.chunk_rows, snap.chunk_bytes)
+        try:
+            self._copy_chunks(conn, job, part, prefetch, report)
         finally:
             prefetch.close()
-        with conn.cursor() as cur:
-            found = checkpoint.load_progress(cur, self.schema).get(name)
-        assert found is not None
-        progress = found
-        self.rebuild_indexes(conn, plan)
-        if plan.name in self._created:
-            self._build_indexes(conn, plan)
-        result.rows_read = progress.rows_read
-        result.rows_written = progress.rows_written
-        result.dead_letters = progress.dead_letters
-        result.seconds = time.monotonic() - started
-        if before.rows_read:
-            log.info("snapshot_resumed", from_rows=before.rows_read)
+
+    def complete(self, conn: sink.Connection, job: TableJob, *, show: bool) -> TableResult:
+        """Once every range of a table is copied: mark it done, build the indexes
+        set aside or left to after the load, and give its result."""
+        job.begin()  # (when an earlier run copied every range)
+        with conn.transaction(), conn.cursor() as cur:
+            found = checkpoint.load_progress(cur, self.schema).get(job.name)
+            progress = found if found is not None else job.progress
+            if not progress.done:
+                progress = replace(progress, done=True)
+                checkpoint.save_progress(cur, self.schema, progress)
+        metrics.SNAPSHOT_PROGRESS.labels(job.name).set(1.0)
+        self.rebuild_indexes(conn, job.plan)
+        if job.plan.name in self._created:
+            self._build_indexes(conn, job.plan)
+        result = TableResult(
+            table=job.name,
+            rows_read=progress.rows_read,
+            rows_written=progress.rows_written,
+            dead_letters=progress.dead_letters,
+            seconds=time.monotonic() - job.started,
+        )
         if show:
-            self.display.table_done(name, result)
+            self.display.table_done(job.name, result)
         return result
 
     def _report(
@@ -718,55 +1027,44 @@ class Snapshotter:
     def _copy_chunks(
         self,
         conn: sink.Connection,
-        plan: TablePlan,
+        job: TableJob,
+        part: PartProgress,
         prefetch: Prefetcher,
-        progress: SnapshotProgress,
-        write: Callable[[sink.Cursor, Sequence[tuple[object, ...]]], None],
-        columns: Sequence[str],
-        supersede: bool,
-        started: float,
         report: ChunkReport,
     ) -> None:
-        name = plan.source.name
+        plan, name = job.plan, job.name
         stop = self.config.snapshot.on_error == "stop"
         log = self.log.bind(table=name)
+        keypos = plan.key_positions
+        write = sink.TableWriter(plan)
+        copy = write.copy if job.progress.method == "copy" else write.upsert
+        columns = write.column_names()
         while True:
             chunk = prefetch.get()
             if chunk is None:
-                progress = replace(progress, done=True)
-                metrics.SNAPSHOT_PROGRESS.labels(name).set(1.0)
-                with conn.transaction(), conn.cursor() as cur:
-                    checkpoint.save_progress(cur, self.schema, progress)
+                if job.split:  # the table is done when every part is (complete())
+                    with conn.transaction(), conn.cursor() as cur:
+                        checkpoint.save_part(cur, self.schema, replace(part, done=True), (0, 0, 0))
                 return
-            raw_rows, (good, good_raw, letters) = chunk
+            raw_rows, (good, good_raw, found) = chunk
             if stop:
-                stop_on_first(letters)
-            keypos = plan.key_positions
+                stop_on_first(found)
             last_key = tuple(raw_rows[-1][i] for i in keypos)
-            with conn.transaction():
-                # The chunk and its checkpoint commit together or not at all either
-                # way; not waiting for the WAL flush can only lose the newest chunks
-                # in a server crash, and then their checkpoint with them: the next
-                # run copies them again. (The stream's commits stay synchronous, and
-                # its first one flushes every chunk before it.)
-                conn.execute("SET LOCAL synchronous_commit = off")
-                failures = sink.write_isolating(conn, good, write, columns)
-                if failures:
-                    failed = failures_to_letters(plan, good_raw, failures, "snapshot")
-                    if stop:
-                        stop_on_first(failed)
-                    letters.extend(failed)
-                with conn.cursor() as cur:
-                    if supersede:
-                        chunk_keys = [tuple(r[i] for i in keypos) for r in raw_rows]
-                        deadletter.resolve_keys(
-                            cur, self.schema, name, chunk_keys, "superseded by a new snapshot copy"
-                        )
-                    deadletter.record(cur, self.schema, letters)
-                    progress = progress.advance(
-                        last_key, len(raw_rows), len(good) - len(failures), len(letters)
+            for attempt in itertools.count(1):
+                letters = list(found)
+                try:
+                    written = self._commit_chunk(
+                        conn, job, part, raw_rows, good, good_raw, letters, copy, columns, last_key
                     )
-                    checkpoint.save_progress(cur, self.schema, progress)
+                    break
+                except psycopg.errors.TransactionRollback as exc:
+                    # Two ranges of one table can deadlock on a value both insert
+                    # into a unique index: the chunk is rolled back whole, try again.
+                    if attempt >= CHUNK_ATTEMPTS:
+                        raise
+                    log.info("chunk_retried", attempt=attempt, reason=sink.first_line(exc))
+                    time.sleep(0.05 * attempt)
+            part = part.advance(last_key, len(raw_rows), written, len(letters))
             for letter in letters:
                 if letter.sqlstate == FOREIGN_KEY_VIOLATION:
                     # Usually a child whose parent was inserted after the parent
@@ -774,19 +1072,60 @@ class Snapshotter:
                     log.info("waiting_for_parent", stage="snapshot", reason=letter.describe())
                 else:
                     log.warning("dead_letter", stage="snapshot", reason=letter.describe())
-            metrics.ROWS_COPIED.labels(name).inc(len(good) - len(failures))
-            if progress.rows_total:
-                metrics.SNAPSHOT_PROGRESS.labels(name).set(
-                    min(1.0, progress.rows_read / progress.rows_total)
-                )
-            report(
-                name,
-                progress.rows_read,
-                progress.rows_written,
-                progress.rows_total or 0,
-                started,
-                len(raw_rows),
-            )
+            metrics.ROWS_COPIED.labels(name).inc(written)
+            with job.lock:  # ranges of one table report in the order they count
+                read, written_all, total = job.add(len(raw_rows), written)
+                if total:
+                    metrics.SNAPSHOT_PROGRESS.labels(name).set(min(1.0, read / total))
+                report(name, read, written_all, total, job.started, len(raw_rows))
+
+    def _commit_chunk(
+        self,
+        conn: sink.Connection,
+        job: TableJob,
+        part: PartProgress,
+        raw_rows: list[RawRow],
+        good: list[tuple[object, ...]],
+        good_raw: list[RawRow],
+        letters: list[DeadLetter],
+        write: Callable[[sink.Cursor, Sequence[tuple[object, ...]]], None],
+        columns: Sequence[str],
+        last_key: tuple[Any, ...],
+    ) -> int:
+        """Write one chunk, its dead letters and its checkpoint in one transaction;
+        ``letters`` gets the rows PostgreSQL refused. Returns the rows written."""
+        plan, name, keypos = job.plan, job.name, job.plan.key_positions
+        with conn.transaction():
+            # The chunk and its checkpoint commit together or not at all either
+            # way; not waiting for the WAL flush can only lose the newest chunks
+            # in a server crash, and then their checkpoint with them: the next
+            # run copies them again. (The stream's commits stay synchronous, and
+            # its first one flushes every chunk before it.)
+            conn.execute("SET LOCAL synchronous_commit = off")
+            failures = sink.write_isolating(conn, good, write, columns)
+            if failures:
+                failed = failures_to_letters(plan, good_raw, failures, "snapshot")
+                if self.config.snapshot.on_error == "stop":
+                    stop_on_first(failed)
+                letters.extend(failed)
+            written = len(good) - len(failures)
+            with conn.cursor() as cur:
+                if job.supersede:
+                    chunk_keys = [tuple(r[i] for i in keypos) for r in raw_rows]
+                    deadletter.resolve_keys(
+                        cur, self.schema, name, chunk_keys, "superseded by a new snapshot copy"
+                    )
+                deadletter.record(cur, self.schema, letters)
+                added = (len(raw_rows), written, len(letters))
+                if job.split:
+                    checkpoint.save_part(cur, self.schema, part.advance(last_key, *added), added)
+                    advanced = None
+                else:
+                    advanced = job.progress.advance(last_key, *added)
+                    checkpoint.save_progress(cur, self.schema, advanced)
+        if advanced is not None:  # committed: the table's own position moves on
+            job.progress = advanced
+        return written
 
     # -- secondary indexes left out of the copy (snapshot.defer_indexes) ---------
 

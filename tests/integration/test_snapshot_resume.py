@@ -34,6 +34,9 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 REFERENCE_CONFIG = PROJECT_ROOT / "config" / "reference-app.toml"
 COPIED_TABLES = tuple(t for t in REFERENCE_TABLES if t != "alembic_version")
 CHUNK_ROWS = 500
+# The kill test: tables of more than 5,000 rows are copied as two key ranges at once
+# (the 30,000 artifacts and their child tables), and every chunk holds CHUNK_ROWS rows.
+KILL_ENV = {"REPLICATOR_SNAPSHOT_SPLIT_ROWS": "5000", "REPLICATOR_SNAPSHOT_CHUNK_BYTES": "0"}
 
 Key = tuple[Any, ...]
 
@@ -221,7 +224,7 @@ def test_sigkill_mid_copy_then_resume_loses_and_doubles_nothing(
                 "--chunk-rows",
                 str(CHUNK_ROWS),
             ],
-            env=cli_env(report.path, dsn),
+            env=cli_env(report.path, dsn) | KILL_ENV,
             stdout=subprocess.DEVNULL,
             stderr=err,
         )
@@ -252,6 +255,10 @@ def test_sigkill_mid_copy_then_resume_loses_and_doubles_nothing(
         read_before = sum(p.rows_read for p in killed.values())
         assert CHUNK_ROWS <= read_before < total_rows, "killed neither too early nor too late"
         assert not all(p.done for p in killed.values())
+        split = pg.execute(
+            "SELECT count(*) FROM replicator.snapshot_parts WHERE NOT done"
+        ).fetchone()
+        assert split is not None and split[0] > 0, "killed while key ranges were being copied"
         dead_now = Counter(t for t, _, _ in open_letters(pg))
         for table, p in killed.items():
             # Data and checkpoint commit together: nothing half-written survives.
@@ -271,7 +278,9 @@ def test_sigkill_mid_copy_then_resume_loses_and_doubles_nothing(
                 assert count == (0,), table
     partial = {t: p for t, p in killed.items() if not p.done and p.rows_read}
 
-    second = run_cli(report.path, dsn, "snapshot", "--chunk-rows", str(CHUNK_ROWS))
+    second = run_cli(
+        report.path, dsn, "snapshot", "--chunk-rows", str(CHUNK_ROWS), extra_env=KILL_ENV
+    )
     assert second.returncode == 0, second.stderr[-2000:]
 
     events = log_events(second.stderr)
