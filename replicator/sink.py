@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,15 +27,82 @@ from psycopg import sql
 # documented name, so the lock file pins the psycopg version it was read from.
 from psycopg._copy_base import format_row_text
 from psycopg.abc import Transformer
+from psycopg.adapt import Dumper
+from psycopg.pq import Format
 
 from replicator.config import redact_dsn
 from replicator.errors import ConfigError
 from replicator.identifiers import pg_ident
 from replicator.schema import TablePlan
+from replicator.transform import Kind
 
 Row = tuple[object, ...]
 Cursor = psycopg.Cursor[Any]
 Connection = psycopg.Connection[Any]
+
+# COPY into an empty table goes in PostgreSQL's binary format when every column is
+# of one of these kinds: the converters give exactly the Python type psycopg's
+# binary dumper for the type takes (int, float, bool, str, naive datetime for
+# timestamp and UTC-aware for timestamptz, date, bytes, JSON as text), and
+# neither side has text to format or parse (timestamps above all). Other kinds
+# (numeric, time, uuid, arrays, enums, domains, ...) make the table go as text.
+BINARY_COPY_TYPES: dict[Kind, str] = {
+    Kind.SMALLINT: "int2",
+    Kind.INTEGER: "int4",
+    Kind.BIGINT: "int8",
+    Kind.REAL: "float4",
+    Kind.DOUBLE: "float8",
+    Kind.BOOLEAN: "bool",
+    Kind.TEXT: "text",
+    Kind.VARCHAR: "varchar",
+    Kind.CHAR: "bpchar",
+    Kind.TIMESTAMP: "timestamp",
+    Kind.TIMESTAMPTZ: "timestamptz",
+    Kind.DATE: "date",
+    Kind.BYTEA: "bytea",
+    Kind.JSON: "json",
+    Kind.JSONB: "jsonb",
+}
+
+
+class _JsonText:
+    """Never instantiated: the Python type the two dumpers below are registered
+    under, so that they are found only by type name (Copy.set_types)."""
+
+
+class _JsonTextBinaryDumper(Dumper):
+    """JSON text (as the converters give it) in json's binary format: the text."""
+
+    format = Format.BINARY
+
+    def dump(self, obj: Any) -> bytes:
+        return str(obj).encode()
+
+
+class _JsonbTextBinaryDumper(_JsonTextBinaryDumper):
+    """JSON text in jsonb's binary format: version 1, then the text. (psycopg's own
+    jsonb dumper would encode a str as a JSON string.)"""
+
+    def dump(self, obj: Any) -> bytes:
+        return b"\x01" + str(obj).encode()
+
+
+_JSON_DUMPERS: dict[tuple[str, int], type[Dumper]] = {}
+
+
+def _json_dumpers(cur: Cursor) -> list[type[Dumper]]:
+    """The json and jsonb text dumpers, bound to this server's type OIDs."""
+    found = []
+    for name, base in (("json", _JsonTextBinaryDumper), ("jsonb", _JsonbTextBinaryDumper)):
+        info = cur.adapters.types.get(name)
+        assert info is not None  # built-in types
+        dumper = _JSON_DUMPERS.get((name, info.oid))
+        if dumper is None:
+            dumper = type(f"{base.__name__}_{info.oid}", (base,), {"oid": info.oid})
+            _JSON_DUMPERS[(name, info.oid)] = dumper
+        found.append(dumper)
+    return found
+
 
 # Below this many rows an upsert goes straight in with executemany (pipelined);
 # above it, COPY into the staging table and merge in one statement.
@@ -115,6 +183,12 @@ class TableWriter:
         ).hexdigest()[:16]
         self.stage = pg_ident(f"replicator_stage_{digest}")
         self.copy_sql = sql.SQL("COPY {} ({}) FROM STDIN").format(table, cols)
+        kinds = [c.type.kind for c in plan.columns]
+        self.binary_types: list[str] | None = None
+        if all(k in BINARY_COPY_TYPES for k in kinds):
+            self.binary_types = [BINARY_COPY_TYPES[k] for k in kinds]
+            self.copy_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(table, cols)
+        self.json = any(k in (Kind.JSON, Kind.JSONB) for k in kinds)
         self.stage_copy_sql = sql.SQL("COPY {} ({}) FROM STDIN").format(self.stage, cols)
         self.create_stage_sql = sql.SQL(
             "CREATE TEMP TABLE IF NOT EXISTS {} AS SELECT {} FROM {} WITH NO DATA"
@@ -150,8 +224,16 @@ class TableWriter:
         return [c.target for c in self.plan.columns]
 
     def copy(self, cur: Cursor, rows: Sequence[Row]) -> None:
-        """COPY rows straight into the table (it must not hold their keys)."""
-        _copy(cur, self.copy_sql, rows)
+        """COPY rows straight into the table (it must not hold their keys), in the
+        binary format when every column's type allows (BINARY_COPY_TYPES)."""
+        if self.binary_types is None:
+            _copy(cur, self.copy_sql, rows)
+            return
+        if self.json:
+            for dumper in _json_dumpers(cur):
+                # this cursor's own map: only its COPY finds these, by type OID
+                cur.adapters.register_dumper(_JsonText, dumper)
+        _copy(cur, self.copy_sql, rows, self.binary_types)
 
     def upsert(self, cur: Cursor, rows: Sequence[Row], *, payload: bytes | None = None) -> None:
         """Insert or update rows by key: staging + merge when large, else pipelined.
@@ -192,12 +274,19 @@ def copy_payload(formatter: Transformer, rows: Sequence[Row]) -> bytes | None:
     return bytes(out)
 
 
-def _copy(cur: Cursor, statement: sql.Composed, rows: Sequence[Row]) -> None:
+_CLIENT_ROW_ERRORS = (UnicodeEncodeError, psycopg.DataError, OverflowError, TypeError, struct.error)
+
+
+def _copy(
+    cur: Cursor, statement: sql.Composed, rows: Sequence[Row], types: list[str] | None = None
+) -> None:
     with cur.copy(statement) as copy:
+        if types is not None:
+            copy.set_types(types)
         for i, row in enumerate(rows):
             try:
                 copy.write_row(row)
-            except (UnicodeEncodeError, psycopg.DataError, OverflowError, TypeError) as exc:
+            except _CLIENT_ROW_ERRORS as exc:
                 raise ClientRowError(i, exc) from exc
 
 
