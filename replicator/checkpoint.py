@@ -4,7 +4,7 @@ the chunk it describes, so a crash can never separate data from position."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Self
 
 import psycopg
 from psycopg import sql
@@ -22,8 +22,27 @@ def _dkey(value: Any) -> tuple[Any, ...] | None:
     return decode_key(value) if value is not None else None
 
 
+class _Position:
+    """What a snapshot progress record (a table's, a range's) does on a committed chunk."""
+
+    __slots__ = ()
+    rows_read: int
+    rows_written: int
+    dead_letters: int
+
+    def advance(self, last_key: tuple[Any, ...], read: int, written: int, dead: int) -> Self:
+        """Past a chunk ending at ``last_key`` that read, wrote and dead-lettered so many rows."""
+        return replace(
+            self,  # type: ignore[type-var]  # every subclass is a dataclass
+            last_key=last_key,
+            rows_read=self.rows_read + read,
+            rows_written=self.rows_written + written,
+            dead_letters=self.dead_letters + dead,
+        )
+
+
 @dataclass(frozen=True, slots=True)
-class SnapshotProgress:
+class SnapshotProgress(_Position):
     table: str
     last_key: tuple[Any, ...] | None  # None: nothing copied yet
     rows_read: int = 0
@@ -32,17 +51,6 @@ class SnapshotProgress:
     method: str = "copy"  # "copy" into an empty table, or "merge" (upsert via staging)
     rows_total: int | None = None
     done: bool = False
-
-    def advance(
-        self, last_key: tuple[Any, ...], read: int, written: int, dead: int
-    ) -> SnapshotProgress:
-        return replace(
-            self,
-            last_key=last_key,
-            rows_read=self.rows_read + read,
-            rows_written=self.rows_written + written,
-            dead_letters=self.dead_letters + dead,
-        )
 
 
 def load_progress(cur: psycopg.Cursor[Any], schema: str) -> dict[str, SnapshotProgress]:
@@ -99,7 +107,7 @@ def reset_progress(cur: psycopg.Cursor[Any], schema: str) -> None:
 
 
 @dataclass(frozen=True, slots=True)
-class PartProgress:
+class PartProgress(_Position):
     """One key range (``key_from``, ``key_to``] of a table the snapshot split; a
     bound of None is open (the last part reads up to the table's largest key)."""
 
@@ -117,17 +125,6 @@ class PartProgress:
     def after(self) -> tuple[Any, ...] | None:
         """The key the next chunk starts after (exclusive)."""
         return self.last_key if self.last_key is not None else self.key_from
-
-    def advance(
-        self, last_key: tuple[Any, ...], read: int, written: int, dead: int
-    ) -> PartProgress:
-        return replace(
-            self,
-            last_key=last_key,
-            rows_read=self.rows_read + read,
-            rows_written=self.rows_written + written,
-            dead_letters=self.dead_letters + dead,
-        )
 
 
 def load_parts(cur: psycopg.Cursor[Any], schema: str, table: str) -> list[PartProgress]:

@@ -32,7 +32,14 @@ from replicator.source.sqlite import (
     list_tables,
     read_transaction,
 )
-from replicator.transform import ColumnRule, Converter, Kind, PgType, converter_for
+from replicator.transform import (
+    ColumnRule,
+    Converter,
+    Kind,
+    PgType,
+    converter_for,
+    json_valid_converter,
+)
 
 ROWID_COLUMN = "_replicator_rowid"
 
@@ -67,6 +74,11 @@ class ColumnPlan:
     target: str
     type: PgType
     convert: Converter = field(compare=False, repr=False)
+    # For a json/jsonb column: the conversion of text the source found valid JSON.
+    convert_valid: Converter | None = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "convert_valid", json_valid_converter(self.type))
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,7 +34,7 @@ from replicator.config import redact_dsn
 from replicator.errors import ConfigError
 from replicator.identifiers import pg_ident
 from replicator.schema import TablePlan
-from replicator.transform import Kind
+from replicator.transform import JSON_KINDS, Kind
 
 Row = tuple[object, ...]
 Cursor = psycopg.Cursor[Any]
@@ -191,7 +191,7 @@ class TableWriter:
         if all(k in BINARY_COPY_TYPES for k in kinds):
             self.binary_types = [BINARY_COPY_TYPES[k] for k in kinds]
             self.copy_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(table, cols)
-        self.json = any(k in (Kind.JSON, Kind.JSONB) for k in kinds)
+        self.json = any(k in JSON_KINDS for k in kinds)
         self.stage_copy_sql = sql.SQL("COPY {} ({}) FROM STDIN").format(self.stage, cols)
         self.create_stage_sql = sql.SQL(
             "CREATE TEMP TABLE IF NOT EXISTS {} AS SELECT {} FROM {} WITH NO DATA"

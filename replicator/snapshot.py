@@ -40,7 +40,6 @@ from replicator.schema import (
 )
 from replicator.source.sqlite import ROWID, open_source, read_transaction
 from replicator.state import current_revision, head_revision, migrate
-from replicator.transform import json_valid_converter
 
 RawRow = tuple[Any, ...]
 FOREIGN_KEY_VIOLATION = "23503"
@@ -188,7 +187,7 @@ def convert_rows(
     NULL or text SQLite's ``json_valid()`` accepted."""
     convs = [c.convert for c in plan.columns]
     # Rows whose JSON columns SQLite found valid (``valid``): their text is not parsed again.
-    trusting = [json_valid_converter(c.type) or c.convert for c in plan.columns]
+    trusting = [c.convert_valid or c.convert for c in plan.columns]
     flags: Sequence[int] = valid if valid is not None else [0] * len(raw_rows)
     good: list[tuple[object, ...]] = []
     good_raw: list[RawRow] = []
@@ -290,9 +289,7 @@ class ChunkReader:
         self.select = plan.source_select_list()
         # read_checked(): one more column, 1 when every JSON column of the row is
         # NULL or text that json_valid() accepts (typeof first: it refuses blobs).
-        json_columns = [
-            sqlite_ident(c.source) for c in plan.columns if json_valid_converter(c.type)
-        ]
+        json_columns = [sqlite_ident(c.source) for c in plan.columns if c.convert_valid]
         self.checked_select: str | None = None
         if check_json and json_columns and _has_json_valid(conn):
             valid = " AND ".join(
@@ -534,11 +531,12 @@ class TableJob:
     supersede: bool  # open dead letters of the table: copied keys resolve them
     started: float = field(default_factory=time.monotonic)  # reset when its copy begins
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
-    _copied: list[int] = field(default_factory=list, repr=False)
+    _read: int = field(init=False, repr=False)  # the table's rows so far, all ranges
+    _written: int = field(init=False, repr=False)
     _begun: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._copied = [self.progress.rows_read, self.progress.rows_written]
+        self._read, self._written = self.progress.rows_read, self.progress.rows_written
 
     @property
     def name(self) -> str:
@@ -571,9 +569,9 @@ class TableJob:
     def add(self, read: int, written: int) -> tuple[int, int, int]:
         """Count a committed chunk; the table's rows read and written so far, and its total."""
         with self.lock:
-            self._copied[0] += read
-            self._copied[1] += written
-            return self._copied[0], self._copied[1], self.progress.rows_total or 0
+            self._read += read
+            self._written += written
+            return self._read, self._written, self.progress.rows_total or 0
 
 
 class Snapshotter:
@@ -780,20 +778,25 @@ class Snapshotter:
     def _plan_named(plans: Sequence[TablePlan], name: str) -> TablePlan:
         return next(p for p in plans if p.source.name == name)
 
+    def _connect_worker(self) -> sink.Connection:
+        try:
+            return sink.connect(
+                self.dsn, autocommit=True, connect_timeout=self.config.target.connect_timeout
+            )
+        except ConfigError as exc:
+            # The main connection to this very target works: a server gone or full
+            # for a moment, worth a retry by the daemon, not a configuration error.
+            raise psycopg.OperationalError(str(exc)) from exc
+
     def _open_worker_connections(self) -> tuple[sqlite3.Connection, sink.Connection]:
         source = open_source(
             self.path, readonly=True, busy_timeout_ms=self.config.source.busy_timeout_ms
         )
         try:
-            conn = sink.connect(
-                self.dsn, autocommit=True, connect_timeout=self.config.target.connect_timeout
-            )
-        except ConfigError as exc:
+            return source, self._connect_worker()
+        except BaseException:
             source.close()
-            # The main connection to this very target works: a server gone or full
-            # for a moment, worth a retry by the daemon, not a configuration error.
-            raise psycopg.OperationalError(str(exc)) from exc
-        return source, conn
+            raise
 
     def _copy_on_own_connections(
         self,
@@ -833,12 +836,7 @@ class Snapshotter:
                 c.close()
 
     def _complete_on_own_connection(self, job: TableJob) -> TableResult:
-        try:
-            conn = sink.connect(
-                self.dsn, autocommit=True, connect_timeout=self.config.target.connect_timeout
-            )
-        except ConfigError as exc:  # as in _open_worker_connections
-            raise psycopg.OperationalError(str(exc)) from exc
+        conn = self._connect_worker()
         try:
             return self.complete(conn, job, show=False)
         finally:

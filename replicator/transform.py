@@ -140,6 +140,8 @@ class Kind(StrEnum):
     OTHER = "other"
 
 
+JSON_KINDS = frozenset({Kind.JSON, Kind.JSONB})
+
 # --------------------------------------------------------------------------- types
 
 # PostgreSQL's own limits for type modifiers.
@@ -1243,7 +1245,7 @@ def json_valid_converter(t: PgType) -> Converter | None:
     """For a json or jsonb column: the conversion of a value the source has already
     found to be valid JSON text (SQLite's ``json_valid()``, in C, a fraction of the
     cost of parsing it again in Python); None for a column of another type."""
-    if t.kind not in (Kind.JSON, Kind.JSONB):
+    if t.kind not in JSON_KINDS:
         return None
     return _json_converters(t)[1]
 
@@ -1361,7 +1363,7 @@ def converter_for(t: PgType, rule: ColumnRule = ColumnRule()) -> Converter:
         return _date_converter(t, rule)
     if kind is Kind.TIME:
         return _time_converter(t)
-    if kind in (Kind.JSON, Kind.JSONB):
+    if kind in JSON_KINDS:
         return _json_converter(t)
     if kind is Kind.BYTEA:
         return _bytea_converter(t)

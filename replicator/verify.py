@@ -48,7 +48,7 @@ from replicator.schema import (
 from replicator.snapshot import ChunkReader, ensure_state
 from replicator.source import changelog
 from replicator.source.sqlite import open_source, read_transaction
-from replicator.transform import Kind
+from replicator.transform import JSON_KINDS, Kind
 
 Key = tuple[Any, ...]
 MAX_LISTED = 50  # differing keys listed per table (all are counted)
@@ -58,7 +58,7 @@ def canonical(kind: Kind, value: Any) -> Any:
     """One comparable form of a value, whichever side it came from."""
     if value is None:
         return None
-    if kind in (Kind.JSON, Kind.JSONB):
+    if kind in JSON_KINDS:
         if isinstance(value, str | bytes):
             value = json.loads(value)
         return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -534,7 +534,7 @@ class Verifier:
         out = []
         for plan in plans:
             for col in plan.columns:
-                if col.type.kind not in (Kind.JSON, Kind.JSONB):
+                if col.type.kind not in JSON_KINDS:
                     continue
                 cast = sql.SQL("::jsonb") if col.type.kind == Kind.JSON else sql.SQL("")
                 with conn.cursor() as cur:
