@@ -879,6 +879,14 @@ def sqlite_from_script(path: Path, script: str) -> Path:
     return path
 
 
+def rows_script(table: str, count: int, select: str) -> str:
+    """INSERT ``count`` rows into ``table`` from ``select`` over ``i`` = 1..count."""
+    return (
+        f"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {count}) "
+        f"INSERT INTO {table} SELECT {select} FROM n;"
+    )
+
+
 def snapshot_config(source: Path, dsn: str, **snapshot: Any) -> Config:
     """A configuration from ``source`` to ``dsn`` with ``[snapshot]`` settings."""
     overrides: dict[str, Any] = {"source.path": str(source), "target.url": dsn}

@@ -9,9 +9,9 @@ import sqlite3
 from pathlib import Path
 
 import psycopg
-from streamutil import assert_replicated, open_dead_letters, snapshot_config
+from streamutil import assert_replicated, open_dead_letters, snapshot_config, sqlite_from_script
 
-from replicator.schema import build_plans
+from replicator.schema import TablePlan, build_plans
 from replicator.sink import TableWriter
 from replicator.snapshot import ProgressDisplay, Snapshotter
 
@@ -124,21 +124,36 @@ def test_created_tables_go_binary_and_equal_the_source(tmp_path: Path, pg_dsn: s
     assert_replicated(source, pg_dsn)
 
 
-def test_character_n_goes_binary_padded_as_from_text(tmp_path: Path, pg_dsn: str) -> None:
-    path = tmp_path / "codes.db"
-    src = sqlite3.connect(path)
-    src.executescript(
-        "CREATE TABLE codes (id INTEGER PRIMARY KEY, c CHAR(5));"
-        "INSERT INTO codes VALUES (1, 'ab'), (2, 'abcde'), (3, 'abcdef'), (4, NULL);"
-    )
-    src.close()
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute("CREATE TABLE codes (id bigint PRIMARY KEY, c character(5))")
-    config = snapshot_config(path, pg_dsn, create_tables=False)
+def snapshot_one(
+    tmp_path: Path, pg_dsn: str, script: str, target: str | None = None
+) -> tuple[Path, TablePlan]:
+    """A one-table SQLite file from ``script``, its target table ``target`` (None: the
+    replicator creates it), snapshotted; returns the file and the table's plan."""
+    path = sqlite_from_script(tmp_path / "one.db", script)
+    if target is not None:
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute(target)
+    config = snapshot_config(path, pg_dsn, create_tables=target is None)
     Snapshotter(config, display=ProgressDisplay(io.StringIO())).run()
+    src = sqlite3.connect(path)
+    try:
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            (plan,) = build_plans(src, conn, config)
+    finally:
+        src.close()
+    return path, plan
+
+
+def test_character_n_goes_binary_padded_as_from_text(tmp_path: Path, pg_dsn: str) -> None:
+    _, plan = snapshot_one(
+        tmp_path,
+        pg_dsn,
+        "CREATE TABLE codes (id INTEGER PRIMARY KEY, c CHAR(5));"
+        "INSERT INTO codes VALUES (1, 'ab'), (2, 'abcde'), (3, 'abcdef'), (4, NULL);",
+        "CREATE TABLE codes (id bigint PRIMARY KEY, c character(5))",
+    )
+    assert TableWriter(plan).binary_types == ["int8", "text"]
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        (plan,) = build_plans(sqlite3.connect(path), conn, config)
-        assert TableWriter(plan).binary_types == ["int8", "text"]
         rows = conn.execute("SELECT id, c, octet_length(c::bytea) FROM codes ORDER BY id")
         assert rows.fetchall() == [(1, "ab   ", 5), (2, "abcde", 5), (4, None, None)]
     assert [d["key"] for d in open_dead_letters(pg_dsn)] == [[3]]  # too long: refused
@@ -150,37 +165,29 @@ def test_a_real_column_goes_as_text_and_rounds_as_postgresql_does(
     """A double exactly halfway between two float4 values: PostgreSQL's rounding of
     its text, as every other path that writes the column gives it."""
     halfway = 1.0000000596046448  # 1 + 2**-24
-    path = tmp_path / "reals.db"
-    src = sqlite3.connect(path)
-    src.execute("CREATE TABLE reals (id INTEGER PRIMARY KEY, v REAL)")
-    src.executemany("INSERT INTO reals VALUES (?, ?)", [(1, halfway), (2, 0.1)])
-    src.commit()
-    src.close()
+    _, plan = snapshot_one(
+        tmp_path,
+        pg_dsn,
+        "CREATE TABLE reals (id INTEGER PRIMARY KEY, v REAL);"
+        f"INSERT INTO reals VALUES (1, {halfway!r}), (2, 0.1);",
+        "CREATE TABLE reals (id bigint PRIMARY KEY, v real)",
+    )
+    assert TableWriter(plan).binary_types is None
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute("CREATE TABLE reals (id bigint PRIMARY KEY, v real)")
-    config = snapshot_config(path, pg_dsn, create_tables=False)
-    Snapshotter(config, display=ProgressDisplay(io.StringIO())).run()
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        (plan,) = build_plans(sqlite3.connect(path), conn, config)
-        assert TableWriter(plan).binary_types is None
         got = conn.execute("SELECT v::text FROM reals ORDER BY id").fetchall()
         want = conn.execute("SELECT %s::text::real::text", (repr(halfway),)).fetchone()
     assert got == [want, ("0.1",)]
 
 
 def test_a_table_with_a_numeric_column_goes_as_text(tmp_path: Path, pg_dsn: str) -> None:
-    path = tmp_path / "money.db"
-    src = sqlite3.connect(path)
-    src.executescript(
+    path, plan = snapshot_one(
+        tmp_path,
+        pg_dsn,
         "CREATE TABLE money (id INTEGER PRIMARY KEY, amount NUMERIC(10, 2), at DATETIME);"
-        "INSERT INTO money VALUES (1, '12.34', '2024-01-02 03:04:05'), (2, 0.1, NULL);"
+        "INSERT INTO money VALUES (1, '12.34', '2024-01-02 03:04:05'), (2, 0.1, NULL);",
     )
-    src.close()
-    config = snapshot_config(path, pg_dsn)
-    Snapshotter(config, display=ProgressDisplay(io.StringIO())).run()
+    assert TableWriter(plan).binary_types is None
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        (plan,) = build_plans(sqlite3.connect(path), conn, config)
-        assert TableWriter(plan).binary_types is None
         rows = conn.execute("SELECT amount::text FROM money ORDER BY id").fetchall()
     assert rows == [("12.34",), ("0.10",)]
     assert_replicated(path, pg_dsn)

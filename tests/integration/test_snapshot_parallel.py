@@ -18,7 +18,13 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
-from streamutil import assert_replicated, open_dead_letters, snapshot_config, sqlite_from_script
+from streamutil import (
+    assert_replicated,
+    open_dead_letters,
+    rows_script,
+    snapshot_config,
+    sqlite_from_script,
+)
 
 from replicator.config import Config, load_config
 from replicator.errors import ConfigError
@@ -69,14 +75,6 @@ class Boom(Exception):
 
 def snapshot(config: Config, hook: Recorder | None = None) -> SnapshotSummary:
     return Snapshotter(config, display=ProgressDisplay(io.StringIO()), on_chunk=hook).run()
-
-
-def rows_script(table: str, count: int, select: str) -> str:
-    """INSERT ``count`` rows into ``table`` from ``select`` over ``i`` = 1..count."""
-    return (
-        f"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {count}) "
-        f"INSERT INTO {table} SELECT {select} FROM n;"
-    )
 
 
 def progress(dsn: str) -> dict[str, dict[str, Any]]:

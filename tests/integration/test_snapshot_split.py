@@ -15,7 +15,13 @@ from typing import Any
 
 import psycopg
 import pytest
-from streamutil import assert_replicated, open_dead_letters, snapshot_config, sqlite_from_script
+from streamutil import (
+    assert_replicated,
+    open_dead_letters,
+    rows_script,
+    snapshot_config,
+    sqlite_from_script,
+)
 
 from replicator.config import Config
 from replicator.errors import ConfigError
@@ -57,13 +63,6 @@ def snapshot(config: Config, hook: Hook | None = None) -> SnapshotSummary:
     return Snapshotter(config, display=ProgressDisplay(io.StringIO()), on_chunk=hook).run()
 
 
-def numbers(table: str, count: int, select: str) -> str:
-    return (
-        f"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {count}) "
-        f"INSERT INTO {table} SELECT {select} FROM n;"
-    )
-
-
 def parts(dsn: str, table: str) -> list[dict[str, Any]]:
     with psycopg.connect(dsn, autocommit=True) as conn:
         cur = conn.execute(
@@ -92,28 +91,28 @@ KEYS = {
     # one integer key: cut by value
     "integer": (
         "CREATE TABLE big (id INTEGER PRIMARY KEY, v TEXT);",
-        numbers("big", ROWS, "i * 7, 'row ' || i"),
+        rows_script("big", ROWS, "i * 7, 'row ' || i"),
     ),
     # a text key: cut at row positions
     "text": (
         "CREATE TABLE big (code TEXT PRIMARY KEY, v TEXT);",
-        numbers("big", ROWS, "printf('k%06d', i * 13 % 100003), 'row ' || i"),
+        rows_script("big", ROWS, "printf('k%06d', i * 13 % 100003), 'row ' || i"),
     ),
     # a composite key
     "composite": (
         "CREATE TABLE big (a TEXT, b INTEGER, v TEXT, PRIMARY KEY (a, b));",
-        numbers("big", ROWS, "'g' || (i % 3), i, 'row ' || i"),
+        rows_script("big", ROWS, "'g' || (i % 3), i, 'row ' || i"),
     ),
     # integer ids not spread evenly (one far away): cut at row positions instead
     "skewed": (
         "CREATE TABLE big (id INTEGER PRIMARY KEY, v TEXT);",
-        numbers("big", ROWS - 1, "i, 'row ' || i")
+        rows_script("big", ROWS - 1, "i, 'row ' || i")
         + "INSERT INTO big VALUES (1000000000000, 'far');",
     ),
     # no declared key: rowid
     "rowid": (
         "CREATE TABLE big (v TEXT, n INTEGER);",
-        numbers("big", ROWS, "'row ' || i, i"),
+        rows_script("big", ROWS, "'row ' || i, i"),
     ),
 }
 
@@ -159,7 +158,7 @@ def test_a_table_with_a_foreign_key_to_itself_is_copied_as_one_range(
     source = sqlite_from_script(
         tmp_path / "tree.db",
         "CREATE TABLE node (id INTEGER PRIMARY KEY, parent_id INTEGER REFERENCES node(id));"
-        + numbers("node", ROWS, "i, nullif(i - 1, 0)"),
+        + rows_script("node", ROWS, "i, nullif(i - 1, 0)"),
     )
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         conn.execute(
@@ -243,7 +242,7 @@ def test_wide_rows_come_in_smaller_chunks(tmp_path: Path, pg_dsn: str) -> None:
     source = sqlite_from_script(
         tmp_path / "wide.db",
         "CREATE TABLE wide (id INTEGER PRIMARY KEY, body TEXT);"
-        + numbers("wide", 2000, "i, printf('%.*c', 5000, 'x') || i"),
+        + rows_script("wide", 2000, "i, printf('%.*c', 5000, 'x') || i"),
     )
     config = snapshot_config(
         source, pg_dsn, parallel_tables=1, chunk_rows=1000, chunk_bytes=100_000
@@ -263,7 +262,7 @@ def test_chunk_bytes_zero_uses_chunk_rows_alone(tmp_path: Path, pg_dsn: str) -> 
     source = sqlite_from_script(
         tmp_path / "wide.db",
         "CREATE TABLE wide (id INTEGER PRIMARY KEY, body TEXT);"
-        + numbers("wide", 500, "i, printf('%.*c', 5000, 'x')"),
+        + rows_script("wide", 500, "i, printf('%.*c', 5000, 'x')"),
     )
     hook = Hook()
     snapshot(
