@@ -30,7 +30,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "bench" / "out"
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
-# The reference app's replicated tables, parents first: replicator.sample's
+# The reference app's replicated tables, parents first: replicator.demo.sample's
 # REFERENCE_TABLES without alembic_version (excluded, as in the config).
 REPLICATED_TABLES = (
     "tweets",
@@ -509,7 +509,7 @@ def checkpoint(admin_dsn: str) -> None:
 def apply_reference_schema(dsn: str) -> None:
     import psycopg
 
-    from replicator.sample import REFERENCE_PG_SCHEMA
+    from replicator.demo.sample import REFERENCE_PG_SCHEMA
 
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(REFERENCE_PG_SCHEMA)
@@ -542,7 +542,7 @@ def sqlite_counts(path: Path, tables: Sequence[str]) -> dict[str, int]:
 
 def reference_db(artifacts: int, seed: int, bad_values: bool) -> Path:
     """The cached reference-app database of this size and seed (generated when missing)."""
-    from replicator.sample import generate_reference_db
+    from replicator.demo.sample import generate_reference_db
 
     OUT.mkdir(parents=True, exist_ok=True)
     kind = "bad" if bad_values else "clean"

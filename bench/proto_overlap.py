@@ -38,11 +38,12 @@ bl.ensure_venv()
 
 
 def load(db: Path, dsn: str, chunk_rows: int, overlapped: bool) -> tuple[int, float]:
-    from replicator import sink
     from replicator.config import load_config
-    from replicator.schema import build_plans
-    from replicator.snapshot import ChunkReader, convert_rows
+    from replicator.plan.tables import build_plans
+    from replicator.snapshot.copy import ChunkReader, convert_rows
     from replicator.source.sqlite import open_source
+    from replicator.target.connection import connect
+    from replicator.target.writer import TableWriter
 
     config = load_config(
         bl.code_root() / "config" / "reference-app.toml",
@@ -50,13 +51,13 @@ def load(db: Path, dsn: str, chunk_rows: int, overlapped: bool) -> tuple[int, fl
         overrides={"source.path": str(db), "target.url": dsn},
     )
     source = open_source(db, readonly=True)
-    conn = sink.connect(dsn, autocommit=True)
+    conn = connect(dsn, autocommit=True)
     plans = build_plans(source, conn, config)
     rows = 0
     started = time.perf_counter()
     for plan in plans:
         reader = ChunkReader(source, plan, lambda: open_source(db, readonly=True, lenient=True))
-        writer = sink.TableWriter(plan)
+        writer = TableWriter(plan)
         keypos = plan.key_positions
 
         def chunks(reader: Any = reader, plan: Any = plan, keypos: Any = keypos) -> Any:

@@ -12,7 +12,7 @@ One run:
 2. creates ``bench_queries`` with the app's PostgreSQL schema and replicates the
    database into it with the replicator's own snapshot (in this process);
 3. runs ``config/reference-app-queries.toml`` through
-   :func:`replicator.queries.check_queries` twice: first as the snapshot left
+   :func:`replicator.queries.checker.check_queries` twice: first as the snapshot left
    the target (autovacuum switched off on the app's tables so that it cannot
    analyze them half-way), then after ``ANALYZE``;
 4. runs the variants below (other forms of the same questions) after ANALYZE;
@@ -38,8 +38,8 @@ import benchlib as bl
 bl.ensure_venv()
 
 from replicator.config import load_config  # noqa: E402
-from replicator.queries import QueryReport, check_queries  # noqa: E402
-from replicator.snapshot import ProgressDisplay, Snapshotter  # noqa: E402
+from replicator.queries.checker import QueryReport, check_queries  # noqa: E402
+from replicator.snapshot.copy import ProgressDisplay, Snapshotter  # noqa: E402
 
 DBNAME = "bench_queries"
 QUERIES = bl.REPO / "config" / "reference-app-queries.toml"

@@ -45,7 +45,7 @@ repl_small
 repl_small_bad
     the same from a database with ~0.2% bad cells: the cost of dead-lettering.
 
-Source databases are generated once with :func:`replicator.sample.generate_reference_db`
+Source databases are generated once with :func:`replicator.demo.sample.generate_reference_db`
 (no bad values unless said) and cached under ``bench/out/``. Peak RSS is the
 replicator process's ``VmHWM`` (its own high-water mark) from ``/proc/PID/status``,
 sampled every 0.25 s together with ``VmRSS`` to show RSS over the run. Other
@@ -158,10 +158,10 @@ def replicator_ddl(db: Path, dsn: str, *, keep_pk: bool, post_load: bool = False
     (``post_load_sql``: UNIQUE and secondary indexes, foreign keys added NOT VALID
     then validated), so the tables get the complete schema before any row.
     """
-    from replicator import sink
     from replicator.config import load_config
-    from replicator.schema import build_plans, create_table_sql, post_load_sql
+    from replicator.plan.tables import build_plans, create_table_sql, post_load_sql
     from replicator.source.sqlite import open_source
+    from replicator.target.connection import connect
 
     config = load_config(
         CONFIG,
@@ -173,7 +173,7 @@ def replicator_ddl(db: Path, dsn: str, *, keep_pk: bool, post_load: bool = False
         },
     )
     source = open_source(db, readonly=True)
-    conn = sink.connect(dsn, autocommit=True)
+    conn = connect(dsn, autocommit=True)
     try:
         plans = build_plans(source, conn, config)
         out = []

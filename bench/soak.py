@@ -5,7 +5,7 @@
                          [--seed N] [--workdir DIR] [--quiet-seconds 5:15]
 
 Not part of CI. The fault mix of tests/integration/test_faults.py, for as long as
-asked: the application simulator (``python -m replicator.sample write``) writes
+asked: the application simulator (``python -m replicator.demo.sample write``) writes
 the whole time; ``replicator run`` reaches PostgreSQL through a TCP proxy that
 can cut it; between quiet spells of ``--quiet-seconds`` one fault is injected,
 dealt from a shuffled deck (seeded; every kind once before any twice) of:
@@ -66,8 +66,8 @@ from streamutil import (  # noqa: E402
     wait_until,
 )
 
-from replicator.devdb import ThrowawayPostgres  # noqa: E402
-from replicator.sample import generate_reference_db  # noqa: E402
+from replicator.demo.devdb import ThrowawayPostgres  # noqa: E402
+from replicator.demo.sample import generate_reference_db  # noqa: E402
 
 KINDS = ("terminate", "proxy_cut", "pg_restart", "sqlite_lock", "daemon_kill", "daemon_term")
 

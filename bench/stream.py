@@ -501,7 +501,7 @@ CREATE TRIGGER bench_latency_notify AFTER INSERT OR UPDATE ON snapshots
 
 
 def trigger_overhead(base: Path, writes: int, rounds: int = 20) -> dict[str, Any]:
-    from replicator.schema import select_tables
+    from replicator.plan.tables import select_tables
     from replicator.source import changelog
     from replicator.source.sqlite import describe_table, list_tables, open_source
 
@@ -970,7 +970,8 @@ class Bench:
             lines.append(
                 f"- Trigger overhead: {t['writes_per_kind']:,} INSERTs and as many UPDATEs "
                 f"per side in {t['rounds']} interleaved rounds, each its own `BEGIN IMMEDIATE` "
-                "... `COMMIT`, WAL, `synchronous = NORMAL` (as `replicator.sample.run_writer`), "
+                "... `COMMIT`, WAL, `synchronous = NORMAL` "
+                "(as `replicator.demo.sample.run_writer`), "
                 "on pristine copies of the base database. CPU is the writing process's own "
                 "(time.process_time: SQLite runs in it), far less sensitive to other processes "
                 "than wall time, which is listed per round: µs/write "

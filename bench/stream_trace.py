@@ -5,7 +5,7 @@
 
 A diagnostic, not a benchmark figure. It snapshots a copy of the cached base
 database like ``bench/stream.py``, then runs ``replicator run``'s
-:class:`~replicator.pipeline.Daemon` in a child process whose methods are
+:class:`~replicator.stream.daemon.Daemon` in a child process whose methods are
 wrapped with timers (the replicator's code is not changed on disk: the
 wrappers are set on the imported classes and modules of that child only). A
 writer commits rows at ``--rate`` as in ``bench/stream.py``'s latency runs and
@@ -41,15 +41,15 @@ PHASES = (
     # (owner path, attribute, label)
     ("replicator.source.changelog", "read_changes", "read"),
     ("replicator.source.changelog", "prune", "prune"),
-    ("replicator.apply:Applier", "apply", "apply"),
-    ("replicator.pipeline:Daemon", "_step", "step"),
-    ("replicator.pipeline:Daemon", "_sample_lag", "sample_lag"),
-    ("replicator.pipeline:Daemon", "_heartbeat", "heartbeat"),
-    ("replicator.pipeline:Daemon", "_record", "record"),
-    ("replicator.pipeline:Daemon", "_follow_drift", "drift"),
-    ("replicator.pipeline:Daemon", "_check_source", "check_source"),
-    ("replicator.pipeline:PairLock", "alive", "lock_alive"),
-    ("replicator.pipeline:Waker", "wait", "wait"),
+    ("replicator.stream.apply:Applier", "apply", "apply"),
+    ("replicator.stream.daemon:Daemon", "_step", "step"),
+    ("replicator.stream.daemon:Daemon", "_sample_lag", "sample_lag"),
+    ("replicator.stream.daemon:Daemon", "_heartbeat", "heartbeat"),
+    ("replicator.stream.daemon:Daemon", "_record", "record"),
+    ("replicator.stream.daemon:Daemon", "_follow_drift", "drift"),
+    ("replicator.stream.daemon:Daemon", "_check_source", "check_source"),
+    ("replicator.stream.daemon:PairLock", "alive", "lock_alive"),
+    ("replicator.stream.daemon:Waker", "wait", "wait"),
 )
 
 
@@ -81,9 +81,9 @@ def daemon_child(argv: list[str]) -> int:
             owner = getattr(owner, cls, None)
         if owner is not None:
             wrap(owner, attr, label)
-    from replicator import pipeline
     from replicator.config import load_config
     from replicator.logs import configure
+    from replicator.stream import daemon as pipeline
 
     config = load_config(
         sb.CONFIG,

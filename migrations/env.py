@@ -1,6 +1,6 @@
 """Alembic environment for the replicator's own state schema.
 
-Run only through :func:`replicator.state.migrate`, which passes an open
+Run only through :func:`replicator.state.migrations.migrate`, which passes an open
 connection and the state schema name. The version table lives in that schema,
 so the application's own ``public.alembic_version`` is never touched.
 """

@@ -143,8 +143,8 @@ def init(ctx: click.Context, no_triggers: bool) -> None:
     """
 
     def go() -> int:
-        from replicator.sink import connect
-        from replicator.state import migrate
+        from replicator.state.migrations import migrate
+        from replicator.target.connection import connect
 
         config = ctx.obj.config()
         dsn = config.require_target()
@@ -156,11 +156,11 @@ def init(ctx: click.Context, no_triggers: bool) -> None:
         else:
             click.echo(f"state schema {schema!r} migrated from {before or 'nothing'} to {after}")
         if config.source.path is not None and not no_triggers:
-            from replicator.cursor_stream import capture_specs, source_writable
-            from replicator.schema import select_tables
+            from replicator.plan.tables import select_tables
             from replicator.source import changelog
             from replicator.source.cursor import suggest
             from replicator.source.sqlite import describe_table, list_tables, open_source
+            from replicator.stream.cursor import capture_specs, source_writable
 
             writable = source_writable(config)
             source = open_source(
@@ -234,7 +234,7 @@ def snapshot(
     """
 
     def go() -> int:
-        from replicator.snapshot import Snapshotter
+        from replicator.snapshot.copy import Snapshotter
 
         config = ctx.obj.config(
             **{"snapshot.chunk_rows": chunk_rows, "snapshot.on_error": on_error}
@@ -278,11 +278,11 @@ def run(
     """
 
     def go() -> int:
-        from replicator.pipeline import Daemon
+        from replicator.stream.daemon import Daemon
 
         config = ctx.obj.config(**{"metrics.address": metrics_address})
         if capture is not None:
-            from replicator.cursor_stream import with_capture
+            from replicator.stream.cursor import with_capture
 
             config = with_capture(config, "cursor" if capture == "cursor" else "triggers")
         return Daemon(config, standby=standby).run()
@@ -340,7 +340,7 @@ def verify(
     def go() -> int:
         import json as jsonlib
 
-        from replicator.verify import Verifier
+        from replicator.proof.verify import Verifier
 
         config = ctx.obj.config()
         report = Verifier(config, chunk_rows=chunk_rows).run(
@@ -378,7 +378,7 @@ def demo(
     """
 
     def go() -> int:
-        from replicator.demo import run_demo
+        from replicator.demo.run import run_demo
 
         server = os.environ.get("DATABASE_URL") or ctx.obj.overrides.get("target.url")
         return run_demo(
@@ -410,7 +410,7 @@ def status(ctx: click.Context, as_json: bool, watch: bool, interval: float) -> N
         import json as jsonlib
         import time
 
-        from replicator.status import read_status, render
+        from replicator.proof.status import read_status, render
 
         config = ctx.obj.config()
         if watch:
@@ -473,7 +473,7 @@ def cutover(
     def go() -> int:
         import json as jsonlib
 
-        from replicator.cutover import Cutover
+        from replicator.proof.cutover import Cutover
 
         config = ctx.obj.config()
         report = Cutover(
@@ -520,10 +520,11 @@ def dead_letters_list(
         import json as jsonlib
         from dataclasses import asdict
 
-        from replicator import deadletter, sink
+        from replicator.state import deadletter
+        from replicator.target.connection import connect
 
         config = ctx.obj.config()
-        with sink.connect(config.require_target(), autocommit=True) as conn, conn.cursor() as cur:
+        with connect(config.require_target(), autocommit=True) as conn, conn.cursor() as cur:
             letters = deadletter.fetch(
                 cur,
                 config.target.state_schema,
@@ -557,10 +558,11 @@ def dead_letters_show(ctx: click.Context, ids: tuple[int, ...]) -> None:
         import json as jsonlib
         from dataclasses import asdict
 
-        from replicator import deadletter, sink
+        from replicator.state import deadletter
+        from replicator.target.connection import connect
 
         config = ctx.obj.config()
-        with sink.connect(config.require_target(), autocommit=True) as conn, conn.cursor() as cur:
+        with connect(config.require_target(), autocommit=True) as conn, conn.cursor() as cur:
             letters = deadletter.fetch(cur, config.target.state_schema, ids=ids)
         missing = set(ids) - {x.id for x in letters}
         for x in letters:
@@ -590,15 +592,16 @@ def dead_letters_retry(
     _letters_selection(ids, table, every)
 
     def go() -> int:
-        from replicator import deadletter, sink
-        from replicator.repair import rewrite_keys
-        from replicator.schema import build_plans
+        from replicator.plan.tables import build_plans
+        from replicator.proof.repair import rewrite_keys
         from replicator.source.sqlite import open_source
+        from replicator.state import deadletter
+        from replicator.target.connection import connect
 
         config = ctx.obj.config()
         schema = config.target.state_schema
         source = open_source(config.require_source(), readonly=True)
-        conn = sink.connect(config.require_target(), autocommit=True)
+        conn = connect(config.require_target(), autocommit=True)
         try:
             with conn.cursor() as cur:
                 letters = deadletter.fetch(cur, schema, ids=ids, table=table)
@@ -649,11 +652,12 @@ def dead_letters_discard(
     _letters_selection(ids, table, every)
 
     def go() -> int:
-        from replicator import deadletter, sink
+        from replicator.state import deadletter
+        from replicator.target.connection import connect
 
         config = ctx.obj.config()
         schema = config.target.state_schema
-        with sink.connect(config.require_target(), autocommit=True) as conn:
+        with connect(config.require_target(), autocommit=True) as conn:
             with conn.cursor() as cur:
                 letters = [
                     x
@@ -711,7 +715,7 @@ def queries_check(
     def go() -> int:
         import json as jsonlib
 
-        from replicator.queries import check_queries
+        from replicator.queries.checker import check_queries
 
         config = ctx.obj.config()
         report = check_queries(
@@ -750,7 +754,7 @@ def check(ctx: click.Context, no_integrity: bool, as_json: bool) -> None:
     def go() -> int:
         import json as jsonlib
 
-        from replicator.check import run_checks
+        from replicator.proof.check import run_checks
 
         report = run_checks(ctx.obj.config(), integrity=not no_integrity)
         if as_json:

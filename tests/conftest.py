@@ -7,7 +7,7 @@ Which server the suite uses, in order:
 2. The machine's server at ``REPLICATOR_TEST_DEFAULT_DSN`` (default
    ``postgresql://postgres@127.0.0.1:5432/postgres``) if it answers within a
    couple of seconds and may create databases.
-3. Otherwise a :class:`~replicator.devdb.ThrowawayPostgres` for the session.
+3. Otherwise a :class:`~replicator.demo.devdb.ThrowawayPostgres` for the session.
 
 The choice is printed on the terminal when the first database test starts.
 Each test gets its own database, cloned from a template prepared once per
@@ -35,7 +35,7 @@ from pgutil import (
     redact_dsn,
 )
 
-from replicator.devdb import ThrowawayPostgres
+from replicator.demo.devdb import ThrowawayPostgres
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 EXPLICIT_DSN_ENV = "REPLICATOR_TEST_DSN"

@@ -4,7 +4,7 @@ for it to catch up, and a typed comparison of source and target.
 Import as ``from streamutil import ...`` (``tests/`` is on ``sys.path``).
 
 The comparison normalises values on its own (it does not call
-``replicator.transform``), so a coercion bug in the replicator cannot hide
+``replicator.coerce``), so a coercion bug in the replicator cannot hide
 itself by being applied to both sides.
 """
 
@@ -33,7 +33,7 @@ import psycopg
 from psycopg import sql
 
 from replicator.config import Config, load_config
-from replicator.pipeline import Daemon
+from replicator.stream.daemon import Daemon
 
 REPLICATOR = Path(sys.executable).with_name("replicator")
 CHANGELOG = "_replicator_changelog"
@@ -382,7 +382,7 @@ class DaemonThread:
 
 
 # --------------------------------------------------------------------------
-# The writer (python -m replicator.sample write) as a process.
+# The writer (python -m replicator.demo.sample write) as a process.
 
 
 @dataclass
@@ -425,7 +425,7 @@ class WriterProcess:
 def start_writer(
     path: Path, log_path: Path, *, duration: float | str = "inf", rate: float | None, seed: int
 ) -> WriterProcess:
-    args = [sys.executable, "-m", "replicator.sample", "write", str(path)]
+    args = [sys.executable, "-m", "replicator.demo.sample", "write", str(path)]
     args += ["--duration", str(duration), "--seed", str(seed)]
     if rate is not None:
         args += ["--rate", str(rate)]

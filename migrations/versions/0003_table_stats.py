@@ -8,7 +8,7 @@ Create Date: 2026-11-25
 import sqlalchemy as sa
 from alembic import op
 
-from replicator.state import migration_schema
+from replicator.state.migrations import migration_schema
 from sqlalchemy.dialects import postgresql
 
 revision = "0003"

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-from replicator.state import migration_schema
+from replicator.state.migrations import migration_schema
 
 revision = "0005"
 down_revision = "0004"

@@ -557,7 +557,7 @@ def test_build_stage_commands_produce_a_working_replicator(
             [
                 str(venv / "bin" / "python"),
                 "-c",
-                "import replicator.state as s; print(s.migrations_dir())",
+                "import replicator.state.migrations as s; print(s.migrations_dir())",
             ],
             env=runtime_env,
             cwd=tmp_path,

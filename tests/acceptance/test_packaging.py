@@ -26,7 +26,7 @@ from shiputil import REPO, clean_env, make_venv, must, run
 
 from replicator import __version__
 from replicator.cli import main as cli_main
-from replicator.state import head_revision
+from replicator.state.migrations import head_revision
 
 # Building and installing takes ~50 s in all (two builds, two fresh venvs).
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -189,7 +189,7 @@ def test_installed_wheel_is_complete_and_consistent(installed: Installed) -> Non
             [
                 str(installed.bin / "python"),
                 "-c",
-                "import replicator, replicator.state as s; "
+                "import replicator, replicator.state.migrations as s; "
                 "print(replicator.__file__); print(s.migrations_dir())",
             ],
             cwd=installed.bin,

@@ -32,9 +32,9 @@ from click.testing import CliRunner
 from psycopg import sql
 from shiputil import REPO, clean_env, parse_unit, replicator_exe, unit_value, unit_values
 
-from replicator import sample
 from replicator.cli import main as cli_main
 from replicator.config import load_config
+from replicator.demo import sample
 from replicator.errors import ConfigError, LockHeldError, SchemaError, SourceError, TargetError
 
 UNIT_FILE = REPO / "config/systemd/replicator.service"

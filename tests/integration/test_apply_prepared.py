@@ -27,13 +27,13 @@ from psycopg.adapt import Transformer
 from psycopg.copy import LibpqWriter
 from streamutil import assert_replicated, daemon_config
 
-from replicator import sink
-from replicator.apply import Applier, BatchResult, Prepared, init_position
-from replicator.schema import TablePlan, build_plans
-from replicator.snapshot import Snapshotter, ensure_state
+from replicator.plan.tables import TablePlan, build_plans
+from replicator.snapshot.copy import Snapshotter, ensure_state
 from replicator.source import changelog
 from replicator.source.changelog import Change
 from replicator.source.sqlite import describe_table
+from replicator.stream.apply import Applier, BatchResult, Prepared, init_position
+from replicator.target.writer import STAGE_THRESHOLD, copy_payload
 
 STATE = "replicator"
 EVERYTHING = 1 << 40
@@ -282,7 +282,7 @@ def test_apply_with_a_prepared_batch_equals_apply_without_it(
         prepared = ahead.applier.prepare(batch, formatter=Transformer(ahead.conn))
         # The large upsert was formatted ahead; the small one is left to executemany.
         assert set(prepared.payloads) == {"items"}
-        assert len(prepared.upserts["items"]) >= sink.STAGE_THRESHOLD
+        assert len(prepared.upserts["items"]) >= STAGE_THRESHOLD
         ahead_results.append(ahead.applier.apply(ahead.conn, batch, prepared=prepared))
 
     for plain_result, ahead_result in zip(plain_results, ahead_results, strict=True):
@@ -430,7 +430,7 @@ def test_prepared_payloads_are_the_bytes_psycopg_would_send(
     prepared = target.applier.prepare(changes, formatter=Transformer(target.conn))
     assert prepared.dead_letters == [], "every tricky value converts"
     assert len(prepared.upserts["tricky"]) == 300
-    assert len(prepared.upserts["few"]) == 10 < sink.STAGE_THRESHOLD
+    assert len(prepared.upserts["few"]) == 10 < STAGE_THRESHOLD
     assert set(prepared.payloads) == {"tricky"}
     payload = prepared.payloads["tricky"]
 
@@ -468,18 +468,18 @@ def test_copy_payload_is_none_when_a_value_does_not_format(pg_dsn: str) -> None:
     good = [(i, f"row {i}\t\\ é 日本") for i in range(5)]
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE pair (id bigint, txt text)")
-        payload = sink.copy_payload(Transformer(conn), good)
+        payload = copy_payload(Transformer(conn), good)
         assert payload is not None
         assert payload == psycopg_copy(conn, "pair", ["id", "txt"], good)
         # A lone surrogate cannot be encoded: the whole payload is refused ...
-        assert sink.copy_payload(Transformer(conn), [*good, (9, "bad \ud800 text")]) is None
+        assert copy_payload(Transformer(conn), [*good, (9, "bad \ud800 text")]) is None
         # ... as psycopg's own COPY refuses that row.
         with pytest.raises(UnicodeEncodeError):
             psycopg_copy(conn, "pair", ["id", "txt"], [(9, "bad \ud800 text")])
     # Text the connection's encoding cannot carry is refused the same way.
     with psycopg.connect(pg_dsn, autocommit=True, client_encoding="LATIN1") as latin:
-        assert sink.copy_payload(Transformer(latin), [(1, "café")]) is not None
-        assert sink.copy_payload(Transformer(latin), [(1, "café"), (2, "日本")]) is None
+        assert copy_payload(Transformer(latin), [(1, "café")]) is not None
+        assert copy_payload(Transformer(latin), [(1, "café"), (2, "日本")]) is None
 
 
 NOTES = "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT, n INTEGER);"

@@ -19,14 +19,14 @@ import pytest
 from prometheus_client import REGISTRY
 from streamutil import assert_replicated, compare, daemon_config
 
-from replicator import sink
-from replicator.cursor_stream import CursorStream, open_for_capture
 from replicator.errors import SchemaError
-from replicator.reconcile import PassSummary
-from replicator.schema import build_plans
-from replicator.snapshot import Snapshotter, ensure_state
+from replicator.plan.tables import build_plans
+from replicator.snapshot.copy import Snapshotter, ensure_state
 from replicator.source.cursor import CursorKind, choose_cursor
 from replicator.source.sqlite import describe_table
+from replicator.stream.cursor import CursorStream, open_for_capture
+from replicator.stream.reconcile import PassSummary
+from replicator.target.connection import connect
 
 
 def ts(moment: datetime) -> str:
@@ -70,7 +70,7 @@ class Rig:
         self.dsn = dsn
         self.config = daemon_config(path, dsn, **settings)
         self.source, specs, self.readonly = open_for_capture(self.config)
-        self.conn = sink.connect(dsn, autocommit=True)
+        self.conn = connect(dsn, autocommit=True)
         ensure_state(self.conn, dsn, self.config.target.state_schema)
         self.plans = build_plans(self.source, self.conn, self.config)
         self.stream = CursorStream(self.config, self.plans, specs)

@@ -26,7 +26,7 @@ from streamutil import (
     wait_until,
 )
 
-from replicator.sample import generate_reference_db
+from replicator.demo.sample import generate_reference_db
 
 
 def reconciled_since(dsn: str, moment: float) -> bool:

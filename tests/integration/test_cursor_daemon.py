@@ -22,9 +22,9 @@ from streamutil import (
 )
 
 from replicator.config import load_config
-from replicator.cursor_stream import capture_specs, with_capture
 from replicator.source import changelog
 from replicator.source.sqlite import open_source
+from replicator.stream.cursor import capture_specs, with_capture
 
 SCHEMA = """
 CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, updated_at TEXT);

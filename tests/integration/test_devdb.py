@@ -19,8 +19,8 @@ import pytest
 from pgutil import TestDatabases, database_exists, make_dsn, redact_dsn
 from psycopg.conninfo import conninfo_to_dict
 
-from replicator import devdb
-from replicator.devdb import ThrowawayPostgres, default_bindirs, find_bindir
+from replicator.demo import devdb
+from replicator.demo.devdb import ThrowawayPostgres, default_bindirs, find_bindir
 from replicator.errors import TargetError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]

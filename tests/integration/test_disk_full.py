@@ -21,7 +21,7 @@ import pytest
 from prometheus_client import REGISTRY
 from streamutil import DaemonThread, daemon_config, open_dead_letters, wait_until
 
-from replicator.devdb import ThrowawayPostgres
+from replicator.demo.devdb import ThrowawayPostgres
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """Faults under a live writer: the daemon keeps working and loses nothing.
 
 Each streaming test runs the application simulator (``python -m
-replicator.sample write``) in its own process for the whole test, injects one
+replicator.demo.sample write``) in its own process for the whole test, injects one
 kind of fault into a running ``replicator run``, lets the writer go on after
 it, and then checks, once the writer has stopped and the lag is zero:
 
@@ -67,8 +67,8 @@ from streamutil import (
     wait_until,
 )
 
-from replicator.devdb import ThrowawayPostgres
-from replicator.sample import SampleReport, generate_reference_db
+from replicator.demo.devdb import ThrowawayPostgres
+from replicator.demo.sample import SampleReport, generate_reference_db
 
 ARTIFACTS = 600
 WRITE_RATE = 60  # app transactions per second (one action plus one like each)

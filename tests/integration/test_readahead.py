@@ -1,6 +1,6 @@
 """The read-ahead thread (replicator/readahead.py) over a real SQLite change log.
 
-A :class:`~replicator.readahead.ReadAhead` only reads the trigger log (and
+A :class:`~replicator.source.readahead.ReadAhead` only reads the trigger log (and
 prunes it) on a thread of its own, over connections of its own, so these tests
 need no PostgreSQL (except the last one, which drives a real Daemon's pruning).
 They pin down that what it hands over is exactly what a read in hand would
@@ -24,12 +24,12 @@ from typing import Any
 import pytest
 from streamutil import daemon_config
 
-from replicator.apply import StreamPosition
-from replicator.pipeline import Daemon
-from replicator.readahead import ReadAhead
 from replicator.source import changelog
 from replicator.source.changelog import Change
+from replicator.source.readahead import ReadAhead
 from replicator.source.sqlite import describe_table, open_source, schema_version
+from replicator.stream.apply import StreamPosition
+from replicator.stream.daemon import Daemon
 
 EVERYTHING = 1 << 40  # a byte limit that never applies
 PRUNE_WAIT_MS = 100  # the pruner's busy timeout (the daemon's is short too)

@@ -51,11 +51,11 @@ from streamutil import (
     wait_until,
 )
 
-from replicator.apply import Applier
-from replicator.sample import generate_reference_db
-from replicator.schema import build_plans
-from replicator.snapshot import Snapshotter, ensure_state
+from replicator.demo.sample import generate_reference_db
+from replicator.plan.tables import build_plans
+from replicator.snapshot.copy import Snapshotter, ensure_state
 from replicator.source.changelog import Change
+from replicator.stream.apply import Applier
 
 Spec = dict[str, str]  # column -> kind of value the writer puts there
 

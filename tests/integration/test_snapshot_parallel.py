@@ -2,7 +2,7 @@
 copies really overlap, stopping and resuming, and the setting's validation.
 
 Each test snapshots a small SQLite file into its own PostgreSQL database with
-:class:`~replicator.snapshot.Snapshotter` and compares the result with the
+:class:`~replicator.snapshot.copy.Snapshotter` and compares the result with the
 source, row for row (streamutil's typed comparison).
 """
 
@@ -28,7 +28,7 @@ from streamutil import (
 
 from replicator.config import Config, load_config
 from replicator.errors import ConfigError
-from replicator.snapshot import ProgressDisplay, SnapshotSummary, Snapshotter
+from replicator.snapshot.copy import ProgressDisplay, SnapshotSummary, Snapshotter
 
 Chunk = tuple[str, int, int, int]  # what on_chunk gets: table, read, written, total
 

@@ -27,7 +27,7 @@ from pgutil import TestDatabases
 from psycopg import sql
 
 from replicator.config import load_config
-from replicator.sample import (
+from replicator.demo.sample import (
     REFERENCE_TABLES,
     SQLITE_ALEMBIC_VERSION,
     BadCell,
@@ -35,7 +35,7 @@ from replicator.sample import (
     SampleReport,
     generate_reference_db,
 )
-from replicator.snapshot import ProgressDisplay, SnapshotSummary, Snapshotter
+from replicator.snapshot.copy import ProgressDisplay, SnapshotSummary, Snapshotter
 
 pytestmark = pytest.mark.slow  # ~25 s: 200k rows generated, copied and compared
 

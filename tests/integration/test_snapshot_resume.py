@@ -27,8 +27,8 @@ from pgutil import TestDatabases
 from psycopg import sql
 
 from replicator.config import load_config
-from replicator.sample import REFERENCE_TABLES, SampleReport, generate_reference_db
-from replicator.snapshot import ProgressDisplay, Snapshotter
+from replicator.demo.sample import REFERENCE_TABLES, SampleReport, generate_reference_db
+from replicator.snapshot.copy import ProgressDisplay, Snapshotter
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 REFERENCE_CONFIG = PROJECT_ROOT / "config" / "reference-app.toml"

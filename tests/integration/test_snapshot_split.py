@@ -25,8 +25,8 @@ from streamutil import (
 
 from replicator.config import Config
 from replicator.errors import ConfigError
-from replicator.schema import build_plans
-from replicator.snapshot import (
+from replicator.plan.tables import build_plans
+from replicator.snapshot.copy import (
     SIZE_SAMPLE,
     ChunkReader,
     ProgressDisplay,

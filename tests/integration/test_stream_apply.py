@@ -1,6 +1,6 @@
 """Streaming apply, end to end: SQLite writes -> trigger log -> Daemon -> PostgreSQL.
 
-Most tests run the real :class:`~replicator.pipeline.Daemon` in a thread of
+Most tests run the real :class:`~replicator.stream.daemon.Daemon` in a thread of
 this process (no signal handlers) against a real PostgreSQL database and a
 real SQLite file; the lock tests run ``replicator run`` as processes, since
 the lock is about separate processes. Every test ends on a typed, row-for-row
@@ -39,7 +39,7 @@ from streamutil import (
     wait_until,
 )
 
-from replicator.sample import generate_reference_db, run_writer
+from replicator.demo.sample import generate_reference_db, run_writer
 
 CHINOOK = Path("/work/shared/corpus/chinook.sqlite")
 

@@ -1,6 +1,6 @@
 """Snapshot and stream while the application keeps writing, end to end.
 
-The application simulator (``python -m replicator.sample write``) writes to a
+The application simulator (``python -m replicator.demo.sample write``) writes to a
 reference-app database from its own process for over 30 seconds: inserts with
 children, updates, cascading deletes, primary-key changes and one
 ``like_count + 1`` per transaction. ``replicator run`` starts on a fresh
@@ -26,7 +26,7 @@ from streamutil import (
     wait_until,
 )
 
-from replicator.sample import generate_reference_db
+from replicator.demo.sample import generate_reference_db
 
 pytestmark = pytest.mark.slow
 

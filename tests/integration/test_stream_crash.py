@@ -36,7 +36,7 @@ from streamutil import (
     wait_until,
 )
 
-from replicator.sample import generate_reference_db
+from replicator.demo.sample import generate_reference_db
 
 pytestmark = pytest.mark.slow
 

@@ -23,8 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg import sql
 
+from replicator.coerce import ColumnRule, Kind, PgType, converter_for
 from replicator.errors import CoercionError
-from replicator.transform import ColumnRule, Kind, PgType, converter_for
 
 I64_MIN, I64_MAX = -(2**63), 2**63 - 1
 Conn = psycopg.Connection[Any]

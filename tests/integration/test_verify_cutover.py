@@ -44,7 +44,7 @@ from streamutil import (
 )
 
 from replicator.config import load_config
-from replicator.sample import generate_reference_db
+from replicator.demo.sample import generate_reference_db
 
 ITEMS_SEQ = "pg_get_serial_sequence('public.items', 'id')"
 

@@ -6,8 +6,8 @@ import sqlite3
 
 import pytest
 
-from replicator.drift import Shape, compare, default_value
 from replicator.source.sqlite import SourceTable, describe_table
+from replicator.stream.drift import Shape, compare, default_value
 
 
 def table(ddl: str, name: str = "t") -> SourceTable:

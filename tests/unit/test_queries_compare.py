@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from replicator.queries import (
+from replicator.coerce import Kind, PgType, converter_for
+from replicator.queries.checker import (
     Latency,
     ResultColumn,
     Row,
@@ -20,7 +21,6 @@ from replicator.queries import (
     percentile,
     same_value,
 )
-from replicator.transform import Kind, PgType, converter_for
 
 
 def columns(*kinds: Kind) -> list[ResultColumn]:

@@ -2,7 +2,7 @@
 
 Real SQLite files in tmp_path; no PostgreSQL. What the target would refuse is
 judged here by an independent reading of ``postgres_schema.sql`` (not by the
-checker inside ``replicator.sample``), so the two can catch each other out.
+checker inside ``replicator.demo.sample``), so the two can catch each other out.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from replicator.sample import (
+from replicator.demo.sample import (
     REFERENCE_PG_SCHEMA,
     REFERENCE_SQLITE_SCHEMA,
     REFERENCE_TABLES,
@@ -408,7 +408,7 @@ def test_writer_rejects_a_bad_rate(live_db: SampleReport) -> None:
 
 
 def _module(*args: str) -> list[str]:
-    return [sys.executable, "-m", "replicator.sample", *args]
+    return [sys.executable, "-m", "replicator.demo.sample", *args]
 
 
 def test_cli_generate_then_write_until_sigterm(tmp_path: Path) -> None:

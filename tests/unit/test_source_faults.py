@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from replicator.errors import SourceError
-from replicator.pipeline import ErrorLog, transient_kind
 from replicator.source.sqlite import SourceFileChanged, SourceGuard, open_source
+from replicator.stream.daemon import ErrorLog, transient_kind
 
 
 @pytest.fixture
@@ -226,8 +226,8 @@ def test_a_busy_source_is_transient_even_behind_a_source_error() -> None:
 def test_status_trusts_only_the_health_endpoint_of_its_own_pair(tmp_path: Path) -> None:
     from replicator.config import load_config
     from replicator.metrics import Health, MetricsServer
-    from replicator.pipeline import pair_id
-    from replicator.status import ask_daemon
+    from replicator.proof.status import ask_daemon
+    from replicator.stream.daemon import pair_id
 
     def config(source: str, port: int) -> Any:
         return load_config(

@@ -9,8 +9,8 @@ from decimal import Decimal
 
 import pytest
 
+from replicator.coerce import ColumnRule, Kind, PgType, converter_for, encode_raw
 from replicator.errors import CoercionError, ConfigError
-from replicator.transform import ColumnRule, Kind, PgType, converter_for, encode_raw
 
 INF = float("inf")
 NAN = float("nan")

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from replicator.coerce import ColumnRule, Kind, PgType, converter_for, encode_raw
 from replicator.errors import CoercionError
-from replicator.transform import ColumnRule, Kind, PgType, converter_for, encode_raw
 
 I64_MIN, I64_MAX = -(2**63), 2**63 - 1
 

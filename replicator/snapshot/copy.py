@@ -24,14 +24,12 @@ from typing import Any, NamedTuple, TextIO
 import psycopg
 from psycopg import sql
 
-from replicator import checkpoint, deadletter, metrics, sink
-from replicator.checkpoint import PartProgress, SnapshotProgress
+from replicator import metrics
 from replicator.config import Config
-from replicator.deadletter import DeadLetter, json_safe
 from replicator.errors import CoercionError, ConfigError, DataError, SourceError
 from replicator.identifiers import pg_ident, sqlite_ident
 from replicator.logs import get_logger
-from replicator.schema import (
+from replicator.plan.tables import (
     TablePlan,
     advance_sequences,
     build_plans,
@@ -39,7 +37,12 @@ from replicator.schema import (
     post_load_sql,
 )
 from replicator.source.sqlite import ROWID, open_source, read_transaction
-from replicator.state import current_revision, head_revision, migrate
+from replicator.state import checkpoint, deadletter
+from replicator.state.checkpoint import PartProgress, SnapshotProgress
+from replicator.state.deadletter import DeadLetter, json_safe
+from replicator.state.migrations import current_revision, head_revision, migrate
+from replicator.target.connection import Connection, Cursor, connect, first_line
+from replicator.target.writer import RowFailure, TableWriter, write_isolating
 
 RawRow = tuple[Any, ...]
 FOREIGN_KEY_VIOLATION = "23503"
@@ -219,7 +222,7 @@ def convert_rows(
 
 
 def failures_to_letters(
-    plan: TablePlan, raw_rows: Sequence[RawRow], failures: Sequence[sink.RowFailure], stage: str
+    plan: TablePlan, raw_rows: Sequence[RawRow], failures: Sequence[RowFailure], stage: str
 ) -> list[DeadLetter]:
     by_target = {c.target: (i, c.source) for i, c in enumerate(plan.columns)}
     keypos = plan.key_positions
@@ -496,7 +499,7 @@ class Prefetcher:
         self.thread.join(timeout=30)
 
 
-def ensure_state(conn: sink.Connection, dsn: str, schema: str) -> None:
+def ensure_state(conn: Connection, dsn: str, schema: str) -> None:
     if current_revision(conn, schema) != head_revision():
         migrate(dsn, schema)
 
@@ -610,7 +613,7 @@ class Snapshotter:
             readonly=self.config.source.readonly,
             busy_timeout_ms=self.config.source.busy_timeout_ms,
         )
-        conn = sink.connect(
+        conn = connect(
             self.dsn, autocommit=True, connect_timeout=self.config.target.connect_timeout
         )
         try:
@@ -627,7 +630,7 @@ class Snapshotter:
     def run_plans(
         self,
         source: sqlite3.Connection,
-        conn: sink.Connection,
+        conn: Connection,
         plans: Sequence[TablePlan],
         *,
         restart: bool = False,
@@ -659,7 +662,7 @@ class Snapshotter:
     def _copy_parallel(
         self,
         source: sqlite3.Connection,
-        conn: sink.Connection,
+        conn: Connection,
         plans: Sequence[TablePlan],
         progress: dict[str, SnapshotProgress],
         workers: int,
@@ -778,9 +781,9 @@ class Snapshotter:
     def _plan_named(plans: Sequence[TablePlan], name: str) -> TablePlan:
         return next(p for p in plans if p.source.name == name)
 
-    def _connect_worker(self) -> sink.Connection:
+    def _connect_worker(self) -> Connection:
         try:
-            return sink.connect(
+            return connect(
                 self.dsn, autocommit=True, connect_timeout=self.config.target.connect_timeout
             )
         except ConfigError as exc:
@@ -788,7 +791,7 @@ class Snapshotter:
             # for a moment, worth a retry by the daemon, not a configuration error.
             raise psycopg.OperationalError(str(exc)) from exc
 
-    def _open_worker_connections(self) -> tuple[sqlite3.Connection, sink.Connection]:
+    def _open_worker_connections(self) -> tuple[sqlite3.Connection, Connection]:
         source = open_source(
             self.path, readonly=True, busy_timeout_ms=self.config.source.busy_timeout_ms
         )
@@ -842,7 +845,7 @@ class Snapshotter:
         finally:
             conn.close()
 
-    def create_missing(self, conn: sink.Connection, plans: Sequence[TablePlan]) -> set[str]:
+    def create_missing(self, conn: Connection, plans: Sequence[TablePlan]) -> set[str]:
         """Create tables that do not exist yet; return every table we ever created."""
         with conn.transaction(), conn.cursor() as cur:
             cur.execute(
@@ -864,7 +867,7 @@ class Snapshotter:
     def copy_table(
         self,
         source: sqlite3.Connection,
-        conn: sink.Connection,
+        conn: Connection,
         plan: TablePlan,
         progress: SnapshotProgress | None,
     ) -> TableResult:
@@ -879,7 +882,7 @@ class Snapshotter:
     def prepare(
         self,
         source: sqlite3.Connection,
-        conn: sink.Connection,
+        conn: Connection,
         plan: TablePlan,
         progress: SnapshotProgress | None,
         *,
@@ -932,7 +935,7 @@ class Snapshotter:
         return TableJob(plan, progress, parts, upper, supersede)
 
     @staticmethod
-    def _refers_to_itself(conn: sink.Connection, plan: TablePlan) -> bool:
+    def _refers_to_itself(conn: Connection, plan: TablePlan) -> bool:
         """Whether the target table has a foreign key to itself: PostgreSQL checks it
         row by row, and a row in one range may point at a row of another range not
         committed yet, so such a table is copied as one range, in key order."""
@@ -972,7 +975,7 @@ class Snapshotter:
     def copy_part(
         self,
         source: sqlite3.Connection,
-        conn: sink.Connection,
+        conn: Connection,
         job: TableJob,
         part: PartProgress,
         *,
@@ -990,7 +993,7 @@ class Snapshotter:
         finally:
             prefetch.close()
 
-    def complete(self, conn: sink.Connection, job: TableJob, *, show: bool) -> TableResult:
+    def complete(self, conn: Connection, job: TableJob, *, show: bool) -> TableResult:
         """Once every range of a table is copied: mark it done, build the indexes
         set aside or left to after the load, and give its result."""
         job.begin()  # (when an earlier run copied every range)
@@ -1024,7 +1027,7 @@ class Snapshotter:
 
     def _copy_chunks(
         self,
-        conn: sink.Connection,
+        conn: Connection,
         job: TableJob,
         part: PartProgress,
         prefetch: Prefetcher,
@@ -1034,7 +1037,7 @@ class Snapshotter:
         stop = self.config.snapshot.on_error == "stop"
         log = self.log.bind(table=name)
         keypos = plan.key_positions
-        write = sink.TableWriter(plan)
+        write = TableWriter(plan)
         copy = write.copy if job.progress.method == "copy" else write.upsert
         columns = write.column_names()
         while True:
@@ -1060,7 +1063,7 @@ class Snapshotter:
                     # into a unique index: the chunk is rolled back whole, try again.
                     if attempt >= CHUNK_ATTEMPTS:
                         raise
-                    log.info("chunk_retried", attempt=attempt, reason=sink.first_line(exc))
+                    log.info("chunk_retried", attempt=attempt, reason=first_line(exc))
                     time.sleep(0.05 * attempt)
             part = part.advance(last_key, len(raw_rows), written, len(letters))
             for letter in letters:
@@ -1079,14 +1082,14 @@ class Snapshotter:
 
     def _commit_chunk(
         self,
-        conn: sink.Connection,
+        conn: Connection,
         job: TableJob,
         part: PartProgress,
         raw_rows: list[RawRow],
         good: list[tuple[object, ...]],
         good_raw: list[RawRow],
         letters: list[DeadLetter],
-        write: Callable[[sink.Cursor, Sequence[tuple[object, ...]]], None],
+        write: Callable[[Cursor, Sequence[tuple[object, ...]]], None],
         columns: Sequence[str],
         last_key: tuple[Any, ...],
     ) -> int:
@@ -1100,7 +1103,7 @@ class Snapshotter:
             # run copies them again. (The stream's commits stay synchronous, and
             # its first one flushes every chunk before it.)
             conn.execute("SET LOCAL synchronous_commit = off")
-            failures = sink.write_isolating(conn, good, write, columns)
+            failures = write_isolating(conn, good, write, columns)
             if failures:
                 failed = failures_to_letters(plan, good_raw, failures, "snapshot")
                 if self.config.snapshot.on_error == "stop":
@@ -1130,7 +1133,7 @@ class Snapshotter:
     def _deferred_key(self, plan: TablePlan) -> str:
         return f"{DEFERRED_INDEXES_KEY}:{plan.schema}.{plan.name}"
 
-    def defer_indexes(self, conn: sink.Connection, plan: TablePlan) -> None:
+    def defer_indexes(self, conn: Connection, plan: TablePlan) -> None:
         """Drop ``plan``'s plain secondary indexes, keeping their definitions in the
         state schema in the same transaction (added to any kept there already)."""
         key = self._deferred_key(plan)
@@ -1153,7 +1156,7 @@ class Snapshotter:
                 cur.execute(sql.SQL("DROP INDEX {}").format(pg_ident(plan.schema, index)))
         self.log.info("indexes_deferred", table=plan.name, indexes=sorted(names))
 
-    def _build_indexes(self, conn: sink.Connection, plan: TablePlan) -> None:
+    def _build_indexes(self, conn: Connection, plan: TablePlan) -> None:
         """The secondary and UNIQUE indexes of a table we created, built as soon as it
         is copied (on the worker that copied it, while others copy on). Foreign keys
         wait for :meth:`finish`, which runs every post-load statement again (each is
@@ -1167,11 +1170,11 @@ class Snapshotter:
             except (psycopg.errors.IntegrityError, psycopg.errors.DataError):
                 continue  # finish() tries again and reports it
 
-    def rebuild_indexes(self, conn: sink.Connection, plan: TablePlan) -> None:
+    def rebuild_indexes(self, conn: Connection, plan: TablePlan) -> None:
         """Build the indexes :meth:`defer_indexes` dropped from ``plan``'s table."""
         self._rebuild(conn, self._deferred_key(plan))
 
-    def rebuild_deferred(self, conn: sink.Connection) -> None:
+    def rebuild_deferred(self, conn: Connection) -> None:
         """Build every index still recorded as deferred, whatever table it is on
         (a run killed between a table's last chunk and its rebuild, or a table
         no longer planned). The daemon calls this before it streams."""
@@ -1186,7 +1189,7 @@ class Snapshotter:
         for key in keys:
             self._rebuild(conn, key)
 
-    def _rebuild(self, conn: sink.Connection, key: str) -> None:
+    def _rebuild(self, conn: Connection, key: str) -> None:
         with conn.cursor() as cur:
             kept = checkpoint.load_meta(cur, self.schema, key)
         if not isinstance(kept, dict):
@@ -1220,7 +1223,7 @@ class Snapshotter:
     def finish(
         self,
         source: sqlite3.Connection,
-        conn: sink.Connection,
+        conn: Connection,
         plans: Sequence[TablePlan],
         created: set[str],
         summary: SnapshotSummary,
@@ -1239,7 +1242,7 @@ class Snapshotter:
                         cur.execute(stmt)
                     summary.post_load.append(f"{plan.name}: {what}")
                 except (psycopg.errors.IntegrityError, psycopg.errors.DataError) as exc:
-                    msg = f"{plan.name}: {what} could not be completed: {sink.first_line(exc)}"
+                    msg = f"{plan.name}: {what} could not be completed: {first_line(exc)}"
                     summary.warnings.append(msg)
                     self.log.warning("post_load_failed", table=plan.name, what=what, error=msg)
         # Fresh statistics, as pgloader does: until autovacuum gets there, the

@@ -38,11 +38,11 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from replicator import sink
+from replicator.coerce import ColumnRule, PgType, converter_for
 from replicator.config import Config
 from replicator.errors import CoercionError, ConfigError, SchemaError
 from replicator.identifiers import pg_ident, pg_truncate
-from replicator.schema import (
+from replicator.plan.tables import (
     TablePlan,
     add_column_sql,
     build_plans,
@@ -60,7 +60,7 @@ from replicator.source.sqlite import (
     read_transaction,
     schema_version,
 )
-from replicator.transform import ColumnRule, PgType, converter_for
+from replicator.target.connection import Connection, Cursor
 
 HoldState = Literal["paused", "resync"]
 
@@ -206,7 +206,7 @@ class Watch:
     def skip_through(self) -> dict[str, int]:
         return {n: h.position for n, h in self.holds.items() if h.state == "resync"}
 
-    def load(self, conn: sink.Connection, schema: str) -> None:
+    def load(self, conn: Connection, schema: str) -> None:
         with conn.cursor() as cur:
             cur.execute(
                 sql.SQL("SELECT table_name, shape FROM {}").format(
@@ -228,7 +228,7 @@ class Watch:
 
     def save(
         self,
-        cur: sink.Cursor,
+        cur: Cursor,
         schema: str,
         shapes: Mapping[str, Shape],
         holds: Mapping[str, Hold],
@@ -250,7 +250,7 @@ class Watch:
         self.shapes = dict(shapes)
         self._save_holds(cur, schema, holds)
 
-    def _save_holds(self, cur: sink.Cursor, schema: str, holds: Mapping[str, Hold]) -> None:
+    def _save_holds(self, cur: Cursor, schema: str, holds: Mapping[str, Hold]) -> None:
         table = pg_ident(schema, "paused_tables")
         cur.execute(
             sql.SQL("DELETE FROM {} WHERE NOT (table_name = ANY(%s))").format(table),
@@ -267,7 +267,7 @@ class Watch:
         )
         self.holds = dict(holds)
 
-    def release(self, conn: sink.Connection, schema: str, tables: Iterable[str]) -> None:
+    def release(self, conn: Connection, schema: str, tables: Iterable[str]) -> None:
         """Re-synced: these tables stream again."""
         done = set(tables)
         holds = {n: h for n, h in self.holds.items() if n not in done}
@@ -298,7 +298,7 @@ def default_value(source: sqlite3.Connection, column: SourceColumn) -> tuple[boo
 
 def add_columns(
     source: sqlite3.Connection,
-    conn: sink.Connection,
+    conn: Connection,
     config: Config,
     table: SourceTable,
     names: Sequence[str],
@@ -367,7 +367,7 @@ def _problem_text(exc: SchemaError) -> str:
 
 def decide(
     source: sqlite3.Connection,
-    conn: sink.Connection,
+    conn: Connection,
     config: Config,
     found: Survey,
     watch: Watch,
@@ -491,7 +491,7 @@ def decide(
     return d
 
 
-def forget_progress(cur: sink.Cursor, schema: str, tables: Sequence[str]) -> None:
+def forget_progress(cur: Cursor, schema: str, tables: Sequence[str]) -> None:
     """Snapshot progress of tables gone or new again: a table that comes (back) is
     copied in full, whatever an earlier table of its name left there."""
     if tables:

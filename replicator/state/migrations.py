@@ -37,7 +37,7 @@ def migrations_dir() -> Path:
     packaged = resources.files("replicator") / "_migrations"
     if packaged.is_dir():
         return Path(str(packaged))
-    repo = Path(__file__).resolve().parent.parent / "migrations"
+    repo = Path(__file__).resolve().parents[2] / "migrations"
     if repo.is_dir():
         return repo
     raise TargetError("the replicator's migrations are missing from this installation")
@@ -122,5 +122,5 @@ def migration_schema() -> str:
     from alembic import op
 
     schema = op.get_context().version_table_schema
-    assert schema, "the state schema is passed by replicator.state.migrate"
+    assert schema, "the state schema is passed by replicator.state.migrations.migrate"
     return str(schema)

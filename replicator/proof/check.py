@@ -13,13 +13,13 @@ from typing import Any
 
 import psycopg
 
-from replicator import sink
 from replicator.config import Config, redact_dsn
 from replicator.errors import ReplicatorError, SchemaError
-from replicator.schema import build_plans
+from replicator.plan.tables import build_plans
 from replicator.source import changelog
 from replicator.source.sqlite import journal_mode, open_source
-from replicator.state import current_revision, head_revision
+from replicator.state.migrations import current_revision, head_revision
+from replicator.target.connection import Connection, connect, first_line
 
 
 @dataclass
@@ -129,13 +129,13 @@ def _check_source(
     return source
 
 
-def _check_target(config: Config, report: CheckReport) -> sink.Connection | None:
+def _check_target(config: Config, report: CheckReport) -> Connection | None:
     if config.target.url is None:
         report.add("target", False, "no target database configured", "set DATABASE_URL")
         return None
     dsn = config.target.url.reveal()
     try:
-        conn = sink.connect(dsn, autocommit=True, connect_timeout=config.target.connect_timeout)
+        conn = connect(dsn, autocommit=True, connect_timeout=config.target.connect_timeout)
     except ReplicatorError as exc:
         report.add(
             "target reachable", False, str(exc), "check DATABASE_URL, the network and pg_hba.conf"
@@ -192,19 +192,17 @@ def _check_target(config: Config, report: CheckReport) -> sink.Connection | None
     return conn
 
 
-def _schema_exists(conn: sink.Connection, schema: str) -> bool:
+def _schema_exists(conn: Connection, schema: str) -> bool:
     row = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone()
     return row is not None
 
 
-def _check_state(config: Config, conn: sink.Connection, report: CheckReport) -> None:
+def _check_state(config: Config, conn: Connection, report: CheckReport) -> None:
     schema = config.target.state_schema
     try:
         revision = current_revision(conn, schema)
     except psycopg.Error as exc:
-        report.add(
-            "state schema", False, sink.first_line(exc), "check privileges on the state schema"
-        )
+        report.add("state schema", False, first_line(exc), "check privileges on the state schema")
         return
     head = head_revision()
     if revision is None:
@@ -225,7 +223,7 @@ def _check_state(config: Config, conn: sink.Connection, report: CheckReport) -> 
 
 
 def _check_plans(
-    config: Config, source: sqlite3.Connection, conn: sink.Connection, report: CheckReport
+    config: Config, source: sqlite3.Connection, conn: Connection, report: CheckReport
 ) -> None:
     try:
         plans = build_plans(source, conn, config)

@@ -17,7 +17,7 @@ Two promises the tests build on:
   tweet's ``like_count`` per transaction, so "sum(like_count) rose by
   ``increments``" catches a change applied twice or lost.
 
-``python -m replicator.sample generate|write`` runs either half in its own
+``python -m replicator.demo.sample generate|write`` runs either half in its own
 process (``--help`` for the flags).
 """
 
@@ -1585,7 +1585,7 @@ def run_writer(
 
 
 # --------------------------------------------------------------------------
-# python -m replicator.sample
+# python -m replicator.demo.sample
 
 
 def _report_json(report: SampleReport) -> str:
@@ -1606,7 +1606,7 @@ def _report_json(report: SampleReport) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m replicator.sample",
+        prog="python -m replicator.demo.sample",
         description="Reference-application sample databases and a simulated live application.",
     )
     commands = parser.add_subparsers(dest="command", required=True)

@@ -17,14 +17,15 @@ from typing import Any
 
 from psycopg import sql
 
-from replicator import checkpoint, sink
 from replicator.config import Config
 from replicator.identifiers import pg_ident
-from replicator.schema import advance_sequences, build_plans, target_sequences
+from replicator.plan.tables import advance_sequences, build_plans, target_sequences
+from replicator.proof.status import read_status
+from replicator.proof.verify import Verifier
 from replicator.source import changelog
 from replicator.source.sqlite import open_source, read_transaction
-from replicator.status import read_status
-from replicator.verify import Verifier
+from replicator.state import checkpoint
+from replicator.target.connection import Connection, connect, first_line
 
 
 @dataclass
@@ -82,7 +83,7 @@ class Cutover:
         try:
             ok, detail = fn()
         except Exception as exc:  # a failed check is a no-go with its reason, not a crash
-            ok, detail = False, f"{type(exc).__name__}: {sink.first_line(exc)}"
+            ok, detail = False, f"{type(exc).__name__}: {first_line(exc)}"
         check = Check(name, ok, detail, round(time.monotonic() - started, 2))
         report.checks.append(check)
         self.out(f"[{'PASS' if ok else 'FAIL'}] {name:<28} {detail}")
@@ -127,7 +128,7 @@ class Cutover:
             source.close()
 
     def _applied(self) -> int | None:
-        with sink.connect(self.config.require_target(), autocommit=True) as conn:
+        with connect(self.config.require_target(), autocommit=True) as conn:
             row = conn.execute(
                 sql.SQL("SELECT seq FROM {} WHERE id = 1").format(
                     pg_ident(self.schema, "stream_position")
@@ -184,15 +185,15 @@ class Cutover:
         return ok, detail
 
     def _queries(self) -> tuple[bool, str]:
-        from replicator.queries import check_queries
+        from replicator.queries.checker import check_queries
 
         assert self.queries is not None
         result = check_queries(self.config, self.queries)
         verdict = "all equal and within target" if result.ok else "differences or slow queries"
         return bool(result.ok), f"{self.queries}: {verdict}"
 
-    def _sequence_plans(self) -> tuple[sink.Connection, list[Any]]:
-        conn = sink.connect(self.config.require_target(), autocommit=True)
+    def _sequence_plans(self) -> tuple[Connection, list[Any]]:
+        conn = connect(self.config.require_target(), autocommit=True)
         source = open_source(self.config.require_source(), readonly=True)
         try:
             plans = build_plans(source, conn, self.config)
@@ -218,7 +219,7 @@ class Cutover:
 
     def _record(self, report: CutoverReport) -> None:
         with (
-            sink.connect(self.config.require_target(), autocommit=True) as conn,
+            connect(self.config.require_target(), autocommit=True) as conn,
             conn.cursor() as cur,
         ):
             checkpoint.save_meta(

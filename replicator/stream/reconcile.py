@@ -30,20 +30,14 @@ from typing import Any
 
 from psycopg import sql
 
-from replicator import checkpoint, metrics, sink
-from replicator.apply import Applier, BatchResult
+from replicator import metrics
+from replicator.coerce import Kind
 from replicator.config import Config
-from replicator.deadletter import decode_key, json_key
 from replicator.errors import CoercionError
 from replicator.identifiers import pg_ident
 from replicator.logs import get_logger
-from replicator.schema import TablePlan
-from replicator.snapshot import ChunkReader
-from replicator.source.changelog import Change
-from replicator.source.cursor import CursorReader, to_change
-from replicator.source.sqlite import read_transaction
-from replicator.transform import Kind
-from replicator.verify import (
+from replicator.plan.tables import TablePlan
+from replicator.proof.verify import (
     canonical,
     key_text,
     row_digest,
@@ -51,6 +45,14 @@ from replicator.verify import (
     target_chunk_queries,
     target_row_map,
 )
+from replicator.snapshot.copy import ChunkReader
+from replicator.source.changelog import Change
+from replicator.source.cursor import CursorReader, to_change
+from replicator.source.sqlite import read_transaction
+from replicator.state import checkpoint
+from replicator.state.deadletter import decode_key, json_key
+from replicator.stream.apply import Applier, BatchResult
+from replicator.target.connection import Connection, Cursor
 
 Key = tuple[Any, ...]
 RawRow = tuple[Any, ...]
@@ -145,7 +147,7 @@ class Reconciler:
         now = time.time() if now is None else now
         return self.current is not None or bool(self.requests) or now >= self.next_due
 
-    def step(self, source: sqlite3.Connection, conn: sink.Connection) -> bool:
+    def step(self, source: sqlite3.Connection, conn: Connection) -> bool:
         """Compare up to ``reconcile_max_chunks`` chunks; True when a pass finished."""
         if self.current is None:
             if not self.due():
@@ -162,7 +164,7 @@ class Reconciler:
         return False
 
     def run_pass(
-        self, source: sqlite3.Connection, conn: sink.Connection, *, reason: str = "manual"
+        self, source: sqlite3.Connection, conn: Connection, *, reason: str = "manual"
     ) -> PassSummary:
         """One complete pass over every table, now (tests, and a start-up check)."""
         for table in self.order:
@@ -174,13 +176,13 @@ class Reconciler:
         assert self.last_summary is not None
         return self.last_summary
 
-    def _finished_step(self, source: sqlite3.Connection, conn: sink.Connection) -> bool:
+    def _finished_step(self, source: sqlite3.Connection, conn: Connection) -> bool:
         if self._advance(source, conn):
             return False
         self._finish()
         return True
 
-    def _begin(self, conn: sink.Connection) -> None:
+    def _begin(self, conn: Connection) -> None:
         now = time.time()
         if now >= self.next_due:
             tables = list(self.order)
@@ -214,7 +216,7 @@ class Reconciler:
 
     # -- one chunk ------------------------------------------------------------------------
 
-    def _advance(self, source: sqlite3.Connection, conn: sink.Connection) -> bool:
+    def _advance(self, source: sqlite3.Connection, conn: Connection) -> bool:
         """Process the next chunk of the pass; False when the pass has no step left."""
         current = self.current
         assert current is not None
@@ -242,7 +244,7 @@ class Reconciler:
         return False
 
     def _chunks(
-        self, source: sqlite3.Connection, conn: sink.Connection, plan: TablePlan
+        self, source: sqlite3.Connection, conn: Connection, plan: TablePlan
     ) -> Iterator[_Chunk]:
         """Source and target rows of consecutive key ranges (as ``verify`` reads them)."""
         reader = ChunkReader(source, plan, lambda: source)
@@ -289,7 +291,7 @@ class Reconciler:
 
     def _compare(
         self,
-        conn: sink.Connection,
+        conn: Connection,
         plan: TablePlan,
         phase: str,
         chunk: _Chunk,
@@ -376,7 +378,7 @@ class Reconciler:
     def _table_done(
         self,
         source: sqlite3.Connection,
-        conn: sink.Connection,
+        conn: Connection,
         plan: TablePlan,
         tally: TableTally,
     ) -> None:
@@ -419,7 +421,7 @@ class Reconciler:
     def _copy_null_rows(
         self,
         source: sqlite3.Connection,
-        conn: sink.Connection,
+        conn: Connection,
         plan: TablePlan,
         reader: CursorReader,
     ) -> int:
@@ -442,9 +444,7 @@ class Reconciler:
                 )
                 copied += result.applied.get((plan.source.name, "upsert"), 0)
 
-    def _open_dead_letters(
-        self, conn: sink.Connection, tables: Sequence[str]
-    ) -> dict[str, set[str]]:
+    def _open_dead_letters(self, conn: Connection, tables: Sequence[str]) -> dict[str, set[str]]:
         out: dict[str, set[str]] = {}
         with conn.cursor() as cur:
             cur.execute(
@@ -459,5 +459,5 @@ class Reconciler:
         return out
 
 
-def _no_position(_cur: sink.Cursor, _result: BatchResult) -> None:
+def _no_position(_cur: Cursor, _result: BatchResult) -> None:
     """Reconciliation writes no stream position: its batches only repair rows."""

@@ -4,13 +4,13 @@ Equal tables are not enough. A query can mean something else in the other
 dialect: LIKE is case-insensitive in SQLite and not in PostgreSQL, NULLs sort
 first in SQLite and last in PostgreSQL, text compared with a number is
 compared as text in SQLite, timestamps stored as text in two styles compare as
-text. So each named query from a query file (:mod:`replicator.queryfile`) runs
+text. So each named query from a query file (:mod:`replicator.queries.spec`) runs
 on both sides, for each of its parameter sets, and the answers are compared:
 
 * values are normalised the way replication normalises them: every SQLite
   value goes through the converter of the PostgreSQL result column's type
-  (:func:`replicator.transform.converter_for`) and both sides through
-  :func:`replicator.verify.canonical`; floats and non-integral numerics are
+  (:func:`replicator.coerce.converter_for`) and both sides through
+  :func:`replicator.proof.verify.canonical`; floats and non-integral numerics are
   equal within a relative tolerance, everything else exactly;
 * an ordered query (one whose SQLite form has a top-level ORDER BY) is
   compared row by row, or group by group of equal ``order_key`` values; any
@@ -50,16 +50,16 @@ from typing import Any
 import psycopg
 from psycopg import IsolationLevel, RawCursor, sql
 
-from replicator import sink
-from replicator.apply import load_position
+from replicator.coerce import Converter, Kind, PgType, converter_for
 from replicator.config import Config
 from replicator.errors import CoercionError, SourceError, TargetError
 from replicator.identifiers import pg_ident
-from replicator.queryfile import ParamSet, QueryFile, QuerySettings, QuerySpec, load_query_file
+from replicator.proof.verify import canonical
+from replicator.queries.spec import ParamSet, QueryFile, QuerySettings, QuerySpec, load_query_file
 from replicator.source import changelog
 from replicator.source.sqlite import describe_table, open_source, read_transaction
-from replicator.transform import Converter, Kind, PgType, converter_for
-from replicator.verify import canonical
+from replicator.stream.apply import load_position
+from replicator.target.connection import Cursor, connect, first_line
 
 __all__ = [
     "CaseResult",
@@ -596,7 +596,7 @@ class QueryChecker:
         )
         try:
             self.source.execute("PRAGMA query_only = ON")
-            self.conn = sink.connect(
+            self.conn = connect(
                 config.require_target(),
                 autocommit=True,
                 connect_timeout=config.target.connect_timeout,
@@ -625,7 +625,7 @@ class QueryChecker:
             self.cursor_tables = self._cursor_tables()
         except psycopg.Error as exc:
             self.close()
-            raise TargetError(f"cannot prepare the target session: {sink.first_line(exc)}") from exc
+            raise TargetError(f"cannot prepare the target session: {first_line(exc)}") from exc
         except BaseException:
             self.close()
             raise
@@ -676,7 +676,7 @@ class QueryChecker:
     def source_head(self) -> int | None:
         return changelog.head_position(self.source) if self.has_changelog else None
 
-    def target_position(self, cur: sink.Cursor) -> int | None:
+    def target_position(self, cur: Cursor) -> int | None:
         if not self.has_position:
             return None
         found = load_position(cur, self.state_schema)
@@ -731,8 +731,8 @@ class QueryChecker:
                 desc = cur.description or []
         except psycopg.Error as exc:
             if self.conn.broken or self.conn.closed:
-                raise TargetError(f"lost the target connection: {sink.first_line(exc)}") from exc
-            raise QueryError(f"PostgreSQL: {sink.first_line(exc)}") from exc
+                raise TargetError(f"lost the target connection: {first_line(exc)}") from exc
+            raise QueryError(f"PostgreSQL: {first_line(exc)}") from exc
         return _Side([c.name for c in desc], [tuple(r) for r in rows]), [
             int(c.type_code) for c in desc
         ]
@@ -776,7 +776,7 @@ class QueryChecker:
                 pg, oids = self.run_postgres(spec.postgres_sql, ps.postgres)
                 columns = self.result_columns(pg.names, oids)
         except psycopg.Error as exc:  # the COMMIT of a read-only transaction
-            raise TargetError(f"target transaction failed: {sink.first_line(exc)}") from exc
+            raise TargetError(f"target transaction failed: {first_line(exc)}") from exc
         return _Pair(lite, pg, columns, head, position)
 
     # -- comparing ------------------------------------------------------------------
@@ -902,8 +902,8 @@ class QueryChecker:
                 row = cur.fetchone()
         except psycopg.Error as exc:
             if self.conn.broken:
-                raise TargetError(f"lost the target connection: {sink.first_line(exc)}") from exc
-            summary.hints.append(f"EXPLAIN failed: {sink.first_line(exc)}")
+                raise TargetError(f"lost the target connection: {first_line(exc)}") from exc
+            summary.hints.append(f"EXPLAIN failed: {first_line(exc)}")
             return summary
         doc = row[0] if row else None
         if isinstance(doc, str):

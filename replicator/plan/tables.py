@@ -22,6 +22,14 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from replicator.coerce import (
+    ColumnRule,
+    Converter,
+    Kind,
+    PgType,
+    converter_for,
+    json_valid_converter,
+)
 from replicator.config import Config
 from replicator.errors import ConfigError, SchemaError, SourceError
 from replicator.identifiers import PG_MAX_IDENTIFIER_BYTES, pg_ident, pg_truncate, sqlite_ident
@@ -31,14 +39,6 @@ from replicator.source.sqlite import (
     describe_table,
     list_tables,
     read_transaction,
-)
-from replicator.transform import (
-    ColumnRule,
-    Converter,
-    Kind,
-    PgType,
-    converter_for,
-    json_valid_converter,
 )
 
 ROWID_COLUMN = "_replicator_rowid"

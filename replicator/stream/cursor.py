@@ -8,7 +8,7 @@ to it.
 
 One poll reads every cursor table in one SQLite read transaction (so parents
 and children are seen at the same moment) and applies what it found through
-the same :class:`~replicator.apply.Applier` as the trigger stream (coalescing,
+the same :class:`~replicator.stream.apply.Applier` as the trigger stream (coalescing,
 foreign-key order, dead letters, healing), in one PostgreSQL transaction that
 also writes each table's new cursor position. Reconciliation steps are
 interleaved with the polls.
@@ -25,13 +25,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-from replicator import checkpoint, metrics, sink
-from replicator.apply import Applier, BatchResult
+from replicator import metrics
 from replicator.config import Config
 from replicator.errors import SchemaError, SourceError
 from replicator.logs import get_logger
-from replicator.reconcile import Reconciler
-from replicator.schema import TablePlan, select_tables
+from replicator.plan.tables import TablePlan, select_tables
 from replicator.source.cursor import (
     CursorKind,
     CursorPosition,
@@ -46,6 +44,10 @@ from replicator.source.sqlite import (
     open_source,
     read_transaction,
 )
+from replicator.state import checkpoint
+from replicator.stream.apply import Applier, BatchResult
+from replicator.stream.reconcile import Reconciler
+from replicator.target.connection import Connection, Cursor
 
 Specs = dict[str, CursorSpec | None]  # table -> its cursor, or None for triggers
 
@@ -164,7 +166,7 @@ class CursorStream:
     # -- start-up -----------------------------------------------------------------
 
     def record_start(
-        self, source: sqlite3.Connection, conn: sink.Connection, *, keep: Collection[str] = ()
+        self, source: sqlite3.Connection, conn: Connection, *, keep: Collection[str] = ()
     ) -> None:
         """Record each new cursor's current end BEFORE the snapshot copies its table,
         so whatever is committed while it copies is read by the first polls.
@@ -216,7 +218,7 @@ class CursorStream:
     def _same_cursor(state: checkpoint.CursorState | None, spec: CursorSpec) -> bool:
         return state is not None and state.kind == spec.kind and state.column == spec.column
 
-    def start(self, source: sqlite3.Connection, conn: sink.Connection) -> None:
+    def start(self, source: sqlite3.Connection, conn: Connection) -> None:
         """After the snapshot: load positions, prepare the applier and reconciliation."""
         with conn.cursor() as cur:
             states = checkpoint.load_cursor_states(cur, self.schema)
@@ -265,7 +267,7 @@ class CursorStream:
 
     # -- the loop -----------------------------------------------------------------------
 
-    def step(self, source: sqlite3.Connection, conn: sink.Connection) -> bool:
+    def step(self, source: sqlite3.Connection, conn: Connection) -> bool:
         """Poll every cursor table once, apply, and take a reconciliation step when due.
 
         Returns True when more work is waiting (a poll hit its limit, or a
@@ -316,7 +318,7 @@ class CursorStream:
             reconciling = self.reconciler.current is not None
         return waiting or reconciling
 
-    def _save(self, cur: sink.Cursor, polls: Mapping[str, Poll]) -> None:
+    def _save(self, cur: Cursor, polls: Mapping[str, Poll]) -> None:
         for name, poll in polls.items():
             if poll.changes or poll.position != self.positions[name]:
                 checkpoint.save_cursor_position(

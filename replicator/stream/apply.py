@@ -24,14 +24,16 @@ from typing import Any
 from psycopg import sql
 from psycopg.abc import Transformer
 
-from replicator import deadletter, sink
-from replicator.deadletter import DeadLetter, json_safe
 from replicator.errors import CoercionError, DataError
 from replicator.identifiers import pg_ident
-from replicator.repair import rewrite_keys
-from replicator.schema import TablePlan, target_sequences
+from replicator.plan.tables import TablePlan, target_sequences
+from replicator.proof.repair import rewrite_keys
 from replicator.source.changelog import Change
 from replicator.source.sqlite import ROWID
+from replicator.state import deadletter
+from replicator.state.deadletter import DeadLetter, json_safe
+from replicator.target.connection import Connection, Cursor, first_line, is_row_error
+from replicator.target.writer import STAGE_THRESHOLD, RowFailure, TableWriter, copy_payload
 
 Row = tuple[object, ...]
 FOREIGN_KEY_VIOLATION = "23503"
@@ -52,7 +54,7 @@ class StreamPosition:
         return cls(seq=int(text), snapshot_seq=int(text))
 
 
-def load_position(cur: sink.Cursor, schema: str) -> StreamPosition | None:
+def load_position(cur: Cursor, schema: str) -> StreamPosition | None:
     cur.execute(
         sql.SQL("SELECT seq, snapshot_seq FROM {} WHERE id = 1").format(
             pg_ident(schema, "stream_position")
@@ -62,7 +64,7 @@ def load_position(cur: sink.Cursor, schema: str) -> StreamPosition | None:
     return StreamPosition(int(row[0]), int(row[1])) if row else None
 
 
-def init_position(cur: sink.Cursor, schema: str, seq: int) -> StreamPosition:
+def init_position(cur: Cursor, schema: str, seq: int) -> StreamPosition:
     cur.execute(
         sql.SQL(
             "INSERT INTO {} (id, seq, snapshot_seq) VALUES (1, %s, %s) ON CONFLICT (id) DO NOTHING"
@@ -74,7 +76,7 @@ def init_position(cur: sink.Cursor, schema: str, seq: int) -> StreamPosition:
     return found
 
 
-def save_position(cur: sink.Cursor, schema: str, seq: int, applied: int) -> None:
+def save_position(cur: Cursor, schema: str, seq: int, applied: int) -> None:
     cur.execute(
         sql.SQL(
             "UPDATE {} SET seq = %s, applied_at = now(), "
@@ -84,7 +86,7 @@ def save_position(cur: sink.Cursor, schema: str, seq: int, applied: int) -> None
     )
 
 
-def save_table_stats(cur: sink.Cursor, schema: str, result: BatchResult) -> None:
+def save_table_stats(cur: Cursor, schema: str, result: BatchResult) -> None:
     per_table: Counter[str] = Counter()
     for (table, _op), count in result.applied.items():
         per_table[table] += count
@@ -136,7 +138,7 @@ class Applier:
     ):
         self.plans = {p.source.name: p for p in plans}
         self.order = [p.source.name for p in plans]
-        self.writers = {p.source.name: sink.TableWriter(p) for p in plans}
+        self.writers = {p.source.name: TableWriter(p) for p in plans}
         self.schema = state_schema
         self.stop_on_error = stop_on_error
         self.open_dead: Counter[str] = Counter()
@@ -144,14 +146,14 @@ class Applier:
         # table -> [(column position, sequence)], filled by load_sequences().
         self.sequences: dict[str, list[tuple[int, sql.Identifier]]] = {}
         # Writers for images missing columns, by (table, positions absent).
-        self._partial: dict[tuple[str, tuple[int, ...]], sink.TableWriter] = {}
+        self._partial: dict[tuple[str, tuple[int, ...]], TableWriter] = {}
         # The source columns a row image should carry, per table.
         self._imaged = {
             p.source.name: frozenset(c.source for c in p.columns if c.source != ROWID)
             for p in plans
         }
 
-    def load_sequences(self, conn: sink.Connection) -> None:
+    def load_sequences(self, conn: Connection) -> None:
         """Serial/identity columns to keep ahead of the ids the stream writes, so
         an application writing to PostgreSQL (dual-write) never collides."""
         self.sequences = {}
@@ -162,7 +164,7 @@ class Applier:
                     (targets.index(column), pg_ident(seq_schema, seq_name))
                 )
 
-    def load_open_dead_letters(self, conn: sink.Connection) -> None:
+    def load_open_dead_letters(self, conn: Connection) -> None:
         with conn.cursor() as cur:
             self.open_dead = Counter(deadletter.count_open(cur, self.schema))
 
@@ -176,7 +178,7 @@ class Applier:
         }
 
     def retry_waiting_children(
-        self, conn: sink.Connection, source: sqlite3.Connection, touched: set[str], limit: int = 200
+        self, conn: Connection, source: sqlite3.Connection, touched: set[str], limit: int = 200
     ) -> int:
         """Rows dead-lettered because their parent was missing (23503) are written
         again, from the source as it is now, once a batch has written to a parent
@@ -233,7 +235,7 @@ class Applier:
         )
 
     def _upsert_partial(
-        self, cur: sink.Cursor, table: str, absent: tuple[int, ...], rows: Sequence[Row]
+        self, cur: Cursor, table: str, absent: tuple[int, ...], rows: Sequence[Row]
     ) -> None:
         """Upsert rows without the ``absent`` columns: an insert leaves them to the
         target's default, an update does not touch them."""
@@ -241,7 +243,7 @@ class Applier:
         if writer is None:
             plan = self.plans[table]
             kept = tuple(c for i, c in enumerate(plan.columns) if i not in absent)
-            writer = sink.TableWriter(replace(plan, columns=kept))
+            writer = TableWriter(replace(plan, columns=kept))
             self._partial[(table, absent)] = writer
         # Row by row, never through the staging table (it has every column).
         cur.executemany(
@@ -337,18 +339,18 @@ class Applier:
             target.setdefault(table, []).append(row)
         if formatter is not None:
             for table, rows in prepared.upserts.items():
-                if len(rows) >= sink.STAGE_THRESHOLD:
-                    payload = sink.copy_payload(formatter, rows)
+                if len(rows) >= STAGE_THRESHOLD:
+                    payload = copy_payload(formatter, rows)
                     if payload is not None:
                         prepared.payloads[table] = payload
         return prepared
 
     def apply(
         self,
-        conn: sink.Connection,
+        conn: Connection,
         changes: Sequence[Change],
         *,
-        save: Callable[[sink.Cursor, BatchResult], None] | None = None,
+        save: Callable[[Cursor, BatchResult], None] | None = None,
         skip_through: Mapping[str, int] | None = None,
         prepared: Prepared | None = None,
     ) -> BatchResult:
@@ -376,7 +378,7 @@ class Applier:
                 with conn.transaction():
                     self._apply_coalesced(conn, prepared, result)
             except Exception as exc:
-                if not sink.is_row_error(exc):
+                if not is_row_error(exc):
                     raise
                 result.applied.clear()
                 result.dead_letters.clear()
@@ -404,9 +406,7 @@ class Applier:
         result.seconds = time.monotonic() - started
         return result
 
-    def _apply_coalesced(
-        self, conn: sink.Connection, prepared: Prepared, result: BatchResult
-    ) -> None:
+    def _apply_coalesced(self, conn: Connection, prepared: Prepared, result: BatchResult) -> None:
         result.dead_letters.extend(prepared.dead_letters)
         deletes, upserts, partial = prepared.deletes, prepared.upserts, prepared.partial
         with conn.cursor() as cur:
@@ -427,7 +427,7 @@ class Applier:
                     self._note_ids(table, rows, result)
 
     def _apply_in_order(
-        self, conn: sink.Connection, changes: Sequence[Change], result: BatchResult
+        self, conn: Connection, changes: Sequence[Change], result: BatchResult
     ) -> None:
         for change in changes:
             plan = self.plans[change.table]
@@ -448,11 +448,9 @@ class Applier:
                         writer.upsert(cur, [row])
                         self._note_ids(change.table, [row], result)
             except Exception as exc:
-                if not sink.is_row_error(exc):
+                if not is_row_error(exc):
                     raise
-                failure = sink.RowFailure(
-                    0, sink.first_line(exc), getattr(exc, "sqlstate", None), None
-                )
+                failure = RowFailure(0, first_line(exc), getattr(exc, "sqlstate", None), None)
                 diag = getattr(exc, "diag", None)
                 column = diag.column_name if diag is not None else None
                 raw = (change.image or {}).get(column) if column else None
@@ -462,7 +460,7 @@ class Applier:
                 continue
             result.applied[(change.table, "delete" if change.is_delete else "upsert")] += 1
 
-    def _advance_sequences(self, cur: sink.Cursor, result: BatchResult) -> None:
+    def _advance_sequences(self, cur: Cursor, result: BatchResult) -> None:
         for (table, column), top in result.max_ids.items():
             pos_seq = dict(self.sequences.get(table, []))
             seq = pos_seq[column]
@@ -481,7 +479,7 @@ class Applier:
                 key = (table, position)
                 result.max_ids[key] = max(*ints, result.max_ids.get(key, ints[0]))
 
-    def _heal(self, cur: sink.Cursor, changes: Sequence[Change], result: BatchResult) -> None:
+    def _heal(self, cur: Cursor, changes: Sequence[Change], result: BatchResult) -> None:
         """A later successful write of a dead-lettered key resolves its dead letters."""
         if not self.open_dead:
             return

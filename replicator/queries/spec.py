@@ -38,8 +38,8 @@ from typing import Any, Literal
 
 from psycopg.types.json import Jsonb
 
+from replicator.coerce import Kind, PgType, converter_for
 from replicator.errors import CoercionError, ConfigError
-from replicator.transform import Kind, PgType, converter_for
 
 __all__ = [
     "PARAM_TYPES",

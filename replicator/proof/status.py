@@ -27,15 +27,15 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from replicator import sink
 from replicator.config import Config, parse_address
 from replicator.errors import ConfigError, ReplicatorError, SourceError
 from replicator.identifiers import pg_ident, sqlite_ident
-from replicator.pipeline import lock_key, pair_id
-from replicator.schema import select_tables
+from replicator.plan.tables import select_tables
 from replicator.source import changelog
 from replicator.source.sqlite import list_tables, open_source, read_transaction
-from replicator.state import current_revision, head_revision
+from replicator.state.migrations import current_revision, head_revision
+from replicator.stream.daemon import lock_key, pair_id
+from replicator.target.connection import Connection, connect, first_line
 
 STALE_AFTER = 15.0  # seconds without a heartbeat before a "running" daemon is called stale
 
@@ -88,9 +88,7 @@ class Status:
         return out
 
 
-def _q(
-    conn: sink.Connection, query: sql.SQL | sql.Composed, params: tuple[Any, ...] = ()
-) -> list[Any]:
+def _q(conn: Connection, query: sql.SQL | sql.Composed, params: tuple[Any, ...] = ()) -> list[Any]:
     with conn.cursor() as cur:
         cur.execute(query, params)
         return cur.fetchall()
@@ -100,7 +98,7 @@ def read_status(config: Config) -> Status:
     dsn = config.require_target()
     schema = config.target.state_schema
     try:
-        conn = sink.connect(dsn, autocommit=True, connect_timeout=config.target.connect_timeout)
+        conn = connect(dsn, autocommit=True, connect_timeout=config.target.connect_timeout)
     except ReplicatorError as exc:
         live = ask_daemon(config)
         if live is None:
@@ -111,11 +109,11 @@ def read_status(config: Config) -> Status:
             return _read(conn, config, schema)
     except psycopg.Error as exc:
         raise StateUnreadable(
-            f"cannot read the state schema {schema!r}: {sink.first_line(exc)}"
+            f"cannot read the state schema {schema!r}: {first_line(exc)}"
         ) from None
 
 
-def _read(conn: sink.Connection, config: Config, schema: str) -> Status:
+def _read(conn: Connection, config: Config, schema: str) -> Status:
     revision = current_revision(conn, schema)
     if revision is None:
         return Status(daemon=DaemonStatus(state="never started"), verdict="not started")
@@ -242,7 +240,7 @@ def _read(conn: sink.Connection, config: Config, schema: str) -> Status:
     return status
 
 
-def _target_count(conn: sink.Connection, schema: str, table: str) -> int | None:
+def _target_count(conn: Connection, schema: str, table: str) -> int | None:
     try:
         rows = _q(conn, sql.SQL("SELECT count(*) FROM {}").format(pg_ident(schema, table)))
     except psycopg.errors.UndefinedTable:
@@ -250,7 +248,7 @@ def _target_count(conn: sink.Connection, schema: str, table: str) -> int | None:
     return int(rows[0][0])
 
 
-def _daemon(conn: sink.Connection, schema: str) -> DaemonStatus:
+def _daemon(conn: Connection, schema: str) -> DaemonStatus:
     rows = _q(
         conn,
         sql.SQL(

@@ -25,7 +25,6 @@ from typing import Any, TextIO
 import psycopg
 from psycopg import conninfo, sql
 
-from replicator import sample
 from replicator.config import (
     Config,
     LogConfig,
@@ -36,14 +35,15 @@ from replicator.config import (
     TargetConfig,
     redact_dsn,
 )
+from replicator.demo import sample
 from replicator.errors import TargetError
 from replicator.identifiers import pg_ident
 from replicator.logs import configure
-from replicator.pipeline import Daemon
+from replicator.proof.verify import Verifier
 from replicator.source import changelog
 from replicator.source.sqlite import open_source
-from replicator.systemd import Notifier
-from replicator.verify import Verifier
+from replicator.stream.daemon import Daemon
+from replicator.stream.systemd import Notifier
 
 DEMO_DATABASE_PREFIX = "replicator_demo"
 
@@ -52,7 +52,7 @@ DEMO_DATABASE_PREFIX = "replicator_demo"
 def demo_target(server_dsn: str | None, out: TextIO) -> Iterator[str]:
     """A fresh database for the demo: on the given server, or a throwaway one."""
     if server_dsn is None:
-        from replicator.devdb import ThrowawayPostgres
+        from replicator.demo.devdb import ThrowawayPostgres
 
         out.write("starting a throwaway PostgreSQL (DATABASE_URL is not set) ...\n")
         with ThrowawayPostgres() as pg:

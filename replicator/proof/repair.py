@@ -16,11 +16,12 @@ from typing import Any
 
 from psycopg import sql
 
-from replicator import sink
 from replicator.errors import CoercionError
 from replicator.identifiers import pg_ident, sqlite_ident
-from replicator.schema import TablePlan
+from replicator.plan.tables import TablePlan
 from replicator.source.sqlite import ROWID, read_transaction
+from replicator.target.connection import Connection, first_line, is_row_error
+from replicator.target.writer import TableWriter
 
 Key = tuple[Any, ...]
 
@@ -48,10 +49,10 @@ class Rewritten:
 
 
 def rewrite_keys(
-    source: sqlite3.Connection, conn: sink.Connection, plan: TablePlan, keys: Sequence[Key]
+    source: sqlite3.Connection, conn: Connection, plan: TablePlan, keys: Sequence[Key]
 ) -> list[Rewritten]:
     """Make the target's rows for ``keys`` equal to the source's, one savepoint each."""
-    writer = sink.TableWriter(plan)
+    writer = TableWriter(plan)
     select = source_by_key_sql(plan)
     out: list[Rewritten] = []
     with conn.transaction():
@@ -85,14 +86,14 @@ def rewrite_keys(
                     else:
                         writer.upsert(cur, [row])
             except Exception as exc:
-                if not sink.is_row_error(exc):
+                if not is_row_error(exc):
                     raise
                 diag = getattr(exc, "diag", None)
                 out.append(
                     Rewritten(
                         tuple(key),
                         "failed",
-                        sink.first_line(exc),
+                        first_line(exc),
                         diag.column_name if diag is not None else None,
                     )
                 )

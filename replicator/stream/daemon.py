@@ -46,26 +46,16 @@ from tenacity import (
     wait_random,
 )
 
-from replicator import __version__, checkpoint, drift, metrics, sink
-from replicator.apply import (
-    Applier,
-    BatchResult,
-    Prepared,
-    StreamPosition,
-    init_position,
-    load_position,
-)
+from replicator import __version__, metrics
 from replicator.config import Config, parse_address
-from replicator.cursor_stream import CursorStream, Specs, open_for_capture
 from replicator.errors import ConfigError, LockHeldError, SourceError
 from replicator.identifiers import pg_ident
 from replicator.logs import get_logger
-from replicator.readahead import ReadAhead
-from replicator.reconcile import Reconciler
-from replicator.schema import TablePlan
-from replicator.snapshot import Snapshotter, ensure_state
+from replicator.plan.tables import TablePlan
+from replicator.snapshot.copy import Snapshotter, ensure_state
 from replicator.source import changelog
 from replicator.source.changelog import Change
+from replicator.source.readahead import ReadAhead
 from replicator.source.sqlite import (
     SourceFileChanged,
     SourceGuard,
@@ -73,7 +63,21 @@ from replicator.source.sqlite import (
     open_source,
     schema_version,
 )
-from replicator.systemd import Notifier
+from replicator.state import checkpoint
+from replicator.stream import drift
+from replicator.stream.apply import (
+    Applier,
+    BatchResult,
+    Prepared,
+    StreamPosition,
+    init_position,
+    load_position,
+)
+from replicator.stream.cursor import CursorStream, Specs, open_for_capture
+from replicator.stream.reconcile import Reconciler
+from replicator.stream.systemd import Notifier
+from replicator.target.connection import Connection, connect, first_line, with_keepalives
+from replicator.target.writer import TableWriter
 
 RATE_WINDOW = 60.0  # seconds of history behind the per-table throughput in the heartbeat
 PRUNE_LOCK_WAIT_MS = 50  # pruning waits this long for SQLite's write lock, then tries later
@@ -140,13 +144,13 @@ class PairLock:
         self.dsn = dsn
         self.key = lock_key(state_schema)
         self.connect_timeout = connect_timeout
-        self.conn: sink.Connection | None = None
+        self.conn: Connection | None = None
         self.identity = f"replicator {socket.gethostname()} pid {os.getpid()}"
 
     def try_acquire(self) -> bool:
         if self.conn is None or self.conn.closed:
             self.conn = psycopg.connect(
-                sink.with_keepalives(self.dsn),
+                with_keepalives(self.dsn),
                 autocommit=True,
                 connect_timeout=self.connect_timeout,
                 application_name=self.identity,
@@ -261,7 +265,7 @@ class ErrorLog:
     def failed(self, kind: str, exc: BaseException, delay: float) -> None:
         now = time.monotonic()
         self.failures += 1
-        self.last_error = sink.first_line(exc)
+        self.last_error = first_line(exc)
         if self.failures == 1:
             self.first_at = now
         if now - self._last_logged >= self.every:
@@ -325,7 +329,7 @@ class Daemon:
         self.health.pair = pair_id(config)
         self.source: sqlite3.Connection | None = None
         self.guard: SourceGuard | None = None  # is the file still the one opened?
-        self.conn: sink.Connection | None = None
+        self.conn: Connection | None = None
         self._prepared = False  # _prepare() completed on the current connection
         self._source_lost = False  # the file is not the one opened: never touch it again
         self._prune_deferred = False
@@ -482,7 +486,7 @@ class Daemon:
             )
         self._acquire_lock()
         try:
-            conn = sink.connect(
+            conn = connect(
                 self.dsn, autocommit=True, connect_timeout=self.config.target.connect_timeout
             )
         except ConfigError as exc:
@@ -552,9 +556,7 @@ class Daemon:
             # A changed plan may have new columns: the session's staging tables go.
             for plan in self.plans:
                 if previous.get(plan.source.name) is not plan:
-                    conn.execute(
-                        sql.SQL("DROP TABLE IF EXISTS {}").format(sink.TableWriter(plan).stage)
-                    )
+                    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(TableWriter(plan).stage))
         cursors = CursorStream(self.config, self.plans, self.specs)
         self.cursors = cursors if cursors.tables else None
         with conn.cursor() as cur:

@@ -1,4 +1,4 @@
-"""The PostgreSQL side: connecting, and writing rows of one table.
+"""The PostgreSQL side: writing rows of one table.
 
 Two ways in, chosen by the caller: COPY straight into the table (a snapshot
 into an empty table), or COPY into a per-session staging table followed by
@@ -30,15 +30,12 @@ from psycopg.abc import Transformer
 from psycopg.adapt import Dumper
 from psycopg.pq import Format
 
-from replicator.config import redact_dsn
-from replicator.errors import ConfigError
+from replicator.coerce import JSON_KINDS, Kind
 from replicator.identifiers import pg_ident
-from replicator.schema import TablePlan
-from replicator.transform import JSON_KINDS, Kind
+from replicator.plan.tables import TablePlan
+from replicator.target.connection import Connection, Cursor, first_line, is_row_error
 
 Row = tuple[object, ...]
-Cursor = psycopg.Cursor[Any]
-Connection = psycopg.Connection[Any]
 
 # COPY into an empty table goes in PostgreSQL's binary format when every column is
 # of one of these kinds: the converters give exactly the Python type psycopg's
@@ -110,57 +107,6 @@ def _json_dumpers(cur: Cursor) -> list[type[Dumper]]:
 # Below this many rows an upsert goes straight in with executemany (pipelined);
 # above it, COPY into the staging table and merge in one statement.
 STAGE_THRESHOLD = 256
-
-
-# TCP keepalives and a user timeout: a network that drops packets without
-# closing the connection must surface as a connection error within about a
-# minute (and be retried), not hang the daemon on a dead socket.
-KEEPALIVES: dict[str, int] = {
-    "keepalives": 1,
-    "keepalives_idle": 30,
-    "keepalives_interval": 10,
-    "keepalives_count": 3,
-    "tcp_user_timeout": 60_000,
-}
-
-
-def with_keepalives(dsn: str) -> str:
-    """``dsn`` with the keepalive settings added (settings in ``dsn`` win)."""
-    try:
-        given = psycopg.conninfo.conninfo_to_dict(dsn)
-    except psycopg.Error:
-        return dsn  # malformed: let connect() report it, redacted
-    extra = {k: v for k, v in KEEPALIVES.items() if k not in given}
-    return psycopg.conninfo.make_conninfo(dsn, **extra)
-
-
-def connect(dsn: str, *, autocommit: bool = False, connect_timeout: int = 10) -> Connection:
-    """Connect, turning every failure into one clear, password-free sentence."""
-    try:
-        conn = psycopg.connect(
-            with_keepalives(dsn),
-            autocommit=autocommit,
-            connect_timeout=connect_timeout,
-            application_name="replicator",
-        )
-    except psycopg.OperationalError as exc:
-        reason = first_line(exc).replace(dsn, redact_dsn(dsn))
-        raise ConfigError(f"cannot connect to target {redact_dsn(dsn)}: {reason}") from None
-    return conn
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def is_row_error(exc: BaseException) -> bool:
-    """Errors about the data of a row, not about the connection or server."""
-    if isinstance(exc, psycopg.errors.DataError | psycopg.errors.IntegrityError):
-        return True
-    # Raised client-side while dumping a value (psycopg.DataError covers
-    # out-of-range ints and the like; UnicodeEncodeError lone surrogates).
-    return isinstance(exc, psycopg.DataError | UnicodeEncodeError | OverflowError)
 
 
 @dataclass(frozen=True, slots=True)

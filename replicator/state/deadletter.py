@@ -17,8 +17,8 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from replicator.coerce import encode_raw
 from replicator.identifiers import pg_ident
-from replicator.transform import encode_raw
 
 
 def json_safe(value: object) -> Any:

@@ -33,22 +33,23 @@ from uuid import UUID
 
 from psycopg import sql
 
-from replicator import deadletter, sink
-from replicator.apply import load_position
+from replicator.coerce import JSON_KINDS, Kind
 from replicator.config import Config
 from replicator.errors import CoercionError
 from replicator.identifiers import pg_ident
-from replicator.repair import rewrite_keys, source_by_key_sql, target_by_key_sql
-from replicator.schema import (
+from replicator.plan.tables import (
     TablePlan,
     build_plans,
     sequence_sql,
     target_sequences,
 )
-from replicator.snapshot import ChunkReader, ensure_state
+from replicator.proof.repair import rewrite_keys, source_by_key_sql, target_by_key_sql
+from replicator.snapshot.copy import ChunkReader, ensure_state
 from replicator.source import changelog
 from replicator.source.sqlite import open_source, read_transaction
-from replicator.transform import JSON_KINDS, Kind
+from replicator.state import deadletter
+from replicator.stream.apply import load_position
+from replicator.target.connection import Connection, connect
 
 Key = tuple[Any, ...]
 MAX_LISTED = 50  # differing keys listed per table (all are counted)
@@ -207,9 +208,7 @@ class Verifier:
         source = open_source(
             path, readonly=True, busy_timeout_ms=self.config.source.busy_timeout_ms
         )
-        conn = sink.connect(
-            dsn, autocommit=True, connect_timeout=self.config.target.connect_timeout
-        )
+        conn = connect(dsn, autocommit=True, connect_timeout=self.config.target.connect_timeout)
         report = VerifyReport()
         try:
             ensure_state(conn, dsn, self.schema)
@@ -232,7 +231,7 @@ class Verifier:
         report.seconds = time.monotonic() - started
         return report
 
-    def _open_dead_letters(self, conn: sink.Connection) -> dict[str, set[str]]:
+    def _open_dead_letters(self, conn: Connection) -> dict[str, set[str]]:
         out: dict[str, set[str]] = {}
         with conn.cursor() as cur:
             cur.execute(
@@ -252,7 +251,7 @@ class Verifier:
     def verify_table(
         self,
         source: sqlite3.Connection,
-        conn: sink.Connection,
+        conn: Connection,
         plan: TablePlan,
         dead_keys: set[str],
         repair: bool,
@@ -346,7 +345,7 @@ class Verifier:
     def _settle(
         self,
         source: sqlite3.Connection,
-        conn: sink.Connection,
+        conn: Connection,
         plan: TablePlan,
         kinds: Sequence[Kind],
         differing: dict[str, tuple[Key, str]],
@@ -387,7 +386,7 @@ class Verifier:
     def _recheck(
         self,
         source: sqlite3.Connection,
-        conn: sink.Connection,
+        conn: Connection,
         plan: TablePlan,
         kinds: Sequence[Kind],
         differing: dict[str, tuple[Key, str]],
@@ -423,7 +422,7 @@ class Verifier:
     def _repair(
         self,
         source: sqlite3.Connection,
-        conn: sink.Connection,
+        conn: Connection,
         plan: TablePlan,
         items: Sequence[tuple[Key, str]],
     ) -> int:
@@ -433,7 +432,7 @@ class Verifier:
 
     # -- whole-database checks ------------------------------------------------------
 
-    def orphans(self, conn: sink.Connection, plans: Sequence[TablePlan]) -> list[dict[str, Any]]:
+    def orphans(self, conn: Connection, plans: Sequence[TablePlan]) -> list[dict[str, Any]]:
         """Rows whose foreign key points at nothing (valid or NOT VALID constraints)."""
         out = []
         names = [p.name for p in plans]
@@ -474,7 +473,7 @@ class Verifier:
         return out
 
     def sequences(
-        self, conn: sink.Connection, plans: Sequence[TablePlan], repair: bool
+        self, conn: Connection, plans: Sequence[TablePlan], repair: bool
     ) -> list[dict[str, Any]]:
         behind = []
         for plan in plans:
@@ -508,7 +507,7 @@ class Verifier:
         return behind
 
     def _sequence_fixed(
-        self, conn: sink.Connection, plans: Sequence[TablePlan], item: dict[str, Any]
+        self, conn: Connection, plans: Sequence[TablePlan], item: dict[str, Any]
     ) -> bool:
         plan = next(p for p in plans if p.name == item["table"])
         for column, (seq_schema, seq_name) in target_sequences(conn, plan):
@@ -522,9 +521,7 @@ class Verifier:
             return bool(row and row[0] >= item["max"])
         return False
 
-    def json_columns(
-        self, conn: sink.Connection, plans: Sequence[TablePlan]
-    ) -> list[dict[str, Any]]:
+    def json_columns(self, conn: Connection, plans: Sequence[TablePlan]) -> list[dict[str, Any]]:
         """JSON columns must hold JSON documents, not JSON text wrapped in a string.
 
         json/jsonb values always parse (PostgreSQL validates them on input);
