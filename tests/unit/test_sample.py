@@ -32,11 +32,11 @@ from replicator.demo.sample import (
     SampleReport,
     TableChanges,
     WriterStats,
-    _App,  # the PK-change operation, driven directly
     generate_reference_db,
     main,
     run_writer,
 )
+from replicator.demo.sample.writer import _App  # the PK-change operation, driven directly
 
 ARTIFACTS = 3_000
 CHILD_TABLES = ("artifact_classifications", "artifact_scores", "discovery_labels")
