@@ -38,7 +38,7 @@ import benchlib as bl
 bl.ensure_venv()
 
 from replicator.config import load_config  # noqa: E402
-from replicator.queries.checker import QueryReport, check_queries  # noqa: E402
+from replicator.queries import QueryReport, check_queries  # noqa: E402
 from replicator.snapshot.copy import ProgressDisplay, Snapshotter  # noqa: E402
 
 DBNAME = "bench_queries"

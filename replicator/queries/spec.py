@@ -19,59 +19,42 @@ escaping and a ``::`` cast is never mistaken for a placeholder.
 Parameters are lists of example values. Lists of equal length are zipped into
 parameter sets; a single value is used in every set. Typed parameters
 (``timestamp``, ``date``, ``json`` ...) are given once and handed to each side
-the way that side stores the type: see :func:`side_values`.
+the way that side stores the type: see
+:func:`replicator.queries.params.side_values`.
 """
 
 from __future__ import annotations
 
 import difflib
-import json
 import math
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from psycopg.types.json import Jsonb
-
-from replicator.coerce import Kind, PgType, converter_for
-from replicator.errors import CoercionError, ConfigError
+from replicator.errors import ConfigError
+from replicator.queries.params import Param, build_param, did_you_mean
+from replicator.queries.sqltext import (
+    Dialect,
+    clean_sql,
+    find_placeholders,
+    has_top_level,
+    to_postgres_placeholders,
+)
 
 __all__ = [
-    "PARAM_TYPES",
-    "Param",
     "ParamSet",
     "QueryFile",
     "QuerySettings",
     "QuerySpec",
-    "find_placeholders",
-    "has_top_level",
     "load_query_file",
     "parse_sql_file",
     "parse_toml_file",
-    "to_postgres_placeholders",
 ]
 
-Dialect = Literal["sqlite", "postgres"]
-
-PARAM_TYPES = (
-    "auto",
-    "text",
-    "integer",
-    "real",
-    "numeric",
-    "boolean",
-    "timestamp",
-    "timestamptz",
-    "date",
-    "json",
-)
 _NAME_RE = re.compile(r"[A-Za-z0-9_.\-]+")
-_IDENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 # --------------------------------------------------------------------------- model
@@ -97,20 +80,6 @@ class QuerySettings:
 
 def _settings_dict(s: QuerySettings) -> dict[str, Any]:
     return {name: getattr(s, name) for name in QuerySettings.__dataclass_fields__}
-
-
-@dataclass(frozen=True, slots=True)
-class Param:
-    """One named parameter and its example values, already typed for each side."""
-
-    name: str
-    type: str
-    sqlite_values: tuple[object, ...]
-    postgres_values: tuple[object, ...]
-    shown: tuple[object, ...]  # what the report prints, as written in the file
-
-    def __len__(self) -> int:
-        return len(self.shown)
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,378 +140,12 @@ class QueryFile:
         for name in names:
             if name not in known:
                 raise ConfigError(
-                    f"{self.path}: no query named {name!r}{_did_you_mean(name, known)}"
+                    f"{self.path}: no query named {name!r}{did_you_mean(name, known)}"
                 )
         return tuple(q for q in self.queries if q.name in names)
 
 
-# --------------------------------------------------------------------------- SQL text
-
-
-_DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_][A-Za-z0-9_]*)?\$")
-
-
-def _ident_char(ch: str) -> bool:
-    return ch.isalnum() or ch == "_"
-
-
-def _quoted_end(text: str, start: int, quote: str, *, backslash: bool = False) -> int:
-    i = start + 1
-    n = len(text)
-    while i < n:
-        ch = text[i]
-        if backslash and ch == "\\":
-            i += 2
-            continue
-        if ch == quote:
-            if i + 1 < n and text[i + 1] == quote:
-                i += 2
-                continue
-            return i + 1
-        i += 1
-    return n
-
-
-def _block_comment_end(text: str, start: int, *, nested: bool) -> int:
-    depth = 0
-    i = start
-    n = len(text)
-    while i < n:
-        if text.startswith("/*", i):
-            depth = depth + 1 if nested or depth == 0 else depth
-            i += 2
-        elif text.startswith("*/", i):
-            depth -= 1
-            i += 2
-            if depth == 0:
-                return i
-        else:
-            i += 1
-    return n
-
-
-def code_spans(text: str, dialect: Dialect) -> list[tuple[int, int]]:
-    """Where ``text`` is SQL code: not inside a string, quoted name or comment.
-
-    PostgreSQL adds dollar quoting (``$tag$ ... $tag$``), ``E'...'`` strings
-    with backslash escapes and nested block comments; SQLite adds ``[name]``
-    and backquoted names.
-    """
-    spans: list[tuple[int, int]] = []
-    i = start = 0
-    n = len(text)
-    pg = dialect == "postgres"
-    while i < n:
-        ch = text[i]
-        end = -1
-        if ch == "-" and text.startswith("--", i):
-            nl = text.find("\n", i)
-            end = n if nl < 0 else nl
-        elif ch == "/" and text.startswith("/*", i):
-            end = _block_comment_end(text, i, nested=pg)
-        elif ch == "'":
-            escaped = (
-                pg and i > 0 and text[i - 1] in "eE" and (i < 2 or not _ident_char(text[i - 2]))
-            )
-            end = _quoted_end(text, i, "'", backslash=escaped)
-        elif ch == '"':
-            end = _quoted_end(text, i, '"')
-        elif not pg and ch == "`":
-            end = _quoted_end(text, i, "`")
-        elif not pg and ch == "[":
-            close = text.find("]", i)
-            end = n if close < 0 else close + 1
-        elif pg and ch == "$" and (i == 0 or not _ident_char(text[i - 1])):
-            m = _DOLLAR_TAG.match(text, i)
-            if m:
-                close = text.find(m.group(0), m.end())
-                end = n if close < 0 else close + len(m.group(0))
-        if end < 0:
-            i += 1
-            continue
-        if i > start:
-            spans.append((start, i))
-        i = start = end
-    if start < n:
-        spans.append((start, n))
-    return spans
-
-
-_PLACEHOLDER = re.compile(r"(?<![:\w]):([A-Za-z_][A-Za-z0-9_]*)")
-
-
-def find_placeholders(text: str, dialect: Dialect) -> list[tuple[int, int, str]]:
-    """``(start, end, name)`` of every ``:name`` placeholder in code (not in strings)."""
-    found = []
-    for a, b in code_spans(text, dialect):
-        for m in _PLACEHOLDER.finditer(text, a, b):
-            found.append((m.start(), m.end(), m.group(1)))
-    return found
-
-
-def to_postgres_placeholders(text: str) -> tuple[str, tuple[str, ...]]:
-    """``:name`` -> ``$n`` (one number per distinct name); returns the names in ``$n`` order."""
-    order: list[str] = []
-    pieces: list[str] = []
-    last = 0
-    for start, end, name in find_placeholders(text, "postgres"):
-        if name not in order:
-            order.append(name)
-        pieces.append(text[last:start])
-        pieces.append(f"${order.index(name) + 1}")
-        last = end
-    pieces.append(text[last:])
-    return "".join(pieces), tuple(order)
-
-
-_TOP_LEVEL = re.compile(r"[()]|\b(order\s+by|limit)\b", re.IGNORECASE)
-
-
-def has_top_level(text: str, dialect: Dialect, clause: str) -> bool:
-    """Whether the outermost statement has ``clause`` (``order by`` or ``limit``).
-
-    Clauses inside parentheses (subqueries, CTE bodies, window definitions)
-    do not count: only the outer ORDER BY decides the order the caller sees.
-    """
-    depth = 0
-    want = clause.lower()
-    for a, b in code_spans(text, dialect):
-        for m in _TOP_LEVEL.finditer(text, a, b):
-            tok = m.group(0)
-            if tok == "(":
-                depth += 1
-            elif tok == ")":
-                depth = max(0, depth - 1)
-            elif depth == 0 and " ".join(tok.lower().split()) == want:
-                return True
-    return False
-
-
-def _clean_sql(text: str) -> str:
-    body = text.strip()
-    while body.endswith(";"):
-        body = body[:-1].rstrip()
-    return body
-
-
-# --------------------------------------------------------------------------- values
-
-
-_TIMESTAMP = converter_for(PgType.of(Kind.TIMESTAMP))
-_TIMESTAMPTZ = converter_for(PgType.of(Kind.TIMESTAMPTZ))
-_DATE = converter_for(PgType.of(Kind.DATE))
-
-
-def sqlite_timestamp_text(value: datetime) -> str:
-    """UTC wall time as SQLite's own ``datetime()`` prints it (fraction only when set).
-
-    The same text ``datetime(col)`` returns for a stored value in either of
-    the app's styles, so a SQLite form may compare ``datetime(col) >= :since``
-    as text, or ``julianday(col) >= julianday(:since)``.
-    """
-    text = value.strftime("%Y-%m-%d %H:%M:%S")
-    if value.microsecond:
-        text += f".{value.microsecond:06d}".rstrip("0")
-    return text
-
-
-def _as_utc_naive(value: datetime) -> datetime:
-    if value.tzinfo is None:
-        return value
-    return value.astimezone(UTC).replace(tzinfo=None)
-
-
-def _infer_type(value: object) -> str:
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "real"
-    if isinstance(value, Decimal):
-        return "numeric"
-    if isinstance(value, datetime):
-        return "timestamp"
-    if isinstance(value, date):
-        return "date"
-    if isinstance(value, dict | list):
-        return "json"
-    return "text"
-
-
-def side_values(value: object, ptype: str, where: str) -> tuple[object, object]:
-    """``(for SQLite, for PostgreSQL)``: one example value, as each side stores the type.
-
-    timestamp    SQLite: UTC text ``YYYY-MM-DD HH:MM:SS[.f]``; PostgreSQL: naive UTC
-                 datetime. Text is parsed by replication's own timestamp rules
-                 (offsets converted to UTC, no offset means UTC), TOML datetimes
-                 likewise.
-    timestamptz  as timestamp, but PostgreSQL gets an aware UTC datetime.
-    date         SQLite: ``YYYY-MM-DD``; PostgreSQL: date.
-    boolean      SQLite: 1/0; PostgreSQL: bool.
-    json         SQLite: compact JSON text; PostgreSQL: jsonb. A string is read
-                 as JSON text, anything else is the document.
-    numeric      SQLite: int when integral, else float; PostgreSQL: Decimal.
-    """
-    if value is None:
-        return None, None
-    if isinstance(value, time):
-        raise ConfigError(f"{where}: a time of day is not supported as a parameter; use text")
-    if ptype == "auto":
-        ptype = _infer_type(value)
-    try:
-        if ptype == "text":
-            if not isinstance(value, str):
-                raise ConfigError(f"{where}: expected text, got {value!r}")
-            return value, value
-        if ptype == "integer":
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ConfigError(f"{where}: expected a whole number, got {value!r}")
-            return value, value
-        if ptype == "real":
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ConfigError(f"{where}: expected a number, got {value!r}")
-            return float(value), float(value)
-        if ptype == "numeric":
-            if isinstance(value, bool):
-                raise ConfigError(f"{where}: expected a number, got {value!r}")
-            dec = Decimal(str(value))
-            if not dec.is_finite():
-                raise ConfigError(f"{where}: {value!r} is not a finite number")
-            lite: object = int(dec) if dec == dec.to_integral_value() else float(dec)
-            return lite, dec
-        if ptype == "boolean":
-            if isinstance(value, bool):
-                return int(value), value
-            if isinstance(value, int) and value in (0, 1):
-                return value, bool(value)
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
-        if ptype in ("timestamp", "timestamptz"):
-            if isinstance(value, datetime):
-                naive = _as_utc_naive(value)
-            elif isinstance(value, date):
-                naive = datetime(value.year, value.month, value.day)
-            elif isinstance(value, str):
-                converted = _TIMESTAMP(value)
-                assert isinstance(converted, datetime)
-                naive = converted
-            else:
-                raise ConfigError(f"{where}: expected a timestamp, got {value!r}")
-            pg: object = naive.replace(tzinfo=UTC) if ptype == "timestamptz" else naive
-            return sqlite_timestamp_text(naive), pg
-        if ptype == "date":
-            if isinstance(value, datetime):
-                raise ConfigError(f"{where}: expected a date, got a timestamp {value!r}")
-            if isinstance(value, date):
-                day = value
-            elif isinstance(value, str):
-                converted = _DATE(value)
-                assert isinstance(converted, date)
-                day = converted
-            else:
-                raise ConfigError(f"{where}: expected a date, got {value!r}")
-            return day.isoformat(), day
-        if ptype == "json":
-            doc = json.loads(value) if isinstance(value, str) else _plain_json(value)
-            text = json.dumps(doc, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-            return text, Jsonb(doc)
-    except CoercionError as exc:
-        raise ConfigError(f"{where}: {exc.reason}") from None
-    except (ValueError, InvalidOperation) as exc:
-        raise ConfigError(f"{where}: {value!r} is not valid {ptype}: {exc}") from None
-    raise ConfigError(f"{where}: unknown parameter type {ptype!r}")  # pragma: no cover
-
-
-def _plain_json(value: object) -> object:
-    """TOML values as JSON: datetimes become ISO text, floats must be finite."""
-    if isinstance(value, dict):
-        return {str(k): _plain_json(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain_json(v) for v in value]
-    if isinstance(value, datetime | date | time):
-        return value.isoformat()
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError("JSON has no NaN or infinity")
-    return value
-
-
-def _show(value: object) -> object:
-    if isinstance(value, datetime | date | time):
-        return value.isoformat()
-    return value
-
-
-def _values_list(raw: object, where: str) -> list[object]:
-    if isinstance(raw, list):
-        if not raw:
-            raise ConfigError(f"{where}: needs at least one example value")
-        return list(raw)
-    return [raw]
-
-
-def build_param(name: str, raw: object, where: str) -> Param:
-    """A parameter from its file form: a value, a list, or a table with ``type`` and values."""
-    if not _IDENT_RE.fullmatch(name):
-        raise ConfigError(f"{where}: {name!r} is not a valid parameter name")
-    ptype = "auto"
-    per_side: tuple[list[object], list[object]] | None = None
-    if isinstance(raw, dict):
-        known = ["type", "values", "value", "sqlite", "postgres"]
-        for key in raw:
-            if key not in known:
-                raise ConfigError(
-                    f"{where}: unknown parameter key {key!r}{_did_you_mean(key, known)}"
-                )
-        ptype = str(raw.get("type", "auto"))
-        if ptype not in PARAM_TYPES:
-            raise ConfigError(
-                f"{where}: type {ptype!r} is not one of {', '.join(PARAM_TYPES)}"
-                f"{_did_you_mean(ptype, list(PARAM_TYPES))}"
-            )
-        if "sqlite" in raw or "postgres" in raw:
-            if not ("sqlite" in raw and "postgres" in raw) or "values" in raw or "value" in raw:
-                raise ConfigError(
-                    f"{where}: give either 'values' (or 'value'), or both 'sqlite' and 'postgres'"
-                )
-            per_side = (
-                _values_list(raw["sqlite"], f"{where}.sqlite"),
-                _values_list(raw["postgres"], f"{where}.postgres"),
-            )
-            if len(per_side[0]) != len(per_side[1]):
-                raise ConfigError(f"{where}: 'sqlite' and 'postgres' need as many values")
-            values = per_side[1]
-        elif "values" in raw and "value" not in raw:
-            values = _values_list(raw["values"], f"{where}.values")
-        elif "value" in raw and "values" not in raw:
-            values = [raw["value"]]
-        else:
-            raise ConfigError(f"{where}: give 'values' (a list) or 'value'")
-    else:
-        values = _values_list(raw, where)
-    sqlite_values: list[object] = []
-    postgres_values: list[object] = []
-    for i, value in enumerate(values):
-        at = f"{where}[{i}]" if len(values) > 1 else where
-        if per_side is not None:
-            lite, _ = side_values(per_side[0][i], ptype, at)
-            _, pg = side_values(per_side[1][i], ptype, at)
-        else:
-            lite, pg = side_values(value, ptype, at)
-        sqlite_values.append(lite)
-        postgres_values.append(pg)
-    shown = tuple(
-        {"sqlite": _show(a), "postgres": _show(b)} if per_side else _show(b)
-        for a, b in zip(per_side[0] if per_side else values, values, strict=True)
-    )
-    return Param(name, ptype, tuple(sqlite_values), tuple(postgres_values), shown)
-
-
 # --------------------------------------------------------------------------- building
-
-
-def _did_you_mean(word: str, choices: Sequence[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def _number(value: object, where: str, *, whole: bool = False, positive: bool = False) -> Any:
@@ -572,7 +175,7 @@ def _settings_from(raw: Mapping[str, Any], where: str) -> QuerySettings:
     for key, value in raw.items():
         if key not in _SETTING_RULES:
             raise ConfigError(
-                f"{where}: unknown setting {key!r}{_did_you_mean(key, list(_SETTING_RULES))}"
+                f"{where}: unknown setting {key!r}{did_you_mean(key, list(_SETTING_RULES))}"
             )
         whole, positive = _SETTING_RULES[key]
         number = _number(value, f"{where}: {key}", whole=whole, positive=positive)
@@ -595,7 +198,7 @@ def build_query(raw: Mapping[str, Any], where: str) -> QuerySpec:
     ]
     for key in raw:
         if key not in known:
-            raise ConfigError(f"{where}: unknown key {key!r}{_did_you_mean(key, known)}")
+            raise ConfigError(f"{where}: unknown key {key!r}{did_you_mean(key, known)}")
     name = raw.get("name")
     if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise ConfigError(
@@ -605,13 +208,13 @@ def build_query(raw: Mapping[str, Any], where: str) -> QuerySpec:
     if "sql" in raw and ("sqlite" in raw or "postgres" in raw):
         raise ConfigError(f"{where}: 'sql' is one text for both sides; use it alone")
     lite_raw = raw.get("sql", raw.get("sqlite"))
-    if not isinstance(lite_raw, str) or not _clean_sql(lite_raw):
+    if not isinstance(lite_raw, str) or not clean_sql(lite_raw):
         raise ConfigError(f"{where}: needs its SQLite form ('sqlite' or 'sql')")
     pg_raw = raw.get("postgres")
-    if pg_raw is not None and (not isinstance(pg_raw, str) or not _clean_sql(pg_raw)):
+    if pg_raw is not None and (not isinstance(pg_raw, str) or not clean_sql(pg_raw)):
         raise ConfigError(f"{where}: 'postgres' must be the PostgreSQL form of the query")
-    lite = _clean_sql(lite_raw)
-    pg_text = _clean_sql(pg_raw) if isinstance(pg_raw, str) else lite
+    lite = clean_sql(lite_raw)
+    pg_text = clean_sql(pg_raw) if isinstance(pg_raw, str) else lite
     pg_sql, pg_order = to_postgres_placeholders(pg_text)
     lite_names = {n for _, _, n in find_placeholders(lite, "sqlite")}
 
@@ -713,7 +316,7 @@ def parse_toml_file(text: str, path: Path) -> QueryFile:
     for key in data:
         if key not in ("settings", "query"):
             raise ConfigError(
-                f"{path}: unknown top-level key {key!r}{_did_you_mean(key, ['settings', 'query'])}"
+                f"{path}: unknown top-level key {key!r}{did_you_mean(key, ['settings', 'query'])}"
             )
     settings_raw = data.get("settings", {})
     if not isinstance(settings_raw, dict):
@@ -764,7 +367,7 @@ def parse_sql_file(text: str, path: Path) -> QueryFile:
                 settings_raw[key] = _toml_value(value, where)
             elif m and difflib.get_close_matches(key, list(_SETTING_RULES), n=1, cutoff=0.85):
                 raise ConfigError(
-                    f"{where}: unknown setting {key!r}{_did_you_mean(key, list(_SETTING_RULES))}"
+                    f"{where}: unknown setting {key!r}{did_you_mean(key, list(_SETTING_RULES))}"
                 )
             elif line.strip() and not line.strip().startswith("--"):
                 raise ConfigError(f"{where}: SQL before the first '-- name:' line")
@@ -797,7 +400,7 @@ def parse_sql_file(text: str, path: Path) -> QueryFile:
             continue
         if m and difflib.get_close_matches(key, [*_QUERY_KEYS, *_MARKERS], n=1, cutoff=0.8):
             known = [*_QUERY_KEYS, *_MARKERS]
-            raise ConfigError(f"{where}: unknown directive {key!r}{_did_you_mean(key, known)}")
+            raise ConfigError(f"{where}: unknown directive {key!r}{did_you_mean(key, known)}")
         current[section].append(line)
     queries = []
     for block in blocks:

@@ -28,7 +28,7 @@ from streamutil import DaemonThread, daemon_config
 from replicator.cli import main
 from replicator.config import Config, load_config
 from replicator.demo.sample import generate_reference_db
-from replicator.queries.checker import QueryReport, QueryResult, check_queries
+from replicator.queries import QueryReport, QueryResult, check_queries
 from replicator.snapshot.copy import ProgressDisplay, Snapshotter
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from replicator.coerce import Kind, PgType, converter_for
-from replicator.queries.checker import (
+from replicator.queries import (
     Latency,
     ResultColumn,
     Row,

@@ -10,7 +10,7 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from replicator.errors import ConfigError
-from replicator.queries.spec import (
+from replicator.queries import (
     find_placeholders,
     has_top_level,
     load_query_file,

@@ -1,0 +1,255 @@
+"""What a query check found, per query and per parameter set, and how it is shown.
+
+The same report is rendered as a table with details for people and as JSON
+for scripts (its fields are documented in ``docs/queries.md``); a query's
+verdict is ``ok``, ``different``, ``slow`` or ``error``, and the report passes
+only when every query is ``ok``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from replicator.queries.compare import Difference
+
+__all__ = [
+    "CaseResult",
+    "Latency",
+    "PlanSummary",
+    "QueryReport",
+    "QueryResult",
+    "percentile",
+]
+
+# --------------------------------------------------------------------------- latency
+
+
+@dataclass
+class Latency:
+    """Milliseconds per execution, as the client sees it (execute + fetch all)."""
+
+    n: int
+    p50: float
+    p95: float
+    p99: float
+    mean: float
+    max: float
+
+    @classmethod
+    def of(cls, samples_ms: Sequence[float]) -> Latency:
+        s = sorted(samples_ms)
+        return cls(
+            n=len(s),
+            p50=percentile(s, 0.50),
+            p95=percentile(s, 0.95),
+            p99=percentile(s, 0.99),
+            mean=sum(s) / len(s),
+            max=s[-1],
+        )
+
+
+def percentile(sorted_samples: Sequence[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default)."""
+    if not sorted_samples:
+        raise ValueError("no samples")
+    pos = q * (len(sorted_samples) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(sorted_samples) - 1)
+    return sorted_samples[lo] + (sorted_samples[hi] - sorted_samples[lo]) * (pos - lo)
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class CaseResult:
+    """One parameter set of one query."""
+
+    index: int
+    params: dict[str, Any]
+    sqlite_rows: int = 0
+    postgres_rows: int = 0
+    equal: bool = False
+    difference: Difference | None = None
+    in_flight: bool = False  # differed, then matched once the target caught up
+    source_position: int | None = None  # change-log head the SQLite side was read at
+    target_position: int | None = None  # applied position the PostgreSQL side was read at
+    error: str | None = None
+
+
+@dataclass
+class PlanSummary:
+    params: dict[str, Any]
+    execution_ms: float | None
+    planning_ms: float | None
+    lines: list[str] = field(default_factory=list)
+    hints: list[str] = field(default_factory=list)
+    sqlite_plan: list[str] = field(default_factory=list)
+
+
+@dataclass
+class QueryResult:
+    name: str
+    description: str
+    ordered: bool
+    target_p95_ms: float
+    cases: list[CaseResult] = field(default_factory=list)
+    sqlite: Latency | None = None
+    postgres: Latency | None = None
+    plan: PlanSummary | None = None
+    notes: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def equal(self) -> bool:
+        return self.error is None and bool(self.cases) and all(c.equal for c in self.cases)
+
+    @property
+    def slow(self) -> bool:
+        return self.postgres is not None and self.postgres.p95 > self.target_p95_ms
+
+    @property
+    def verdict(self) -> str:
+        if self.error is not None or any(c.error for c in self.cases):
+            return "error"
+        if not self.equal:
+            return "different"
+        if self.slow:
+            return "slow"
+        return "ok"
+
+    @property
+    def ok(self) -> bool:
+        return self.verdict == "ok"
+
+    @property
+    def rows(self) -> tuple[int, int]:
+        return sum(c.sqlite_rows for c in self.cases), sum(c.postgres_rows for c in self.cases)
+
+
+@dataclass
+class QueryReport:
+    path: str
+    queries: list[QueryResult] = field(default_factory=list)
+    source_position: int | None = None
+    target_position: int | None = None
+    streaming: bool = False
+    settings: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.queries) and all(q.ok for q in self.queries)
+
+    def counts(self) -> dict[str, int]:
+        out = {"ok": 0, "different": 0, "slow": 0, "error": 0}
+        for q in self.queries:
+            out[q.verdict] += 1
+        return out
+
+    def summary(self) -> str:
+        c = self.counts()
+        return (
+            f"{len(self.queries)} queries: {c['ok']} ok, {c['different']} different, "
+            f"{c['slow']} slow, {c['error']} failed"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["ok"] = self.ok
+        out["summary"] = self.summary()
+        for q, result in zip(out["queries"], self.queries, strict=True):
+            q["verdict"] = result.verdict
+            q["equal"] = result.equal
+            q["slow"] = result.slow
+            q["rows"] = {"sqlite": result.rows[0], "postgres": result.rows[1]}
+        return out
+
+    def render(self) -> str:
+        head = (
+            f"{'query':<34} {'rows':>13} {'equal':>5} {'SQLite p95':>11} "
+            f"{'PG p95':>10} {'target':>8}  verdict"
+        )
+        lines = [head, "-" * len(head)]
+        for q in self.queries:
+            lite_rows, pg_rows = q.rows
+            rows = str(lite_rows) if lite_rows == pg_rows else f"{lite_rows}/{pg_rows}"
+            equal = "yes" if q.equal else ("-" if q.verdict == "error" else "NO")
+            lines.append(
+                f"{q.name[:34]:<34} {rows:>13} {equal:>5} {_ms(q.sqlite):>11} "
+                f"{_ms(q.postgres):>10} {q.target_p95_ms:>6.0f}ms  "
+                f"{q.verdict if q.ok else q.verdict.upper()}"
+            )
+        for q in self.queries:
+            lines.extend(_details(q))
+        verdict = "PASS" if self.ok else "FAIL"
+        where = ""
+        if self.streaming and self.source_position is not None:
+            where = (
+                f"; compared while streaming (source change-log head {self.source_position}, "
+                f"target applied {self.target_position} at start)"
+            )
+        elif self.streaming:
+            where = "; compared while streaming (cursor capture: no single position)"
+        lines.append(f"verdict: {verdict}: {self.summary()}{where} ({self.seconds:.1f} s)")
+        return "\n".join(lines)
+
+
+def _ms(lat: Latency | None) -> str:
+    if lat is None:
+        return "-"
+    return f"{lat.p95:.1f} ms" if lat.p95 < 1000 else f"{lat.p95 / 1000:.2f} s"
+
+
+def _params_text(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in params.items()) or "no parameters"
+
+
+def _details(q: QueryResult) -> list[str]:
+    out: list[str] = []
+    if q.error:
+        out.append(f"{q.name}: error: {q.error}")
+    for c in q.cases:
+        where = f"{q.name} [{_params_text(c.params)}]"
+        if c.error:
+            out.append(f"{where}: error: {c.error}")
+        elif c.difference is not None:
+            d = c.difference
+            at = ""
+            if c.source_position is not None or c.target_position is not None:
+                at = (
+                    f" (source change-log head {c.source_position}, "
+                    f"target applied {c.target_position})"
+                )
+            out.append(f"{where}: {d.summary}{at}")
+            out.append(f"    SQLite:     {_rows_text(d.sqlite_rows)}")
+            out.append(f"    PostgreSQL: {_rows_text(d.postgres_rows)}")
+        elif c.in_flight:
+            out.append(f"{where}: equal once in-flight changes were applied")
+    if q.slow and q.postgres is not None:
+        out.append(
+            f"{q.name}: PostgreSQL p95 {q.postgres.p95:.1f} ms is over the target "
+            f"{q.target_p95_ms:g} ms (p50 {q.postgres.p50:.1f}, p99 {q.postgres.p99:.1f}, "
+            f"n={q.postgres.n}); SQLite p95 {_ms(q.sqlite)}"
+        )
+        if q.plan is not None:
+            p = q.plan
+            out.append(
+                f"    plan for [{_params_text(p.params)}]: execution "
+                f"{p.execution_ms or 0:.1f} ms, planning {p.planning_ms or 0:.1f} ms"
+            )
+            out.extend(f"      {line}" for line in p.lines)
+            out.extend(f"    hint: {h}" for h in p.hints)
+    for note in q.notes:
+        out.append(f"{q.name}: note: {note}")
+    return out
+
+
+def _rows_text(rows: list[list[Any]]) -> str:
+    if not rows:
+        return "(none)"
+    return " | ".join(json.dumps(r, ensure_ascii=False, default=str) for r in rows)
