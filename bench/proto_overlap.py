@@ -57,7 +57,7 @@ def load(db: Path, dsn: str, chunk_rows: int, overlapped: bool) -> tuple[int, fl
     started = time.perf_counter()
     for plan in plans:
         reader = ChunkReader(source, plan, lambda: open_source(db, readonly=True, lenient=True))
-        writer = TableWriter(plan)
+        writer = TableWriter(plan.shape)
         keypos = plan.key_positions
 
         def chunks(reader: Any = reader, plan: Any = plan, keypos: Any = keypos) -> Any:

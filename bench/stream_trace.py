@@ -44,12 +44,12 @@ PHASES = (
     ("replicator.stream.apply:Applier", "apply", "apply"),
     ("replicator.stream.daemon:Daemon", "_step", "step"),
     ("replicator.stream.daemon:Daemon", "_sample_lag", "sample_lag"),
-    ("replicator.stream.daemon:Daemon", "_heartbeat", "heartbeat"),
-    ("replicator.stream.daemon:Daemon", "_record", "record"),
-    ("replicator.stream.daemon:Daemon", "_follow_drift", "drift"),
+    ("replicator.stream.daemon:Daemon", "beat", "heartbeat"),
+    ("replicator.stream.heartbeat:Heartbeat", "record", "record"),
+    ("replicator.stream.daemon", "follow_drift", "drift"),
     ("replicator.stream.daemon:Daemon", "_check_source", "check_source"),
-    ("replicator.stream.daemon:PairLock", "alive", "lock_alive"),
-    ("replicator.stream.daemon:Waker", "wait", "wait"),
+    ("replicator.state.lock:PairLock", "alive", "lock_alive"),
+    ("replicator.stream.waker:Waker", "wait", "wait"),
 )
 
 

@@ -153,7 +153,7 @@ class Health:
         self.state = "starting"
         self.last_error: str | None = None
         self.failures = 0  # consecutive failed attempts, while retrying
-        self.pair: str | None = None  # pipeline.pair_id(): whose health this is
+        self.pair: str | None = None  # state.lock.pair_id(): whose health this is
         self._lock = threading.Lock()
 
     def tick(self, *, connected: bool, lag_seconds: float, state: str) -> None:

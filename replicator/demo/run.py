@@ -12,6 +12,7 @@ PostgreSQL it starts and removes itself.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import tempfile
@@ -42,6 +43,10 @@ from replicator.logs import configure
 from replicator.proof.verify import Verifier
 from replicator.source import changelog
 from replicator.source.sqlite import open_source
+from replicator.state import deadletter
+from replicator.state.checkpoint import load_progress
+from replicator.state.deadletter import count_open
+from replicator.state.position import changes_applied, load_position
 from replicator.stream.daemon import Daemon
 from replicator.stream.systemd import Notifier
 
@@ -101,49 +106,35 @@ class StatusLine:
         self._last: tuple[float, int] | None = None
 
     def read(self) -> dict[str, Any]:
-        with psycopg.connect(self.dsn, autocommit=True) as conn:
-            progress = conn.execute(
-                sql.SQL(
-                    "SELECT coalesce(sum(rows_written), 0), coalesce(sum(rows_total), 0), "
-                    "bool_and(done) FROM {}"
-                ).format(pg_ident(self.schema, "snapshot_progress"))
-            ).fetchone()
-            pos = conn.execute(
-                sql.SQL("SELECT seq, changes_applied FROM {} WHERE id = 1").format(
-                    pg_ident(self.schema, "stream_position")
-                )
-            ).fetchone()
-            dead = conn.execute(
-                sql.SQL("SELECT count(*) FROM {} WHERE resolved_at IS NULL").format(
-                    pg_ident(self.schema, "dead_letters")
-                )
-            ).fetchone()
+        with psycopg.connect(self.dsn, autocommit=True) as conn, conn.cursor() as cur:
+            progress = load_progress(cur, self.schema).values()
+            position = load_position(cur, self.schema)
+            applied = changes_applied(cur, self.schema)
+            dead = sum(count_open(cur, self.schema).values())
         source = open_source(self.db, readonly=True)
         try:
             head = changelog.head_position(source) if changelog.changelog_exists(source) else 0
             oldest = None
-            if pos is not None:
-                _n, oldest = changelog.depth(source, int(pos[0]))
+            if position is not None:
+                _n, oldest = changelog.depth(source, position.seq)
         finally:
             source.close()
         now = time.monotonic()
-        applied = int(pos[1]) if pos else 0
         rate = 0.0
         if self._last is not None and now > self._last[0]:
             rate = (applied - self._last[1]) / (now - self._last[0])
         self._last = (now, applied)
-        assert progress is not None and dead is not None
         return {
-            "copied": int(progress[0]),
-            "total": int(progress[1]),
-            "snapshot_done": bool(progress[2]),
-            "position": int(pos[0]) if pos else None,
+            "copied": sum(p.rows_written for p in progress),
+            "total": sum(p.rows_total or 0 for p in progress),
+            "snapshot_done": bool(progress) and all(p.done for p in progress),
+            "position": position.seq if position else None,
             "head": head,
-            "lag_changes": head - int(pos[0]) if pos else None,
+            "lag_changes": head - position.seq if position else None,
             "lag_seconds": max(0.0, time.time() - oldest) if oldest else 0.0,
             "applied": applied,
             "per_second": rate,
-            "dead_letters": int(dead[0]),
+            "dead_letters": dead,
         }
 
     def render(self, s: dict[str, Any], elapsed: float) -> str:
@@ -271,15 +262,11 @@ def _replicate(
             "row(s) whose values it refuses; each is in replicator.dead_letters with its "
             "reason, waiting for a fix at the source.\n"
         )
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            rows = conn.execute(
-                sql.SQL(
-                    "SELECT table_name, key::text, column_name, error FROM {} "
-                    "WHERE resolved_at IS NULL ORDER BY id LIMIT 5"
-                ).format(pg_ident(config.target.state_schema, "dead_letters"))
-            ).fetchall()
-        for table, key, column, error in rows:
-            out.write(f"  dead letter: {table} {key} {column}: {error}\n")
+        with psycopg.connect(dsn, autocommit=True) as conn, conn.cursor() as cur:
+            letters = deadletter.fetch(cur, config.target.state_schema, limit=5)
+        for letter in letters:
+            key = json.dumps(letter.key, ensure_ascii=False)
+            out.write(f"  dead letter: {letter.table} {key} {letter.column}: {letter.error}\n")
         return 0
     out.write("\nFAILED: the target differs from the source beyond the dead letters.\n")
     return 1

@@ -15,16 +15,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from psycopg import sql
-
 from replicator.config import Config
-from replicator.identifiers import pg_ident
 from replicator.plan.tables import advance_sequences, build_plans, target_sequences
 from replicator.proof.status import read_status
 from replicator.proof.verify import Verifier
 from replicator.source import changelog
 from replicator.source.sqlite import open_source, read_transaction
 from replicator.state import checkpoint
+from replicator.state.position import load_position
 from replicator.target.connection import Connection, connect, first_line
 
 
@@ -128,13 +126,9 @@ class Cutover:
             source.close()
 
     def _applied(self) -> int | None:
-        with connect(self.config.require_target(), autocommit=True) as conn:
-            row = conn.execute(
-                sql.SQL("SELECT seq FROM {} WHERE id = 1").format(
-                    pg_ident(self.schema, "stream_position")
-                )
-            ).fetchone()
-        return int(row[0]) if row else None
+        with connect(self.config.require_target(), autocommit=True) as conn, conn.cursor() as cur:
+            position = load_position(cur, self.schema)
+        return position.seq if position is not None else None
 
     def _quiet(self) -> tuple[bool, str]:
         deadline = time.monotonic() + self.timeout

@@ -52,7 +52,7 @@ def rewrite_keys(
     source: sqlite3.Connection, conn: Connection, plan: TablePlan, keys: Sequence[Key]
 ) -> list[Rewritten]:
     """Make the target's rows for ``keys`` equal to the source's, one savepoint each."""
-    writer = TableWriter(plan)
+    writer = TableWriter(plan.shape)
     select = source_by_key_sql(plan)
     out: list[Rewritten] = []
     with conn.transaction():

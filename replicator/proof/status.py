@@ -33,8 +33,13 @@ from replicator.identifiers import pg_ident, sqlite_ident
 from replicator.plan.tables import select_tables
 from replicator.source import changelog
 from replicator.source.sqlite import list_tables, open_source, read_transaction
+from replicator.state.checkpoint import load_progress
+from replicator.state.deadletter import count_open
+from replicator.state.heartbeat import load_daemon, load_rates
+from replicator.state.lock import lock_holder, pair_id
 from replicator.state.migrations import current_revision, head_revision
-from replicator.stream.daemon import lock_key, pair_id
+from replicator.state.position import load_position, load_table_stats
+from replicator.state.shapes import load_hold_states
 from replicator.target.connection import Connection, connect, first_line
 
 STALE_AFTER = 15.0  # seconds without a heartbeat before a "running" daemon is called stale
@@ -130,50 +135,14 @@ def _read(conn: Connection, config: Config, schema: str) -> Status:
             daemon.state = f"running ({live['state']})"
             daemon.pid = int(live["pid"]) if live.get("pid") else daemon.pid
             daemon.last_error = str(live.get("last_error") or daemon.last_error or "") or None
-    pos_rows = _q(
-        conn, sql.SQL("SELECT seq FROM {} WHERE id = 1").format(pg_ident(schema, "stream_position"))
-    )
-    applied = int(pos_rows[0][0]) if pos_rows else None
-    progress = {
-        str(r[0]): (int(r[1]), r[2], bool(r[3]))
-        for r in _q(
-            conn,
-            sql.SQL("SELECT table_name, rows_written, rows_total, done FROM {}").format(
-                pg_ident(schema, "snapshot_progress")
-            ),
-        )
-    }
-    stats = {
-        str(r[0]): (int(r[1]), r[2])
-        for r in _q(
-            conn,
-            sql.SQL("SELECT table_name, changes_applied, last_applied_at FROM {}").format(
-                pg_ident(schema, "table_stats")
-            ),
-        )
-    }
-    dead = {
-        str(r[0]): int(r[1])
-        for r in _q(
-            conn,
-            sql.SQL(
-                "SELECT table_name, count(*) FROM {} WHERE resolved_at IS NULL GROUP BY 1"
-            ).format(pg_ident(schema, "dead_letters")),
-        )
-    }
-    rates_row = _q(
-        conn, sql.SQL("SELECT rates FROM {} WHERE id = 1").format(pg_ident(schema, "daemon"))
-    )
-    rates: dict[str, float] = (rates_row[0][0] or {}) if rates_row else {}
-    held = {
-        str(r[0]): (str(r[1]), str(r[2]))
-        for r in _q(
-            conn,
-            sql.SQL("SELECT table_name, state, reason FROM {} ORDER BY 1").format(
-                pg_ident(schema, "paused_tables")
-            ),
-        )
-    }
+    with conn.cursor() as cur:
+        position = load_position(cur, schema)
+        progress = load_progress(cur, schema)
+        stats = load_table_stats(cur, schema)
+        dead = count_open(cur, schema)
+    applied = position.seq if position is not None else None
+    rates = load_rates(conn, schema)
+    held = load_hold_states(conn, schema)
     status = Status(daemon=daemon, applied_position=applied)
 
     path = config.require_source()
@@ -212,11 +181,11 @@ def _read(conn: Connection, config: Config, schema: str) -> Status:
         snap = progress.get(name)
         if snap is None:
             snapshot = "not started"
-        elif snap[2]:
+        elif snap.done:
             snapshot = "done"
         else:
-            total = snap[1] or 0
-            snapshot = f"{100 * snap[0] / total:.0f}%" if total else "running"
+            total = snap.rows_total or 0
+            snapshot = f"{100 * snap.rows_written / total:.0f}%" if total else "running"
         count, oldest = lag.get(name, (0, None))
         mode = "triggers" if name in triggers else "none"
         if name in held:
@@ -249,44 +218,25 @@ def _target_count(conn: Connection, schema: str, table: str) -> int | None:
 
 
 def _daemon(conn: Connection, schema: str) -> DaemonStatus:
-    rows = _q(
-        conn,
-        sql.SQL(
-            "SELECT host, pid, started_at, extract(epoch FROM now() - heartbeat_at), state,"
-            " last_error, stopped_at FROM {} WHERE id = 1"
-        ).format(pg_ident(schema, "daemon")),
-    )
-    key = lock_key(schema)
-    holder = _q(
-        conn,
-        sql.SQL(
-            "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-            "WHERE l.locktype = 'advisory' AND l.granted "
-            "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
-            "AND l.classid = ((%s::bigint >> 32) & 4294967295)::oid "
-            "AND l.objid = (%s::bigint & 4294967295)::oid AND l.objsubid = 1"
-        ),
-        (key, key),
-    )
-    lock_holder = str(holder[0][0]) if holder else None
-    if not rows:
-        return DaemonStatus(state="never started", lock_holder=lock_holder)
-    host, pid, started, age, state, last_error, stopped_at = rows[0]
-    age_s = float(age) if age is not None else None
-    if stopped_at is not None and lock_holder is None:
+    row = load_daemon(conn, schema)
+    holder = lock_holder(conn, schema)
+    if row is None:
+        return DaemonStatus(state="never started", lock_holder=holder)
+    age_s = row.heartbeat_age
+    if row.stopped_at is not None and holder is None:
         shown = "stopped"
-    elif lock_holder is None or (age_s is not None and age_s > STALE_AFTER):
+    elif holder is None or (age_s is not None and age_s > STALE_AFTER):
         shown = "stale heartbeat"
     else:
-        shown = f"running ({state})"
+        shown = f"running ({row.state})"
     return DaemonStatus(
         state=shown,
-        host=str(host),
-        pid=int(pid),
-        since=stopped_at if shown == "stopped" else started,
+        host=row.host,
+        pid=row.pid,
+        since=row.stopped_at if shown == "stopped" else row.started_at,
         heartbeat_age=round(age_s, 1) if age_s is not None else None,
-        last_error=str(last_error) if last_error else None,
-        lock_holder=lock_holder,
+        last_error=row.last_error,
+        lock_holder=holder,
     )
 
 

@@ -48,7 +48,7 @@ from replicator.snapshot.copy import ChunkReader, ensure_state
 from replicator.source import changelog
 from replicator.source.sqlite import open_source, read_transaction
 from replicator.state import deadletter
-from replicator.stream.apply import load_position
+from replicator.state.position import load_position
 from replicator.target.connection import Connection, connect
 
 Key = tuple[Any, ...]
@@ -234,13 +234,8 @@ class Verifier:
     def _open_dead_letters(self, conn: Connection) -> dict[str, set[str]]:
         out: dict[str, set[str]] = {}
         with conn.cursor() as cur:
-            cur.execute(
-                sql.SQL("SELECT table_name, key::text FROM {} WHERE resolved_at IS NULL").format(
-                    pg_ident(self.schema, "dead_letters")
-                )
-            )
-            for table, key in cur.fetchall():
-                out.setdefault(str(table), set()).add(_key_text(json.loads(key)))
+            for table, key in deadletter.open_keys(cur, self.schema):
+                out.setdefault(table, set()).add(_key_text(key))
         return out
 
     # -- per table -------------------------------------------------------------

@@ -63,7 +63,8 @@ from replicator.queries.report import (
 from replicator.queries.spec import ParamSet, QueryFile, QuerySettings, QuerySpec, load_query_file
 from replicator.source import changelog
 from replicator.source.sqlite import open_source, read_transaction
-from replicator.stream.apply import load_position
+from replicator.state.checkpoint import count_cursor_tables
+from replicator.state.position import load_position, position_kept
 from replicator.target.connection import Cursor, connect, first_line
 
 __all__ = ["QueryChecker", "QueryError", "check_queries"]
@@ -128,11 +129,8 @@ class QueryChecker:
             self.conn.read_only = True
             self.conn.isolation_level = IsolationLevel.REPEATABLE_READ
             self.has_changelog = changelog.changelog_exists(self.source)
-            row = self.conn.execute(
-                "SELECT to_regclass(format('%%I.stream_position', %s::text)) IS NOT NULL",
-                (self.state_schema,),
-            ).fetchone()
-            self.has_position = bool(row and row[0])
+            with self.conn.cursor() as cur:
+                self.has_position = position_kept(cur, self.state_schema)
             self.cursor_tables = self._cursor_tables()
         except psycopg.Error as exc:
             self.close()
@@ -156,20 +154,7 @@ class QueryChecker:
     def _cursor_tables(self) -> int:
         """Tables the daemon follows by cursor (no change log, so no single position)."""
         with self.conn.cursor() as cur:
-            cur.execute(
-                "SELECT to_regclass(format('%%I.cursor_position', %s::text)) IS NOT NULL",
-                (self.state_schema,),
-            )
-            row = cur.fetchone()
-            if not row or not row[0]:
-                return 0
-            cur.execute(
-                sql.SQL("SELECT count(*) FROM {}").format(
-                    pg_ident(self.state_schema, "cursor_position")
-                )
-            )
-            found = cur.fetchone()
-        return int(found[0]) if found else 0
+            return count_cursor_tables(cur, self.state_schema)
 
     @property
     def trigger_stream(self) -> bool:

@@ -1037,7 +1037,7 @@ class Snapshotter:
         stop = self.config.snapshot.on_error == "stop"
         log = self.log.bind(table=name)
         keypos = plan.key_positions
-        write = TableWriter(plan)
+        write = TableWriter(plan.shape)
         copy = write.copy if job.progress.method == "copy" else write.upsert
         columns = write.column_names()
         while True:

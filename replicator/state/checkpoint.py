@@ -3,6 +3,7 @@ the chunk it describes, so a crash can never separate data from position."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Self
 
@@ -104,6 +105,18 @@ def save_progress(cur: psycopg.Cursor[Any], schema: str, p: SnapshotProgress) ->
 
 def reset_progress(cur: psycopg.Cursor[Any], schema: str) -> None:
     cur.execute(sql.SQL("DELETE FROM {}").format(pg_ident(schema, "snapshot_progress")))
+
+
+def forget_progress(cur: psycopg.Cursor[Any], schema: str, tables: Sequence[str]) -> None:
+    """Snapshot progress of tables gone or new again: a table that comes (back) is
+    copied in full, whatever an earlier table of its name left there."""
+    if tables:
+        cur.execute(
+            sql.SQL("DELETE FROM {} WHERE table_name = ANY(%s)").format(
+                pg_ident(schema, "snapshot_progress")
+            ),
+            (list(tables),),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +225,19 @@ class CursorState:
     position: dict[str, Any] | None
     reconcile_started_at: float | None
     reconciled_at: float | None
+
+
+def count_cursor_tables(cur: psycopg.Cursor[Any], schema: str) -> int:
+    """Tables followed by a cursor (0 when the state schema has no cursor table yet)."""
+    cur.execute(
+        "SELECT to_regclass(format('%%I.cursor_position', %s::text)) IS NOT NULL", (schema,)
+    )
+    row = cur.fetchone()
+    if not row or not row[0]:
+        return 0
+    cur.execute(sql.SQL("SELECT count(*) FROM {}").format(pg_ident(schema, "cursor_position")))
+    found = cur.fetchone()
+    return int(found[0]) if found else 0
 
 
 def load_cursor_states(cur: psycopg.Cursor[Any], schema: str) -> dict[str, CursorState]:

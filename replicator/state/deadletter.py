@@ -221,3 +221,17 @@ def update_error(
         ).format(pg_ident(schema, "dead_letters")),
         (error, column, list(ids)),
     )
+
+
+def open_keys(
+    cur: psycopg.Cursor[Any], schema: str, tables: Sequence[str] | None = None
+) -> list[tuple[str, Any]]:
+    """(table, stored key as JSON) of every open dead letter, of ``tables`` when given."""
+    query = sql.SQL("SELECT table_name, key FROM {} WHERE resolved_at IS NULL").format(
+        pg_ident(schema, "dead_letters")
+    )
+    if tables is None:
+        cur.execute(query)
+    else:
+        cur.execute(query + sql.SQL(" AND table_name = ANY(%s)"), (list(tables),))
+    return [(str(r[0]), r[1]) for r in cur.fetchall()]

@@ -32,75 +32,12 @@ from replicator.source.changelog import Change
 from replicator.source.sqlite import ROWID
 from replicator.state import deadletter
 from replicator.state.deadletter import DeadLetter, json_safe
+from replicator.state.position import save_position, save_table_stats
 from replicator.target.connection import Connection, Cursor, first_line, is_row_error
 from replicator.target.writer import STAGE_THRESHOLD, RowFailure, TableWriter, copy_payload
 
 Row = tuple[object, ...]
 FOREIGN_KEY_VIOLATION = "23503"
-
-
-@dataclass(frozen=True, slots=True)
-class StreamPosition:
-    """Where the stream stands: every change with ``seq <= seq`` is applied."""
-
-    seq: int
-    snapshot_seq: int  # the log position recorded before the snapshot started
-
-    def __str__(self) -> str:
-        return str(self.seq)
-
-    @classmethod
-    def parse(cls, text: str) -> StreamPosition:
-        return cls(seq=int(text), snapshot_seq=int(text))
-
-
-def load_position(cur: Cursor, schema: str) -> StreamPosition | None:
-    cur.execute(
-        sql.SQL("SELECT seq, snapshot_seq FROM {} WHERE id = 1").format(
-            pg_ident(schema, "stream_position")
-        )
-    )
-    row = cur.fetchone()
-    return StreamPosition(int(row[0]), int(row[1])) if row else None
-
-
-def init_position(cur: Cursor, schema: str, seq: int) -> StreamPosition:
-    cur.execute(
-        sql.SQL(
-            "INSERT INTO {} (id, seq, snapshot_seq) VALUES (1, %s, %s) ON CONFLICT (id) DO NOTHING"
-        ).format(pg_ident(schema, "stream_position")),
-        (seq, seq),
-    )
-    found = load_position(cur, schema)
-    assert found is not None
-    return found
-
-
-def save_position(cur: Cursor, schema: str, seq: int, applied: int) -> None:
-    cur.execute(
-        sql.SQL(
-            "UPDATE {} SET seq = %s, applied_at = now(), "
-            "changes_applied = changes_applied + %s WHERE id = 1"
-        ).format(pg_ident(schema, "stream_position")),
-        (seq, applied),
-    )
-
-
-def save_table_stats(cur: Cursor, schema: str, result: BatchResult) -> None:
-    per_table: Counter[str] = Counter()
-    for (table, _op), count in result.applied.items():
-        per_table[table] += count
-    if not per_table:
-        return
-    cur.executemany(
-        sql.SQL(
-            "INSERT INTO {} AS s (table_name, changes_applied, last_applied_at, last_position)"
-            " VALUES (%s, %s, now(), %s) ON CONFLICT (table_name) DO UPDATE SET"
-            " changes_applied = s.changes_applied + EXCLUDED.changes_applied,"
-            " last_applied_at = now(), last_position = EXCLUDED.last_position"
-        ).format(pg_ident(schema, "table_stats")),
-        [(table, count, result.last_seq) for table, count in sorted(per_table.items())],
-    )
 
 
 @dataclass
@@ -115,6 +52,13 @@ class BatchResult:
     replayed: bool = False  # the fast path failed and the batch was replayed in order
     max_ids: dict[tuple[str, int], int] = field(default_factory=dict)  # for sequences
     seconds: float = 0.0
+
+    def per_table(self) -> Counter[str]:
+        """Rows applied per table, whatever the operation."""
+        counts: Counter[str] = Counter()
+        for (table, _op), count in self.applied.items():
+            counts[table] += count
+        return counts
 
 
 @dataclass
@@ -138,7 +82,7 @@ class Applier:
     ):
         self.plans = {p.source.name: p for p in plans}
         self.order = [p.source.name for p in plans]
-        self.writers = {p.source.name: TableWriter(p) for p in plans}
+        self.writers = {p.source.name: TableWriter(p.shape) for p in plans}
         self.schema = state_schema
         self.stop_on_error = stop_on_error
         self.open_dead: Counter[str] = Counter()
@@ -243,7 +187,7 @@ class Applier:
         if writer is None:
             plan = self.plans[table]
             kept = tuple(c for i, c in enumerate(plan.columns) if i not in absent)
-            writer = TableWriter(replace(plan, columns=kept))
+            writer = TableWriter(replace(plan, columns=kept).shape)
             self._partial[(table, absent)] = writer
         # Row by row, never through the staging table (it has every column).
         cur.executemany(
@@ -402,7 +346,7 @@ class Applier:
                     save_position(cur, self.schema, result.last_seq, len(changes))
                 else:
                     save(cur, result)
-                save_table_stats(cur, self.schema, result)
+                save_table_stats(cur, self.schema, result.per_table(), result.last_seq)
         result.seconds = time.monotonic() - started
         return result
 

@@ -32,21 +32,19 @@ import re
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.types.json import Jsonb
 
 from replicator.coerce import ColumnRule, PgType, converter_for
 from replicator.config import Config
 from replicator.errors import CoercionError, ConfigError, SchemaError
-from replicator.identifiers import pg_ident, pg_truncate
+from replicator.identifiers import pg_truncate
 from replicator.plan.tables import (
     TablePlan,
     add_column_sql,
     build_plans,
-    describe_target,
     order_by_dependencies,
     plan_table,
     select_tables,
@@ -60,9 +58,10 @@ from replicator.source.sqlite import (
     read_transaction,
     schema_version,
 )
+from replicator.state import shapes
+from replicator.state.shapes import Hold
+from replicator.target.catalog import describe_target
 from replicator.target.connection import Connection, Cursor
-
-HoldState = Literal["paused", "resync"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,16 +176,6 @@ def survey(source: sqlite3.Connection, config: Config) -> Survey:
     return Survey(version, tables, triggered)
 
 
-@dataclass(frozen=True, slots=True)
-class Hold:
-    """A table whose changes are not applied, and why."""
-
-    table: str
-    state: HoldState  # "paused": until the next start; "resync": being compared and repaired
-    reason: str
-    position: int  # paused: the stream position then; resync: log entries up to here skipped
-
-
 @dataclass
 class Watch:
     """The daemon's memory of the source schema: version, shapes, holds."""
@@ -207,64 +196,20 @@ class Watch:
         return {n: h.position for n, h in self.holds.items() if h.state == "resync"}
 
     def load(self, conn: Connection, schema: str) -> None:
-        with conn.cursor() as cur:
-            cur.execute(
-                sql.SQL("SELECT table_name, shape FROM {}").format(
-                    pg_ident(schema, "source_shapes")
-                )
-            )
-            self.shapes = {str(r[0]): Shape.from_json(r[1]) for r in cur.fetchall()}
-            cur.execute(
-                sql.SQL("SELECT table_name, state, reason, position FROM {}").format(
-                    pg_ident(schema, "paused_tables")
-                )
-            )
-            self.holds = {
-                str(r[0]): Hold(
-                    str(r[0]), "resync" if r[1] == "resync" else "paused", str(r[2]), int(r[3])
-                )
-                for r in cur.fetchall()
-            }
+        self.shapes = {n: Shape.from_json(s) for n, s in shapes.load_shapes(conn, schema).items()}
+        self.holds = shapes.load_holds(conn, schema)
 
     def save(
         self,
         cur: Cursor,
         schema: str,
-        shapes: Mapping[str, Shape],
+        shapes_now: Mapping[str, Shape],
         holds: Mapping[str, Hold],
     ) -> None:
         """Replace the stored shapes and holds with these (one transaction, the caller's)."""
-        table = pg_ident(schema, "source_shapes")
-        cur.execute(
-            sql.SQL("DELETE FROM {} WHERE NOT (table_name = ANY(%s))").format(table),
-            (list(shapes),),
-        )
-        cur.executemany(
-            sql.SQL(
-                "INSERT INTO {} AS s (table_name, shape) VALUES (%s, %s) ON CONFLICT (table_name)"
-                " DO UPDATE SET shape = EXCLUDED.shape, recorded_at = now()"
-                " WHERE s.shape IS DISTINCT FROM EXCLUDED.shape"
-            ).format(table),
-            [(name, Jsonb(shape.to_json())) for name, shape in sorted(shapes.items())],
-        )
-        self.shapes = dict(shapes)
-        self._save_holds(cur, schema, holds)
-
-    def _save_holds(self, cur: Cursor, schema: str, holds: Mapping[str, Hold]) -> None:
-        table = pg_ident(schema, "paused_tables")
-        cur.execute(
-            sql.SQL("DELETE FROM {} WHERE NOT (table_name = ANY(%s))").format(table),
-            (list(holds),),
-        )
-        cur.executemany(
-            sql.SQL(
-                "INSERT INTO {} AS p (table_name, state, reason, position)"
-                " VALUES (%s, %s, %s, %s) ON CONFLICT (table_name) DO UPDATE SET"
-                " state = EXCLUDED.state, reason = EXCLUDED.reason, position = EXCLUDED.position,"
-                " since = CASE WHEN p.state = EXCLUDED.state THEN p.since ELSE now() END"
-            ).format(table),
-            [(h.table, h.state, h.reason, h.position) for _n, h in sorted(holds.items())],
-        )
+        shapes.save_shapes(cur, schema, {n: s.to_json() for n, s in shapes_now.items()})
+        self.shapes = dict(shapes_now)
+        shapes.save_holds(cur, schema, holds)
         self.holds = dict(holds)
 
     def release(self, conn: Connection, schema: str, tables: Iterable[str]) -> None:
@@ -272,7 +217,8 @@ class Watch:
         done = set(tables)
         holds = {n: h for n, h in self.holds.items() if n not in done}
         with conn.transaction(), conn.cursor() as cur:
-            self._save_holds(cur, schema, holds)
+            shapes.save_holds(cur, schema, holds)
+        self.holds = holds
 
 
 # --- columns added in the source ----------------------------------------------------
@@ -489,15 +435,3 @@ def decide(
     d.plans = [p for p in ordered if p.source.name not in d.pause]
     d.fresh = [n for n in d.fresh if n in plans and n not in d.pause]
     return d
-
-
-def forget_progress(cur: Cursor, schema: str, tables: Sequence[str]) -> None:
-    """Snapshot progress of tables gone or new again: a table that comes (back) is
-    copied in full, whatever an earlier table of its name left there."""
-    if tables:
-        cur.execute(
-            sql.SQL("DELETE FROM {} WHERE table_name = ANY(%s)").format(
-                pg_ident(schema, "snapshot_progress")
-            ),
-            (list(tables),),
-        )

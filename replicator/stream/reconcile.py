@@ -34,7 +34,6 @@ from replicator import metrics
 from replicator.coerce import Kind
 from replicator.config import Config
 from replicator.errors import CoercionError
-from replicator.identifiers import pg_ident
 from replicator.logs import get_logger
 from replicator.plan.tables import TablePlan
 from replicator.proof.verify import (
@@ -49,7 +48,7 @@ from replicator.snapshot.copy import ChunkReader
 from replicator.source.changelog import Change
 from replicator.source.cursor import CursorReader, to_change
 from replicator.source.sqlite import read_transaction
-from replicator.state import checkpoint
+from replicator.state import checkpoint, deadletter
 from replicator.state.deadletter import decode_key, json_key
 from replicator.stream.apply import Applier, BatchResult
 from replicator.target.connection import Connection, Cursor
@@ -447,15 +446,8 @@ class Reconciler:
     def _open_dead_letters(self, conn: Connection, tables: Sequence[str]) -> dict[str, set[str]]:
         out: dict[str, set[str]] = {}
         with conn.cursor() as cur:
-            cur.execute(
-                sql.SQL(
-                    "SELECT table_name, key FROM {} WHERE resolved_at IS NULL"
-                    " AND table_name = ANY(%s)"
-                ).format(pg_ident(self.schema, "dead_letters")),
-                (list(tables),),
-            )
-            for table, key in cur.fetchall():
-                out.setdefault(str(table), set()).add(_raw_key_text(decode_key(key)))
+            for table, key in deadletter.open_keys(cur, self.schema, tables):
+                out.setdefault(table, set()).add(_raw_key_text(decode_key(key)))
         return out
 
 

@@ -32,7 +32,6 @@ from psycopg.pq import Format
 
 from replicator.coerce import JSON_KINDS, Kind
 from replicator.identifiers import pg_ident
-from replicator.plan.tables import TablePlan
 from replicator.target.connection import Connection, Cursor, first_line, is_row_error
 
 Row = tuple[object, ...]
@@ -120,19 +119,31 @@ class RowFailure:
 _LINE = re.compile(r"line (\d+)")
 
 
-class TableWriter:
-    """Prepared statements for one table plan; stateless across transactions."""
+@dataclass(frozen=True, slots=True)
+class TableShape:
+    """What the writer needs to know of a target table."""
 
-    def __init__(self, plan: TablePlan) -> None:
-        self.plan = plan
-        cols = plan.target_column_list()
-        table = plan.table
+    schema: str
+    name: str
+    columns: tuple[str, ...]  # target column names, in the order of a row's values
+    kinds: tuple[Kind, ...]  # their types' kinds, in the same order
+    key: tuple[str, ...]  # the key's target columns
+    newer_column: str | None = None  # conflict = "newer_wins": never write an older version
+
+
+class TableWriter:
+    """Prepared statements for one table; stateless across transactions."""
+
+    def __init__(self, shape: TableShape) -> None:
+        self.shape = shape
+        cols = sql.SQL(", ").join(pg_ident(c) for c in shape.columns)
+        table = pg_ident(shape.schema, shape.name)
         digest = hashlib.sha1(
-            f"{plan.schema}.{plan.name}".encode(), usedforsecurity=False
+            f"{shape.schema}.{shape.name}".encode(), usedforsecurity=False
         ).hexdigest()[:16]
         self.stage = pg_ident(f"replicator_stage_{digest}")
         self.copy_sql = sql.SQL("COPY {} ({}) FROM STDIN").format(table, cols)
-        kinds = [c.type.kind for c in plan.columns]
+        kinds = shape.kinds
         self.binary_types: list[str] | None = None
         if all(k in BINARY_COPY_TYPES for k in kinds):
             self.binary_types = [BINARY_COPY_TYPES[k] for k in kinds]
@@ -142,17 +153,17 @@ class TableWriter:
         self.create_stage_sql = sql.SQL(
             "CREATE TEMP TABLE IF NOT EXISTS {} AS SELECT {} FROM {} WITH NO DATA"
         ).format(self.stage, cols, table)
-        key = sql.SQL(", ").join(pg_ident(k) for k in plan.target_key)
-        non_key = [c.target for c in plan.columns if c.target not in plan.target_key]
+        key = sql.SQL(", ").join(pg_ident(k) for k in shape.key)
+        non_key = [c for c in shape.columns if c not in shape.key]
         if non_key:
             action = sql.SQL("DO UPDATE SET {}").format(
                 sql.SQL(", ").join(
                     sql.SQL("{} = EXCLUDED.{}").format(pg_ident(c), pg_ident(c)) for c in non_key
                 )
             )
-            if plan.newer_column is not None:
+            if shape.newer_column is not None:
                 # Dual-write safety: never overwrite a row with an older version of it.
-                version = pg_ident(plan.newer_column)
+                version = pg_ident(shape.newer_column)
                 action = action + sql.SQL(
                     " WHERE t.{v} IS NULL OR EXCLUDED.{v} IS NULL OR EXCLUDED.{v} >= t.{v}"
                 ).format(v=version)
@@ -161,16 +172,16 @@ class TableWriter:
         self.merge_sql = sql.SQL(
             "INSERT INTO {} AS t ({}) SELECT {} FROM {} ON CONFLICT ({}) {}"
         ).format(table, cols, cols, self.stage, key, action)
-        placeholders = sql.SQL(", ").join(sql.Placeholder() for _ in plan.columns)
+        placeholders = sql.SQL(", ").join(sql.Placeholder() for _ in shape.columns)
         self.upsert_sql = sql.SQL(
             "INSERT INTO {} AS t ({}) VALUES ({}) ON CONFLICT ({}) {}"
         ).format(table, cols, placeholders, key, action)
         self.delete_sql = sql.SQL("DELETE FROM {} WHERE ({}) = ({})").format(
-            table, key, sql.SQL(", ").join(sql.Placeholder() for _ in plan.target_key)
+            table, key, sql.SQL(", ").join(sql.Placeholder() for _ in shape.key)
         )
 
     def column_names(self) -> list[str]:
-        return [c.target for c in self.plan.columns]
+        return list(self.shape.columns)
 
     def copy(self, cur: Cursor, rows: Sequence[Row]) -> None:
         """COPY rows straight into the table (it must not hold their keys), in the

@@ -32,7 +32,8 @@ from replicator.snapshot.copy import Snapshotter, ensure_state
 from replicator.source import changelog
 from replicator.source.changelog import Change
 from replicator.source.sqlite import describe_table
-from replicator.stream.apply import Applier, BatchResult, Prepared, init_position
+from replicator.state.position import init_position
+from replicator.stream.apply import Applier, BatchResult, Prepared
 from replicator.target.writer import STAGE_THRESHOLD, copy_payload
 
 STATE = "replicator"

@@ -90,7 +90,7 @@ def test_every_binary_kind_round_trips_and_a_refused_row_is_found_by_its_line(
     config = snapshot_config(source, pg_dsn, create_tables=False)
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         (plan,) = build_plans(sqlite3.connect(source), conn, config)
-    assert TableWriter(plan).binary_types is not None  # this table goes binary
+    assert TableWriter(plan.shape).binary_types is not None  # this table goes binary
 
     summary = Snapshotter(config, display=ProgressDisplay(io.StringIO())).run()
 
@@ -152,7 +152,7 @@ def test_character_n_goes_binary_padded_as_from_text(tmp_path: Path, pg_dsn: str
         "INSERT INTO codes VALUES (1, 'ab'), (2, 'abcde'), (3, 'abcdef'), (4, NULL);",
         "CREATE TABLE codes (id bigint PRIMARY KEY, c character(5))",
     )
-    assert TableWriter(plan).binary_types == ["int8", "text"]
+    assert TableWriter(plan.shape).binary_types == ["int8", "text"]
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         rows = conn.execute("SELECT id, c, octet_length(c::bytea) FROM codes ORDER BY id")
         assert rows.fetchall() == [(1, "ab   ", 5), (2, "abcde", 5), (4, None, None)]
@@ -172,7 +172,7 @@ def test_a_real_column_goes_as_text_and_rounds_as_postgresql_does(
         f"INSERT INTO reals VALUES (1, {halfway!r}), (2, 0.1);",
         "CREATE TABLE reals (id bigint PRIMARY KEY, v real)",
     )
-    assert TableWriter(plan).binary_types is None
+    assert TableWriter(plan.shape).binary_types is None
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         got = conn.execute("SELECT v::text FROM reals ORDER BY id").fetchall()
         want = conn.execute("SELECT %s::text::real::text", (repr(halfway),)).fetchone()
@@ -186,7 +186,7 @@ def test_a_table_with_a_numeric_column_goes_as_text(tmp_path: Path, pg_dsn: str)
         "CREATE TABLE money (id INTEGER PRIMARY KEY, amount NUMERIC(10, 2), at DATETIME);"
         "INSERT INTO money VALUES (1, '12.34', '2024-01-02 03:04:05'), (2, 0.1, NULL);",
     )
-    assert TableWriter(plan).binary_types is None
+    assert TableWriter(plan.shape).binary_types is None
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         rows = conn.execute("SELECT amount::text FROM money ORDER BY id").fetchall()
     assert rows == [("12.34",), ("0.10",)]

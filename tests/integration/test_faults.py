@@ -73,7 +73,7 @@ from replicator.demo.sample import SampleReport, generate_reference_db
 ARTIFACTS = 600
 WRITE_RATE = 60  # app transactions per second (one action plus one like each)
 SMALL_BATCHES = {"REPLICATOR_STREAM_BATCH_MAX_CHANGES": "60"}  # many commits to land in
-RATE_LIMIT_WINDOW = 30.0  # seconds between two `retrying` lines (pipeline.ErrorLog)
+RATE_LIMIT_WINDOW = 30.0  # seconds between two `retrying` lines (stream.retry.ErrorLog)
 
 
 @dataclass

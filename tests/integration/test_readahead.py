@@ -28,7 +28,6 @@ from replicator.source import changelog
 from replicator.source.changelog import Change
 from replicator.source.readahead import ReadAhead
 from replicator.source.sqlite import describe_table, open_source, schema_version
-from replicator.stream.apply import StreamPosition
 from replicator.stream.daemon import Daemon
 
 EVERYTHING = 1 << 40  # a byte limit that never applies
@@ -568,12 +567,12 @@ def test_close_before_any_use_opens_nothing(make: Callable[..., Harness]) -> Non
 def test_a_prune_ending_between_prune_done_and_the_pruning_check_does_not_crash_the_daemon(
     source: Source, pg_dsn: str
 ) -> None:
-    """Drives the real Daemon methods in the order Daemon._step calls them:
+    """Drives the real LogTail methods in the order LogTail.prune_if_due calls them:
 
-        self._prune_done()                           # the prune is still running
+        self.collect()                               # the prune is still running
         due = ...                                    # the prune ends right here
-        if due and self._writable and not self._worker().pruning():
-            self._prune()
+        if due and self.writable and not self.worker().pruning():
+            self.prune(position)
 
     A prune outlives the one-second prune interval whenever it waits for the
     application's write lock batch after batch, or is queued behind a read-ahead
@@ -585,31 +584,30 @@ def test_a_prune_ending_between_prune_done_and_the_pruning_check_does_not_crash_
     log gets pruned once the application lets go of the lock.
     """
     daemon = Daemon(daemon_config(source.path, pg_dsn), install_signals=False)
-    daemon.position = StreamPosition(30, 0)
     app = sqlite3.connect(source.path, isolation_level=None)
     app.execute("BEGIN IMMEDIATE")  # the application is writing
+    tail = daemon.tail  # the daemon's end of the change log: reads ahead, prunes
     try:
-        daemon._prune()  # the loop started a prune (a second ago or more)
-        daemon._prune_done()  # next round: not ended yet, nothing to collect
-        if daemon._prune_deferred:
-            pytest.fail("the prune ended before _prune_done(): scenario not reproduced")
-        readahead = daemon._worker()
+        tail.prune(30)  # the loop started a prune (a second ago or more)
+        tail.collect()  # next round: not ended yet, nothing to collect
+        if tail.deferred:
+            pytest.fail("the prune ended before collect(): scenario not reproduced")
+        readahead = tail.worker()
         time.sleep(0.5)  # ... and it ends (its 50 ms wait for the lock is long over)
         app.execute("ROLLBACK")  # the application's transaction is over too
-        if not daemon._worker().pruning():  # Daemon._step's check, as it is written
-            daemon._prune()
+        if not tail.worker().pruning():  # LogTail.prune_if_due's check, as it is written
+            tail.prune(30)
         # Without the bug: later rounds collect the outcome and the log gets pruned.
         deadline = time.monotonic() + 10
-        while daemon._pruned_upto < 30:
+        while tail.pruned_upto < 30:
             assert time.monotonic() < deadline, "the log was never pruned"
             time.sleep(0.01)
-            daemon._prune_done()
-            if not readahead.pruning() and daemon._pruned_upto < 30:
-                daemon._prune()
+            tail.collect()
+            if not readahead.pruning() and tail.pruned_upto < 30:
+                tail.prune(30)
         assert source.log_seqs() == []
     finally:
         if app.in_transaction:
             app.execute("ROLLBACK")
         app.close()
-        if daemon.readahead is not None:
-            daemon.readahead.close()
+        tail.close()

@@ -20,7 +20,7 @@ import pytest
 
 from replicator.errors import SourceError
 from replicator.source.sqlite import SourceFileChanged, SourceGuard, open_source
-from replicator.stream.daemon import ErrorLog, transient_kind
+from replicator.stream.retry import ErrorLog, transient_kind
 
 
 @pytest.fixture
@@ -227,7 +227,7 @@ def test_status_trusts_only_the_health_endpoint_of_its_own_pair(tmp_path: Path) 
     from replicator.config import load_config
     from replicator.metrics import Health, MetricsServer
     from replicator.proof.status import ask_daemon
-    from replicator.stream.daemon import pair_id
+    from replicator.state.lock import pair_id
 
     def config(source: str, port: int) -> Any:
         return load_config(

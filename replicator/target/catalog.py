@@ -1,0 +1,94 @@
+"""What PostgreSQL says about a target table: columns and types, key, parents."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from replicator.coerce import PgType
+
+
+@dataclass(frozen=True, slots=True)
+class TargetColumn:
+    name: str
+    type: PgType
+    not_null: bool
+    has_default: bool
+    sequence: tuple[str, str] | None  # (schema, name) of its serial / identity sequence
+
+
+@dataclass(frozen=True, slots=True)
+class TargetTable:
+    schema: str
+    name: str
+    columns: tuple[TargetColumn, ...]
+    primary_key: tuple[str, ...]
+    parents: tuple[str, ...]  # referenced tables (target names, same schema)
+
+    def column(self, name: str) -> TargetColumn | None:
+        for col in self.columns:
+            if col.name == name:
+                return col
+        return None
+
+
+_COLUMNS_SQL = """
+SELECT a.attname,
+       format_type(a.atttypid, a.atttypmod),
+       a.attnotnull,
+       a.atthasdef OR a.attidentity <> '',
+       (SELECT ARRAY[sn.nspname::text, sc.relname::text]
+          FROM pg_class sc JOIN pg_namespace sn ON sn.oid = sc.relnamespace
+         WHERE sc.oid = pg_get_serial_sequence(
+                 format('%%I.%%I', n.nspname, c.relname), a.attname)::regclass)
+FROM pg_attribute a
+JOIN pg_class c ON c.oid = a.attrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY a.attnum
+"""
+
+_PK_SQL = """
+SELECT a.attname
+FROM pg_index i
+JOIN pg_class c ON c.oid = i.indrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true
+JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
+WHERE n.nspname = %s AND c.relname = %s AND i.indisprimary
+ORDER BY k.ord
+"""
+
+_PARENTS_SQL = """
+SELECT DISTINCT pc.relname
+FROM pg_constraint con
+JOIN pg_class c ON c.oid = con.conrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_class pc ON pc.oid = con.confrelid
+WHERE con.contype = 'f' AND n.nspname = %s AND c.relname = %s
+"""
+
+
+def describe_target(conn: psycopg.Connection[Any], schema: str, name: str) -> TargetTable | None:
+    with conn.cursor() as cur:
+        cur.execute(_COLUMNS_SQL, (schema, name))
+        rows = cur.fetchall()
+        if not rows:
+            return None
+        columns = tuple(
+            TargetColumn(
+                name=str(r[0]),
+                type=PgType.parse(str(r[1])),
+                not_null=bool(r[2]),
+                has_default=bool(r[3]),
+                sequence=(str(r[4][0]), str(r[4][1])) if r[4] else None,
+            )
+            for r in rows
+        )
+        cur.execute(_PK_SQL, (schema, name))
+        pk = tuple(str(r[0]) for r in cur.fetchall())
+        cur.execute(_PARENTS_SQL, (schema, name))
+        parents = tuple(str(r[0]) for r in cur.fetchall() if r[0] != name)
+    return TargetTable(schema=schema, name=name, columns=columns, primary_key=pk, parents=parents)
