@@ -88,7 +88,7 @@ mapping used when the replicator creates a target table itself
 (:meth:`PgType.from_sqlite_decl`).
 """
 
-from replicator.coerce.codec import encode_raw
+from replicator.coerce.codec import decode_key, encode_raw, json_key, json_safe
 from replicator.coerce.common import Converter
 from replicator.coerce.convert import converter_for
 from replicator.coerce.text import json_valid_converter
@@ -101,6 +101,9 @@ __all__ = [
     "Kind",
     "PgType",
     "converter_for",
+    "decode_key",
     "encode_raw",
+    "json_key",
+    "json_safe",
     "json_valid_converter",
 ]
