@@ -592,6 +592,7 @@ def dead_letters_retry(
     _letters_selection(ids, table, every)
 
     def go() -> int:
+        from replicator.coerce import decode_key
         from replicator.plan.tables import build_plans
         from replicator.proof.repair import rewrite_keys
         from replicator.source.sqlite import open_source
@@ -616,7 +617,7 @@ def dead_letters_retry(
                     continue
                 by_key: dict[tuple[object, ...], list[int]] = {}
                 for x in group:
-                    by_key.setdefault(deadletter.decode_key(x.key), []).append(x.id)
+                    by_key.setdefault(decode_key(x.key), []).append(x.id)
                 results = rewrite_keys(source, conn, plans[name], list(by_key))
                 with conn.transaction(), conn.cursor() as cur:
                     for r in results:

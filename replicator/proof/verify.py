@@ -33,7 +33,7 @@ from uuid import UUID
 
 from psycopg import sql
 
-from replicator.coerce import JSON_KINDS, Kind
+from replicator.coerce import JSON_KINDS, Kind, json_safe
 from replicator.config import Config
 from replicator.errors import CoercionError
 from replicator.identifiers import pg_ident
@@ -602,4 +602,4 @@ def key_text(values: Sequence[Any]) -> str:
 
 
 def _key_text(values: Sequence[Any]) -> str:
-    return json.dumps([deadletter.json_safe(v) for v in values], default=str, sort_keys=True)
+    return json.dumps([json_safe(v) for v in values], default=str, sort_keys=True)

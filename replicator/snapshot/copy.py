@@ -25,6 +25,7 @@ import psycopg
 from psycopg import sql
 
 from replicator import metrics
+from replicator.coerce import json_safe
 from replicator.config import Config
 from replicator.errors import CoercionError, ConfigError, DataError, SourceError
 from replicator.identifiers import pg_ident, sqlite_ident
@@ -39,7 +40,7 @@ from replicator.plan.tables import (
 from replicator.source.sqlite import ROWID, open_source, read_transaction
 from replicator.state import checkpoint, deadletter
 from replicator.state.checkpoint import PartProgress, SnapshotProgress
-from replicator.state.deadletter import DeadLetter, json_safe
+from replicator.state.deadletter import DeadLetter
 from replicator.state.migrations import current_revision, head_revision, migrate
 from replicator.target.connection import Connection, Cursor, connect, first_line
 from replicator.target.writer import RowFailure, TableWriter, write_isolating

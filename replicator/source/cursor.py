@@ -37,12 +37,12 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
+from replicator.coerce import decode_key, json_key
 from replicator.errors import SchemaError
 from replicator.identifiers import sqlite_ident
 from replicator.plan.tables import TablePlan, affinity
 from replicator.source.changelog import Change
 from replicator.source.sqlite import ROWID, SourceTable
-from replicator.state.deadletter import decode_key, json_key
 
 UPDATED_LIKE = re.compile(
     r"^(last_?)?(updated|modified|changed|touched|mtime)(_?(at|on|time|ts|date|datetime))?$",

@@ -11,8 +11,8 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from replicator.coerce import decode_key, json_key
 from replicator.identifiers import pg_ident
-from replicator.state.deadletter import decode_key, json_key
 
 
 def _jkey(key: tuple[Any, ...] | None) -> Jsonb | None:

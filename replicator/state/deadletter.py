@@ -8,7 +8,6 @@ error and when. A later successful write of the same key resolves it.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,33 +16,8 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from replicator.coerce import encode_raw
+from replicator.coerce import encode_raw, json_key
 from replicator.identifiers import pg_ident
-
-
-def json_safe(value: object) -> Any:
-    """``value`` itself when JSON (and PostgreSQL's jsonb) holds it exactly,
-    else its :func:`encode_raw` description (blobs, NUL, invalid UTF-8, inf)."""
-    if value is None or isinstance(value, bool | int):
-        return value
-    if isinstance(value, float) and math.isfinite(value):
-        return value
-    if isinstance(value, dict | list):
-        return json.loads(json.dumps(value, default=str))  # already JSON-shaped
-    if isinstance(value, str) and "\x00" not in value:
-        if value.isascii():
-            return value
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return encode_raw(value)
-        return value
-    return encode_raw(value)
-
-
-def json_key(values: Sequence[object]) -> list[Any]:
-    """A primary key as JSON: plain values where JSON holds them exactly."""
-    return [json_safe(v) for v in values]
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,27 +89,6 @@ def count_open(cur: psycopg.Cursor[Any], schema: str) -> dict[str, int]:
         ).format(pg_ident(schema, "dead_letters"))
     )
     return {str(r[0]): int(r[1]) for r in cur.fetchall()}
-
-
-def decode_key(values: Sequence[Any]) -> tuple[Any, ...]:
-    """Undo :func:`json_key`: the raw SQLite values of a stored key."""
-    out: list[Any] = []
-    for v in values:
-        if isinstance(v, dict) and "type" in v:
-            kind, body = v["type"], v.get("value", "")
-            if kind == "blob":
-                out.append(bytes.fromhex(body))
-            elif kind in ("invalid-utf8-text", "text-with-nul"):
-                out.append(bytes.fromhex(body).decode("utf-8", errors="surrogateescape"))
-            elif kind == "real":
-                out.append(float(body))
-            elif kind == "integer":
-                out.append(int(body))
-            else:
-                out.append(body)
-        else:
-            out.append(v)
-    return tuple(out)
 
 
 @dataclass(frozen=True, slots=True)

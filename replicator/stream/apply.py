@@ -24,6 +24,7 @@ from typing import Any
 from psycopg import sql
 from psycopg.abc import Transformer
 
+from replicator.coerce import decode_key, json_safe
 from replicator.errors import CoercionError, DataError
 from replicator.identifiers import pg_ident
 from replicator.plan.tables import TablePlan, target_sequences
@@ -31,7 +32,7 @@ from replicator.proof.repair import rewrite_keys
 from replicator.source.changelog import Change
 from replicator.source.sqlite import ROWID
 from replicator.state import deadletter
-from replicator.state.deadletter import DeadLetter, json_safe
+from replicator.state.deadletter import DeadLetter
 from replicator.state.position import save_position, save_table_stats
 from replicator.target.connection import Connection, Cursor, first_line, is_row_error
 from replicator.target.writer import STAGE_THRESHOLD, RowFailure, TableWriter, copy_payload
@@ -151,7 +152,7 @@ class Applier:
             by_key: dict[tuple[Any, ...], list[int]] = {}
             for x in waiting:
                 if x.table == table:
-                    by_key.setdefault(deadletter.decode_key(x.key), []).append(x.id)
+                    by_key.setdefault(decode_key(x.key), []).append(x.id)
             results = rewrite_keys(source, conn, self.plans[table], list(by_key))
             done = [i for r in results if r.action != "failed" for i in by_key[r.key]]
             if done:

@@ -31,7 +31,7 @@ from typing import Any
 from psycopg import sql
 
 from replicator import metrics
-from replicator.coerce import Kind
+from replicator.coerce import Kind, decode_key, json_key
 from replicator.config import Config
 from replicator.errors import CoercionError
 from replicator.logs import get_logger
@@ -49,7 +49,6 @@ from replicator.source.changelog import Change
 from replicator.source.cursor import CursorReader, to_change
 from replicator.source.sqlite import read_transaction
 from replicator.state import checkpoint, deadletter
-from replicator.state.deadletter import decode_key, json_key
 from replicator.stream.apply import Applier, BatchResult
 from replicator.target.connection import Connection, Cursor
 
