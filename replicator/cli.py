@@ -594,9 +594,9 @@ def dead_letters_retry(
     def go() -> int:
         from replicator.coerce import decode_key
         from replicator.plan.tables import build_plans
-        from replicator.proof.repair import rewrite_keys
         from replicator.source.sqlite import open_source
         from replicator.state import deadletter
+        from replicator.stream.repair import rewrite_keys
         from replicator.target.connection import connect
 
         config = ctx.obj.config()

@@ -35,7 +35,9 @@ from replicator.errors import ConfigError, SchemaError, SourceError
 from replicator.identifiers import PG_MAX_IDENTIFIER_BYTES, pg_ident, pg_truncate, sqlite_ident
 from replicator.source.sqlite import (
     ROWID,
+    RowLayout,
     SourceTable,
+    affinity,
     describe_table,
     list_tables,
     read_transaction,
@@ -84,10 +86,13 @@ class TablePlan:
         names = [c.source for c in self.columns]
         return tuple(names.index(k) for k in self.key)
 
+    @property
+    def layout(self) -> RowLayout:
+        """How the source's rows of this table are read."""
+        return RowLayout(self.source.name, tuple(c.source for c in self.columns), self.key)
+
     def source_select_list(self) -> str:
-        return ", ".join(
-            sqlite_ident(c.source) if c.source != ROWID else ROWID for c in self.columns
-        )
+        return self.layout.select_list()
 
     def target_column_list(self) -> sql.Composed:
         return sql.SQL(", ").join(pg_ident(c.target) for c in self.columns)
@@ -118,20 +123,6 @@ def select_tables(
         if any(fnmatch.fnmatchcase(name, pat) for pat in include):
             chosen.append(name)
     return chosen
-
-
-def affinity(decl: str) -> str:
-    """SQLite's column affinity for a declared type (section 3.1 of its docs)."""
-    upper = decl.upper()
-    if "INT" in upper:
-        return "INTEGER"
-    if any(s in upper for s in ("CHAR", "CLOB", "TEXT")):
-        return "TEXT"
-    if "BLOB" in upper or not upper:
-        return "BLOB"
-    if any(s in upper for s in ("REAL", "FLOA", "DOUB")):
-        return "REAL"
-    return "NUMERIC"
 
 
 _NUMERIC_KINDS = {Kind.SMALLINT, Kind.INTEGER, Kind.BIGINT, Kind.NUMERIC, Kind.REAL, Kind.DOUBLE}

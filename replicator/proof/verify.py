@@ -18,78 +18,42 @@ source was, so changes in flight are reported as such, not as differences.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import sqlite3
-import struct
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import date, datetime
-from datetime import time as dtime
-from decimal import Decimal
 from typing import Any
-from uuid import UUID
 
 from psycopg import sql
 
-from replicator.coerce import JSON_KINDS, Kind, json_safe
+from replicator.coerce import JSON_KINDS, Kind
 from replicator.config import Config
 from replicator.errors import CoercionError
 from replicator.identifiers import pg_ident
+from replicator.plan.compare import (
+    canonical,
+    key_text,
+    row_digest,
+    source_row_map,
+    target_chunk_queries,
+)
+from replicator.plan.convert import Refused, convert_key
 from replicator.plan.tables import (
     TablePlan,
     build_plans,
     sequence_sql,
     target_sequences,
 )
-from replicator.proof.repair import rewrite_keys, source_by_key_sql, target_by_key_sql
 from replicator.snapshot.copy import ChunkReader, ensure_state
 from replicator.source import changelog
 from replicator.source.sqlite import open_source, read_transaction
 from replicator.state import deadletter
 from replicator.state.position import load_position
+from replicator.stream.repair import rewrite_keys, source_by_key_sql, target_by_key_sql
 from replicator.target.connection import Connection, connect
 
 Key = tuple[Any, ...]
 MAX_LISTED = 50  # differing keys listed per table (all are counted)
-
-
-def canonical(kind: Kind, value: Any) -> Any:
-    """One comparable form of a value, whichever side it came from."""
-    if value is None:
-        return None
-    if kind in JSON_KINDS:
-        if isinstance(value, str | bytes):
-            value = json.loads(value)
-        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    if kind == Kind.REAL and isinstance(value, float):
-        return struct.unpack("f", struct.pack("f", value))[0]
-    if kind == Kind.CHAR and isinstance(value, str):
-        return value.rstrip(" ")
-    if kind == Kind.UUID:
-        return str(UUID(str(value)))
-    if isinstance(value, Decimal):
-        return value.normalize() if value.is_finite() else value
-    if isinstance(value, memoryview):
-        return bytes(value)
-    return value
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, datetime | date | dtime):
-        return value.isoformat()
-    if isinstance(value, bytes):
-        return "x" + value.hex()
-    return repr(value)
-
-
-def row_digest(rows: Iterable[tuple[Any, ...]]) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    for row in rows:
-        h.update("\x1f".join(_text(v) for v in row).encode("utf-8", "surrogatepass"))
-        h.update(b"\x1e")
-    return h.hexdigest()
 
 
 @dataclass
@@ -235,7 +199,7 @@ class Verifier:
         out: dict[str, set[str]] = {}
         with conn.cursor() as cur:
             for table, key in deadletter.open_keys(cur, self.schema):
-                out.setdefault(table, set()).add(_key_text(key))
+                out.setdefault(table, set()).add(key_text(key))
         return out
 
     # -- per table -------------------------------------------------------------
@@ -288,7 +252,7 @@ class Verifier:
             verdict.chunks += 1
             src = self._source_map(plan, raw_rows, kinds)
             tgt = {
-                _key_text([canonical(kinds[i], r[i]) for i in keypos]): tuple(
+                key_text([canonical(kinds[i], r[i]) for i in keypos]): tuple(
                     canonical(k, v) for k, v in zip(kinds, r, strict=True)
                 )
                 for r in target_rows
@@ -327,10 +291,10 @@ class Verifier:
         return verdict
 
     def _target_key(self, plan: TablePlan, raw: tuple[Any, ...]) -> tuple[Any, ...]:
-        out = []
-        for i in plan.key_positions:
-            out.append(plan.columns[i].convert(raw[i]))
-        return tuple(out)
+        key = convert_key(plan, [raw[i] for i in plan.key_positions])
+        if isinstance(key, Refused):
+            raise CoercionError(key.reason)
+        return key
 
     def _source_map(
         self, plan: TablePlan, raw_rows: Sequence[tuple[Any, ...]], kinds: Sequence[Kind]
@@ -540,66 +504,3 @@ class Verifier:
                 if row and row[0]:
                     out.append({"table": plan.name, "column": col.target, "rows": int(row[0])})
         return out
-
-
-def target_chunk_queries(plan: TablePlan) -> tuple[sql.Composed, sql.Composed, sql.Composed]:
-    """Target rows of one key range, ordered as SQLite orders the source keys
-    (text keys in the "C" collation): (first chunk, a middle chunk, the tail)."""
-    text_kinds = (Kind.TEXT, Kind.VARCHAR, Kind.CHAR)
-    keys = []
-    for name in plan.target_key:
-        col = next(c for c in plan.columns if c.target == name)
-        ident = pg_ident(name)
-        keys.append(
-            sql.SQL('{} COLLATE "C"').format(ident) if col.type.kind in text_kinds else ident
-        )
-    key_list = sql.SQL(", ").join(keys)
-    marks = sql.SQL(", ").join(sql.Placeholder() for _ in keys)
-    base = sql.SQL("SELECT {} FROM {}").format(plan.target_column_list(), plan.table)
-    after = sql.SQL("({}) > ({})").format(key_list, marks)
-    upto = sql.SQL("({}) <= ({})").format(key_list, marks)
-    order = sql.SQL(" ORDER BY {}").format(key_list)
-    between = base + sql.SQL(" WHERE ") + after + sql.SQL(" AND ") + upto + order
-    first = base + sql.SQL(" WHERE ") + upto + order
-    tail = base + sql.SQL(" WHERE ") + after + order
-    return first, between, tail
-
-
-def source_row_map(
-    plan: TablePlan, raw_rows: Sequence[tuple[Any, ...]], kinds: Sequence[Kind]
-) -> dict[str, tuple[Key, tuple[Any, ...]]]:
-    """Source rows by key text: (source key, canonical values through the stream's converters)."""
-    out: dict[str, tuple[Key, tuple[Any, ...]]] = {}
-    keypos = plan.key_positions
-    for raw in raw_rows:
-        values: list[Any] = []
-        for col, kind, v in zip(plan.columns, kinds, raw, strict=True):
-            try:
-                values.append(canonical(kind, col.convert(v)))
-            except CoercionError:
-                values.append(("unconvertible", repr(v)))
-        key_text = _key_text([values[i] for i in keypos])
-        out[key_text] = (tuple(raw[i] for i in keypos), tuple(values))
-    return out
-
-
-def target_row_map(
-    plan: TablePlan, rows: Sequence[tuple[Any, ...]], kinds: Sequence[Kind]
-) -> dict[str, tuple[Any, ...]]:
-    """Target rows by the same key text as :func:`source_row_map`, values canonical."""
-    keypos = plan.key_positions
-    return {
-        _key_text([canonical(kinds[i], r[i]) for i in keypos]): tuple(
-            canonical(k, v) for k, v in zip(kinds, r, strict=True)
-        )
-        for r in rows
-    }
-
-
-def key_text(values: Sequence[Any]) -> str:
-    """The comparable text of a key (canonical values), as dead letters hold keys."""
-    return _key_text(values)
-
-
-def _key_text(values: Sequence[Any]) -> str:
-    return json.dumps([json_safe(v) for v in values], default=str, sort_keys=True)

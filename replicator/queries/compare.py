@@ -22,7 +22,7 @@ from typing import Any
 
 from replicator.coerce import Converter, Kind
 from replicator.errors import CoercionError
-from replicator.proof.verify import canonical
+from replicator.plan.compare import canonical
 
 __all__ = [
     "Difference",

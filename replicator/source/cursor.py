@@ -40,9 +40,8 @@ from typing import Any
 from replicator.coerce import decode_key, json_key
 from replicator.errors import SchemaError
 from replicator.identifiers import sqlite_ident
-from replicator.plan.tables import TablePlan, affinity
 from replicator.source.changelog import Change
-from replicator.source.sqlite import ROWID, SourceTable
+from replicator.source.sqlite import ROWID, RowLayout, SourceTable, affinity
 
 UPDATED_LIKE = re.compile(
     r"^(last_?)?(updated|modified|changed|touched|mtime)(_?(at|on|time|ts|date|datetime))?$",
@@ -251,11 +250,11 @@ def fingerprint(raw: Sequence[Any]) -> str:
     return h.hexdigest()
 
 
-def to_change(plan: TablePlan, raw: Sequence[Any], captured_at: float) -> Change:
+def to_change(layout: RowLayout, raw: Sequence[Any], captured_at: float) -> Change:
     """An upsert of one source row, as the trigger log would carry it."""
-    keypos = plan.key_positions
-    image = {c.source: v for c, v in zip(plan.columns, raw, strict=True) if c.source != ROWID}
-    return Change(0, plan.source.name, "U", tuple(raw[i] for i in keypos), image, captured_at)
+    keypos = layout.key_positions
+    image = {c: v for c, v in zip(layout.columns, raw, strict=True) if c != ROWID}
+    return Change(0, layout.table, "U", tuple(raw[i] for i in keypos), image, captured_at)
 
 
 @dataclass
@@ -273,12 +272,12 @@ class Poll:
 class CursorReader:
     """Reads one cursor table; keeps what it applied inside the look-back window."""
 
-    def __init__(self, plan: TablePlan, spec: CursorSpec) -> None:
-        self.plan = plan
+    def __init__(self, layout: RowLayout, spec: CursorSpec) -> None:
+        self.layout = layout
         self.spec = spec
-        self.table = sqlite_ident(plan.source.name)
-        self.select = plan.source_select_list()
-        self.keys = [ROWID if k == ROWID else sqlite_ident(k) for k in plan.key]
+        self.table = sqlite_ident(layout.table)
+        self.select = layout.select_list()
+        self.keys = [ROWID if k == ROWID else sqlite_ident(k) for k in layout.key]
         self.column = ROWID if spec.kind == CursorKind.ROWID else sqlite_ident(spec.column)
         self.norm = self._norm_expr()
         # key -> (cursor value, hash of the row) of rows applied in the window.
@@ -412,7 +411,7 @@ class CursorReader:
                 # The row at our position is not the one we read: its rowid was reused
                 # (or VACUUM renumbered the table, or it was updated). Copy it now.
                 poll.reconcile = "last_row_changed"
-                poll.changes.append(to_change(self.plan, row, captured_at))
+                poll.changes.append(to_change(self.layout, row, captured_at))
                 poll.position = CursorPosition(after, (), fingerprint(row))
         rows = conn.execute(
             f"SELECT {ROWID}, {self.select} FROM {self.table} WHERE {ROWID} > ? "
@@ -420,7 +419,7 @@ class CursorReader:
             (after, limit),
         ).fetchall()
         for row in rows:
-            poll.changes.append(to_change(self.plan, row[1:], captured_at))
+            poll.changes.append(to_change(self.layout, row[1:], captured_at))
         if rows:
             last = rows[-1]
             poll.position = CursorPosition(int(last[0]), (), fingerprint(last[1:]))
@@ -460,7 +459,7 @@ class CursorReader:
         order = f"ORDER BY n, {keys}"
         head = f"SELECT {self.norm} AS n, {self.select} FROM {self.table} WHERE "
         seen = self.seen
-        keypos = self.plan.key_positions
+        keypos = self.layout.key_positions
         if position.is_zero:
             rows = conn.execute(f"{head}n IS NOT NULL {order} LIMIT ?", (limit,)).fetchall()
         else:
@@ -479,7 +478,7 @@ class CursorReader:
                     mark = (row[0], hash(raw))
                     if seen.get(key) != mark:
                         seen[key] = mark
-                        poll.changes.append(to_change(self.plan, raw, captured_at))
+                        poll.changes.append(to_change(self.layout, raw, captured_at))
                         poll.lookback += 1
             for key in [k for k, (v, _h) in seen.items() if v < window]:
                 del seen[key]
@@ -491,7 +490,7 @@ class CursorReader:
             raw = row[1:]
             key = tuple(raw[i] for i in keypos)
             seen[key] = (row[0], hash(raw))
-            poll.changes.append(to_change(self.plan, raw, captured_at))
+            poll.changes.append(to_change(self.layout, raw, captured_at))
         if rows:
             last = rows[-1]
             poll.position = CursorPosition(last[0], tuple(last[1 + i] for i in keypos))

@@ -145,6 +145,36 @@ class SourceTable:
         raise KeyError(name)
 
 
+def affinity(decl: str) -> str:
+    """SQLite's column affinity for a declared type (section 3.1 of its docs)."""
+    upper = decl.upper()
+    if "INT" in upper:
+        return "INTEGER"
+    if any(s in upper for s in ("CHAR", "CLOB", "TEXT")):
+        return "TEXT"
+    if "BLOB" in upper or not upper:
+        return "BLOB"
+    if any(s in upper for s in ("REAL", "FLOA", "DOUB")):
+        return "REAL"
+    return "NUMERIC"
+
+
+@dataclass(frozen=True, slots=True)
+class RowLayout:
+    """How rows of one table are read: which columns, in order, and which make its key."""
+
+    table: str
+    columns: tuple[str, ...]  # source column names, ``rowid`` for an implicit key
+    key: tuple[str, ...]  # the key's columns (may be ``rowid``)
+
+    @property
+    def key_positions(self) -> tuple[int, ...]:
+        return tuple(self.columns.index(k) for k in self.key)
+
+    def select_list(self) -> str:
+        return ", ".join(sqlite_ident(c) if c != ROWID else ROWID for c in self.columns)
+
+
 def list_tables(conn: sqlite3.Connection) -> list[str]:
     rows = conn.execute(
         "SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name"

@@ -25,15 +25,16 @@ from psycopg import sql
 from psycopg.abc import Transformer
 
 from replicator.coerce import decode_key, json_safe
-from replicator.errors import CoercionError, DataError
+from replicator.errors import DataError
 from replicator.identifiers import pg_ident
+from replicator.plan.convert import Refused, convert_key, convert_row
 from replicator.plan.tables import TablePlan, target_sequences
-from replicator.proof.repair import rewrite_keys
 from replicator.source.changelog import Change
 from replicator.source.sqlite import ROWID
 from replicator.state import deadletter
 from replicator.state.deadletter import DeadLetter
 from replicator.state.position import save_position, save_table_stats
+from replicator.stream.repair import rewrite_keys
 from replicator.target.connection import Connection, Cursor, first_line, is_row_error
 from replicator.target.writer import STAGE_THRESHOLD, RowFailure, TableWriter, copy_payload
 
@@ -222,24 +223,16 @@ class Applier:
 
     def _convert(self, plan: TablePlan, change: Change) -> Row | DeadLetter:
         """The target row for an upsert, or the dead letter explaining why not."""
-        raw = self._raw_row(plan, change)
-        out = []
-        for col, value in zip(plan.columns, raw, strict=True):
-            try:
-                out.append(col.convert(value))
-            except CoercionError as exc:
-                return self._letter(plan, change, col.source, value, exc.reason, None)
-        return tuple(out)
+        row = convert_row(plan, self._raw_row(plan, change))
+        if isinstance(row, Refused):
+            return self._letter(plan, change, row.column, row.value, row.reason, None)
+        return row
 
     def _key_row(self, plan: TablePlan, change: Change) -> Row | DeadLetter:
-        by_source = {c.source: c for c in plan.columns}
-        out = []
-        for name, value in zip(plan.key, change.key, strict=True):
-            try:
-                out.append(by_source[name].convert(value))
-            except CoercionError as exc:
-                return self._letter(plan, change, name, value, exc.reason, None)
-        return tuple(out)
+        key = convert_key(plan, change.key)
+        if isinstance(key, Refused):
+            return self._letter(plan, change, key.column, key.value, key.reason, None)
+        return key
 
     # -- applying -------------------------------------------------------------
 

@@ -149,7 +149,7 @@ class CursorStream:
             p.source.name: s for p in self.plans if (s := specs[p.source.name]) is not None
         }
         self.readers = {
-            p.source.name: CursorReader(p, self.specs[p.source.name]) for p in self.plans
+            p.source.name: CursorReader(p.layout, self.specs[p.source.name]) for p in self.plans
         }
         self.positions: dict[str, CursorPosition] = {}
         self.applier: Applier | None = None

@@ -35,8 +35,7 @@ from replicator.coerce import Kind, decode_key, json_key
 from replicator.config import Config
 from replicator.errors import CoercionError
 from replicator.logs import get_logger
-from replicator.plan.tables import TablePlan
-from replicator.proof.verify import (
+from replicator.plan.compare import (
     canonical,
     key_text,
     row_digest,
@@ -44,6 +43,7 @@ from replicator.proof.verify import (
     target_chunk_queries,
     target_row_map,
 )
+from replicator.plan.tables import TablePlan
 from replicator.snapshot.copy import ChunkReader
 from replicator.source.changelog import Change
 from replicator.source.cursor import CursorReader, to_change
@@ -329,7 +329,7 @@ class Reconciler:
         changes = [
             Change(0, table, "D", tuple(tgt_raw[k][i] for i in keypos), None, now) for k in extra
         ]
-        changes += [to_change(plan, raw, now) for raw in upsert]
+        changes += [to_change(plan.layout, raw, now) for raw in upsert]
         result = self.applier.apply(conn, changes, save=_no_position)
         failed = {_raw_key_text(d.key) for d in result.dead_letters}
         for raw in upsert:
@@ -438,7 +438,7 @@ class Reconciler:
             if todo:
                 now = time.time()
                 result = self.applier.apply(
-                    conn, [to_change(plan, raw, now) for raw in todo], save=_no_position
+                    conn, [to_change(plan.layout, raw, now) for raw in todo], save=_no_position
                 )
                 copied += result.applied.get((plan.source.name, "upsert"), 0)
 

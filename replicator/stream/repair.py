@@ -16,8 +16,8 @@ from typing import Any
 
 from psycopg import sql
 
-from replicator.errors import CoercionError
 from replicator.identifiers import pg_ident, sqlite_ident
+from replicator.plan.convert import Refused, convert_key, convert_row
 from replicator.plan.tables import TablePlan
 from replicator.source.sqlite import ROWID, read_transaction
 from replicator.target.connection import Connection, first_line, is_row_error
@@ -59,32 +59,18 @@ def rewrite_keys(
         for key in keys:
             with read_transaction(source):
                 raw = source.execute(select, tuple(key)).fetchone()
-            try:
-                if raw is None:
-                    target_key = tuple(
-                        plan.columns[i].convert(v)
-                        for i, v in zip(plan.key_positions, key, strict=True)
-                    )
-                    row = None
-                else:
-                    row = tuple(c.convert(v) for c, v in zip(plan.columns, raw, strict=True))
-            except CoercionError as exc:
-                column = None
-                if raw is not None:
-                    for c, v in zip(plan.columns, raw, strict=True):
-                        try:
-                            c.convert(v)
-                        except CoercionError:
-                            column = c.source
-                            break
-                out.append(Rewritten(tuple(key), "failed", exc.reason, column))
+            # The row to upsert, or (the source has none) the key to delete.
+            converted = convert_key(plan, key) if raw is None else convert_row(plan, raw)
+            if isinstance(converted, Refused):
+                column = converted.column if raw is not None else None
+                out.append(Rewritten(tuple(key), "failed", converted.reason, column))
                 continue
             try:
                 with conn.transaction(), conn.cursor() as cur:
-                    if row is None:
-                        writer.delete(cur, [target_key])
+                    if raw is None:
+                        writer.delete(cur, [converted])
                     else:
-                        writer.upsert(cur, [row])
+                        writer.upsert(cur, [converted])
             except Exception as exc:
                 if not is_row_error(exc):
                     raise
@@ -98,5 +84,5 @@ def rewrite_keys(
                     )
                 )
                 continue
-            out.append(Rewritten(tuple(key), "deleted" if row is None else "upserted"))
+            out.append(Rewritten(tuple(key), "deleted" if raw is None else "upserted"))
     return out

@@ -1,0 +1,128 @@
+"""One comparable form of a row, whichever database it came from.
+
+Verification, reconciliation and query parity compare source and target rows
+after the same normalisation: a source value goes through its column's
+converter (the plan's), then both sides through :func:`canonical`. Keys are
+compared as JSON text, the form dead letters keep them in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from collections.abc import Iterable, Sequence
+from datetime import date, datetime
+from datetime import time as dtime
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+from psycopg import sql
+
+from replicator.coerce import JSON_KINDS, Kind, json_safe
+from replicator.errors import CoercionError
+from replicator.identifiers import pg_ident
+from replicator.plan.tables import TablePlan
+
+Key = tuple[Any, ...]
+
+
+def canonical(kind: Kind, value: Any) -> Any:
+    """One comparable form of a value, whichever side it came from."""
+    if value is None:
+        return None
+    if kind in JSON_KINDS:
+        if isinstance(value, str | bytes):
+            value = json.loads(value)
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    if kind == Kind.REAL and isinstance(value, float):
+        return struct.unpack("f", struct.pack("f", value))[0]
+    if kind == Kind.CHAR and isinstance(value, str):
+        return value.rstrip(" ")
+    if kind == Kind.UUID:
+        return str(UUID(str(value)))
+    if isinstance(value, Decimal):
+        return value.normalize() if value.is_finite() else value
+    if isinstance(value, memoryview):
+        return bytes(value)
+    return value
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, datetime | date | dtime):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return "x" + value.hex()
+    return repr(value)
+
+
+def row_digest(rows: Iterable[tuple[Any, ...]]) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for row in rows:
+        h.update("\x1f".join(_text(v) for v in row).encode("utf-8", "surrogatepass"))
+        h.update(b"\x1e")
+    return h.hexdigest()
+
+
+def target_chunk_queries(plan: TablePlan) -> tuple[sql.Composed, sql.Composed, sql.Composed]:
+    """Target rows of one key range, ordered as SQLite orders the source keys
+    (text keys in the "C" collation): (first chunk, a middle chunk, the tail)."""
+    text_kinds = (Kind.TEXT, Kind.VARCHAR, Kind.CHAR)
+    keys = []
+    for name in plan.target_key:
+        col = next(c for c in plan.columns if c.target == name)
+        ident = pg_ident(name)
+        keys.append(
+            sql.SQL('{} COLLATE "C"').format(ident) if col.type.kind in text_kinds else ident
+        )
+    key_list = sql.SQL(", ").join(keys)
+    marks = sql.SQL(", ").join(sql.Placeholder() for _ in keys)
+    base = sql.SQL("SELECT {} FROM {}").format(plan.target_column_list(), plan.table)
+    after = sql.SQL("({}) > ({})").format(key_list, marks)
+    upto = sql.SQL("({}) <= ({})").format(key_list, marks)
+    order = sql.SQL(" ORDER BY {}").format(key_list)
+    between = base + sql.SQL(" WHERE ") + after + sql.SQL(" AND ") + upto + order
+    first = base + sql.SQL(" WHERE ") + upto + order
+    tail = base + sql.SQL(" WHERE ") + after + order
+    return first, between, tail
+
+
+def source_row_map(
+    plan: TablePlan, raw_rows: Sequence[tuple[Any, ...]], kinds: Sequence[Kind]
+) -> dict[str, tuple[Key, tuple[Any, ...]]]:
+    """Source rows by key text: (source key, canonical values through the stream's converters)."""
+    out: dict[str, tuple[Key, tuple[Any, ...]]] = {}
+    keypos = plan.key_positions
+    for raw in raw_rows:
+        values: list[Any] = []
+        for col, kind, v in zip(plan.columns, kinds, raw, strict=True):
+            try:
+                values.append(canonical(kind, col.convert(v)))
+            except CoercionError:
+                values.append(("unconvertible", repr(v)))
+        key_text = _key_text([values[i] for i in keypos])
+        out[key_text] = (tuple(raw[i] for i in keypos), tuple(values))
+    return out
+
+
+def target_row_map(
+    plan: TablePlan, rows: Sequence[tuple[Any, ...]], kinds: Sequence[Kind]
+) -> dict[str, tuple[Any, ...]]:
+    """Target rows by the same key text as :func:`source_row_map`, values canonical."""
+    keypos = plan.key_positions
+    return {
+        _key_text([canonical(kinds[i], r[i]) for i in keypos]): tuple(
+            canonical(k, v) for k, v in zip(kinds, r, strict=True)
+        )
+        for r in rows
+    }
+
+
+def key_text(values: Sequence[Any]) -> str:
+    """The comparable text of a key (canonical values), as dead letters hold keys."""
+    return _key_text(values)
+
+
+def _key_text(values: Sequence[Any]) -> str:
+    return json.dumps([json_safe(v) for v in values], default=str, sort_keys=True)
