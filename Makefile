@@ -24,6 +24,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check replicator tests bench migrations
 	$(BIN)/ruff format --check replicator tests bench migrations
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 format: $(STAMP)
 	$(BIN)/ruff format replicator tests bench migrations
