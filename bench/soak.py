@@ -54,8 +54,7 @@ bl.ensure_venv()
 import psycopg  # noqa: E402 - after ensure_venv
 from faultproxy import FaultProxy  # noqa: E402
 from faultutil import BackendKiller, LockHolder, free_port, health, launch_daemon  # noqa: E402
-from pgutil import apply_refapp_schema, make_dsn  # noqa: E402
-from streamutil import (  # noqa: E402
+from harness import (  # noqa: E402
     DaemonProcess,
     compare,
     like_sum,
@@ -65,6 +64,7 @@ from streamutil import (  # noqa: E402
     stream_position,
     wait_until,
 )
+from pgutil import apply_refapp_schema, make_dsn  # noqa: E402
 
 from replicator.demo.devdb import ThrowawayPostgres  # noqa: E402
 from replicator.demo.sample import generate_reference_db  # noqa: E402

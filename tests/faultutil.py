@@ -1,6 +1,6 @@
 """Fault injection for the outage tests and the soak benchmark.
 
-What a fault test needs beside :mod:`streamutil`: a daemon whose health
+What a fault test needs beside :mod:`harness`: a daemon whose health
 endpoint ``replicator status`` can find (a fixed metrics port), the daemon's
 own PostgreSQL backends (to terminate them), an application process that
 holds SQLite's write lock, and an app-like writer that times every one of its
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from streamutil import REPLICATOR, DaemonProcess, daemon_env
+from harness import REPLICATOR, DaemonProcess, daemon_env
 
 
 def free_port() -> int:

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from harness import REPLICATOR, DaemonProcess, daemon_env, source_head, stream_position
 from prometheus_client.parser import text_string_to_metric_families
-from streamutil import REPLICATOR, DaemonProcess, daemon_env, source_head, stream_position
 
 # --------------------------------------------------------------------------
 # A small source database the tests can reason about row by row.

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 import psycopg
 import pytest
+from harness import REPLICATOR, DaemonProcess, daemon_env, wait_until
 from obsutil import (
     cli,
     free_port,
@@ -40,7 +41,6 @@ from obsutil import (
     wait_applied,
 )
 from psycopg import sql
-from streamutil import REPLICATOR, DaemonProcess, daemon_env, wait_until
 
 NoneType = type(None)
 TOP_KEYS: dict[str, tuple[type, ...]] = {

@@ -9,7 +9,7 @@ import sqlite3
 from pathlib import Path
 
 import psycopg
-from streamutil import assert_replicated, open_dead_letters, snapshot_config, sqlite_from_script
+from harness import assert_replicated, open_dead_letters, snapshot_config, sqlite_from_script
 
 from replicator.plan.tables import TablePlan, build_plans
 from replicator.snapshot.copy import ProgressDisplay, Snapshotter

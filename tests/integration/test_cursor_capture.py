@@ -16,8 +16,8 @@ from typing import Any
 
 import psycopg
 import pytest
+from harness import assert_replicated, compare, daemon_config
 from prometheus_client import REGISTRY
-from streamutil import assert_replicated, compare, daemon_config
 
 from replicator.errors import SchemaError
 from replicator.plan.tables import build_plans

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from streamutil import (
+from harness import (
     assert_replicated,
     daemon_process,
     like_sum,

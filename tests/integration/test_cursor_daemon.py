@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from streamutil import (
+from harness import (
     REPLICATOR,
     DaemonThread,
     assert_replicated,

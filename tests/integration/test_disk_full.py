@@ -18,8 +18,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from harness import DaemonThread, daemon_config, open_dead_letters, wait_until
 from prometheus_client import REGISTRY
-from streamutil import DaemonThread, daemon_config, open_dead_letters, wait_until
 
 from replicator.demo.devdb import ThrowawayPostgres
 

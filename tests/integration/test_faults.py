@@ -51,8 +51,7 @@ from faultutil import (
     replicator_status,
     scrape,
 )
-from pgutil import apply_refapp_schema, make_dsn
-from streamutil import (
+from harness import (
     REPLICATOR,
     DaemonProcess,
     WriterProcess,
@@ -66,6 +65,7 @@ from streamutil import (
     stream_position,
     wait_until,
 )
+from pgutil import apply_refapp_schema, make_dsn
 
 from replicator.demo.devdb import ThrowawayPostgres
 from replicator.demo.sample import SampleReport, generate_reference_db

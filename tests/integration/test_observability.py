@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import psycopg
+from harness import assert_replicated, source_head, stream_position, wait_until
 from obsutil import (
     free_port,
     http_get,
@@ -27,7 +28,6 @@ from obsutil import (
     status_json,
     wait_applied,
 )
-from streamutil import assert_replicated, source_head, stream_position, wait_until
 
 from replicator import __version__
 from replicator.config import load_config, parse_address

@@ -38,7 +38,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from streamutil import (
+from harness import (
     REPLICATOR,
     DaemonProcess,
     assert_replicated,

@@ -2,7 +2,7 @@
 sized by memory (``snapshot.chunk_bytes``), and JSON checked by SQLite's ``json_valid``.
 
 Each test snapshots a small SQLite file into its own PostgreSQL database and
-compares the result with the source, row for row (streamutil's typed comparison).
+compares the result with the source, row for row (harness's typed comparison).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from streamutil import (
+from harness import (
     assert_replicated,
     open_dead_letters,
     rows_script,

@@ -24,8 +24,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from prometheus_client import REGISTRY
-from streamutil import (
+from harness import (
     DaemonThread,
     assert_replicated,
     changelog_rows,
@@ -38,6 +37,7 @@ from streamutil import (
     stream_position,
     wait_until,
 )
+from prometheus_client import REGISTRY
 
 from replicator.demo.sample import generate_reference_db, run_writer
 

@@ -16,7 +16,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from streamutil import (
+from harness import (
     assert_replicated,
     daemon_process,
     like_sum,

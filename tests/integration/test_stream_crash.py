@@ -24,7 +24,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from streamutil import (
+from harness import (
     DaemonProcess,
     assert_replicated,
     like_sum,

@@ -3,7 +3,7 @@
 Verify and cutover run as the CLI, against a target the daemon (``replicator
 run``) filled. Rows are changed behind the replicator's back directly in
 PostgreSQL; verify must name each one by its key, and ``--repair`` must make
-the typed, independent comparison of :mod:`streamutil` come out equal. Under a
+the typed, independent comparison of :mod:`harness` come out equal. Under a
 live writer verify must report changes in flight, never differences. Cutover
 must say GO only when everything is clean, and name the check that is not.
 The dual-write policy runs the daemon in this process with a config file.
@@ -19,18 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from obsutil import (
-    applied_everything,
-    cli,
-    cli_json,
-    make_items_db,
-    pg_exec,
-    pg_rows,
-    sqlite_exec,
-    start_replicator,
-    wait_applied,
-)
-from streamutil import (
+from harness import (
     REPLICATOR,
     DaemonProcess,
     DaemonThread,
@@ -41,6 +30,17 @@ from streamutil import (
     start_writer,
     stream_position,
     wait_until,
+)
+from obsutil import (
+    applied_everything,
+    cli,
+    cli_json,
+    make_items_db,
+    pg_exec,
+    pg_rows,
+    sqlite_exec,
+    start_replicator,
+    wait_applied,
 )
 
 from replicator.config import load_config

@@ -1,7 +1,7 @@
 """Helpers for the streaming tests: the daemon as a process or a thread, waiting
 for it to catch up, and a typed comparison of source and target.
 
-Import as ``from streamutil import ...`` (``tests/`` is on ``sys.path``).
+Import as ``from harness import ...`` (``tests/`` is on ``sys.path``).
 
 The comparison normalises values on its own (it does not call
 ``replicator.coerce``), so a coercion bug in the replicator cannot hide
