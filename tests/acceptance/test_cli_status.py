@@ -26,10 +26,9 @@ from urllib.parse import urlsplit
 
 import psycopg
 import pytest
-from harness import REPLICATOR, DaemonProcess, daemon_env, wait_until
+from harness import REPLICATOR, DaemonProcess, daemon_env, free_port, wait_until
 from obsutil import (
     cli,
-    free_port,
     lines_containing,
     make_items_db,
     pg_exec,

@@ -16,7 +16,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from harness import assert_replicated, compare, daemon_config
+from harness import daemon_config
+from oracle import assert_replicated, compare
 from prometheus_client import REGISTRY
 
 from replicator.errors import SchemaError

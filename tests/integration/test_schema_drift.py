@@ -41,15 +41,13 @@ import pytest
 from harness import (
     REPLICATOR,
     DaemonProcess,
-    assert_replicated,
-    compare,
     daemon_config,
     daemon_env,
     daemon_process,
-    replicated_tables,
     start_writer,
     wait_until,
 )
+from oracle import assert_replicated, compare, replicated_tables
 
 from replicator.demo.sample import generate_reference_db
 from replicator.plan.tables import build_plans
