@@ -53,18 +53,17 @@ bl.ensure_venv()
 
 import psycopg  # noqa: E402 - after ensure_venv
 from faultproxy import FaultProxy  # noqa: E402
-from faultutil import BackendKiller, LockHolder, free_port, health, launch_daemon  # noqa: E402
-from pgutil import apply_refapp_schema, make_dsn  # noqa: E402
-from streamutil import (  # noqa: E402
+from faultutil import BackendKiller, LockHolder, health, launch_daemon  # noqa: E402
+from harness import (  # noqa: E402
     DaemonProcess,
-    compare,
-    like_sum,
-    open_dead_letters,
+    free_port,
     source_head,
     start_writer,
     stream_position,
     wait_until,
 )
+from oracle import compare, like_sum, open_dead_letters  # noqa: E402
+from pgutil import apply_refapp_schema, make_dsn  # noqa: E402
 
 from replicator.demo.devdb import ThrowawayPostgres  # noqa: E402
 from replicator.demo.sample import generate_reference_db  # noqa: E402

@@ -1,6 +1,6 @@
 """Fault injection for the outage tests and the soak benchmark.
 
-What a fault test needs beside :mod:`streamutil`: a daemon whose health
+What a fault test needs beside :mod:`harness`: a daemon whose health
 endpoint ``replicator status`` can find (a fixed metrics port), the daemon's
 own PostgreSQL backends (to terminate them), an application process that
 holds SQLite's write lock, and an app-like writer that times every one of its
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -29,13 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from streamutil import REPLICATOR, DaemonProcess, daemon_env
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from harness import REPLICATOR, DaemonProcess, daemon_env, spawn_daemon
 
 
 def launch_daemon(
@@ -55,16 +48,7 @@ def launch_daemon(
         REPLICATOR_METRICS_ADDRESS=f"127.0.0.1:{metrics_port}",
         **(settings or {}),
     )
-    log_file = log_path.open("wb")
-    proc = subprocess.Popen(
-        [str(REPLICATOR), "run"],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    return DaemonProcess(proc, log_path, source, dsn, log_file)
+    return spawn_daemon(["run"], env, source, dsn, log_path)
 
 
 @dataclass(frozen=True, slots=True)

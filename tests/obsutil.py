@@ -24,8 +24,15 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from harness import (
+    REPLICATOR,
+    DaemonProcess,
+    daemon_env,
+    source_head,
+    spawn_daemon,
+    stream_position,
+)
 from prometheus_client.parser import text_string_to_metric_families
-from streamutil import REPLICATOR, DaemonProcess, daemon_env, source_head, stream_position
 
 # --------------------------------------------------------------------------
 # A small source database the tests can reason about row by row.
@@ -101,13 +108,6 @@ def pg_exec(dsn: str, *statements: str) -> None:
 # The daemon and the CLI as processes.
 
 
-def free_port() -> int:
-    """A port nothing listens on right now (bound and closed again)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def start_replicator(
     source: Path,
     dsn: str,
@@ -118,19 +118,10 @@ def start_replicator(
     extra_args: Sequence[str] = (),
 ) -> DaemonProcess:
     """``replicator run`` with the given ``--metrics-address`` (None: the flag left out)."""
-    args = [str(REPLICATOR), *extra_args, "run"]
+    args = [*extra_args, "run"]
     if metrics_address is not None:
         args += ["--metrics-address", metrics_address]
-    log_file = log_path.open("wb")
-    proc = subprocess.Popen(
-        args,
-        env=daemon_env(source, dsn, **(settings or {})),
-        stdin=subprocess.DEVNULL,
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    return DaemonProcess(proc, log_path, source, dsn, log_file)
+    return spawn_daemon(args, daemon_env(source, dsn, **(settings or {})), source, dsn, log_path)
 
 
 def applied_everything(source: Path, dsn: str) -> bool:

@@ -26,9 +26,9 @@ from urllib.parse import urlsplit
 
 import psycopg
 import pytest
+from harness import REPLICATOR, DaemonProcess, daemon_env, free_port, wait_until
 from obsutil import (
     cli,
-    free_port,
     lines_containing,
     make_items_db,
     pg_exec,
@@ -40,7 +40,6 @@ from obsutil import (
     wait_applied,
 )
 from psycopg import sql
-from streamutil import REPLICATOR, DaemonProcess, daemon_env, wait_until
 
 NoneType = type(None)
 TOP_KEYS: dict[str, tuple[type, ...]] = {

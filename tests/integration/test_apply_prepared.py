@@ -21,11 +21,12 @@ from typing import Any
 
 import psycopg
 import pytest
+from harness import daemon_config
+from oracle import assert_replicated
 from pgutil import TestDatabases
 from psycopg import sql
 from psycopg.adapt import Transformer
 from psycopg.copy import LibpqWriter
-from streamutil import assert_replicated, daemon_config
 
 from replicator.plan.tables import TablePlan, build_plans
 from replicator.snapshot.copy import Snapshotter, ensure_state
@@ -458,7 +459,7 @@ def test_prepared_payloads_are_the_bytes_psycopg_would_send(
     result = target.applier.apply(target.conn, changes, prepared=prepared)
     assert result.applied == {("tricky", "upsert"): 300, ("few", "upsert"): 10}
     assert target.text_rows("tricky") == by_psycopg
-    # (streamutil's typed comparison does not read time columns: t is checked above)
+    # (the oracle's typed comparison does not read time columns: t is checked above)
     assert_replicated(path, pg_dsn, tables=["few"])
 
 

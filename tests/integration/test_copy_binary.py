@@ -9,7 +9,8 @@ import sqlite3
 from pathlib import Path
 
 import psycopg
-from streamutil import assert_replicated, open_dead_letters, snapshot_config, sqlite_from_script
+from harness import snapshot_config, sqlite_from_script
+from oracle import assert_replicated, open_dead_letters
 
 from replicator.plan.tables import TablePlan, build_plans
 from replicator.snapshot.copy import ProgressDisplay, Snapshotter

@@ -16,8 +16,9 @@ from typing import Any
 
 import psycopg
 import pytest
+from harness import daemon_config
+from oracle import assert_replicated, compare
 from prometheus_client import REGISTRY
-from streamutil import assert_replicated, compare, daemon_config
 
 from replicator.errors import SchemaError
 from replicator.plan.tables import build_plans

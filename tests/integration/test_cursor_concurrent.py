@@ -17,14 +17,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from streamutil import (
-    assert_replicated,
-    daemon_process,
-    like_sum,
-    open_dead_letters,
-    start_writer,
-    wait_until,
-)
+from harness import daemon_process, start_writer, wait_until
+from oracle import assert_replicated, like_sum, open_dead_letters
 
 from replicator.demo.sample import generate_reference_db
 

@@ -11,15 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from streamutil import (
-    REPLICATOR,
-    DaemonThread,
-    assert_replicated,
-    compare,
-    daemon_config,
-    daemon_env,
-    wait_until,
-)
+from harness import REPLICATOR, DaemonThread, daemon_config, daemon_env, wait_until
+from oracle import assert_replicated, compare
 
 from replicator.config import load_config
 from replicator.source import changelog

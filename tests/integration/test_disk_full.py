@@ -18,8 +18,9 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from harness import DaemonThread, daemon_config, wait_until
+from oracle import open_dead_letters
 from prometheus_client import REGISTRY
-from streamutil import DaemonThread, daemon_config, open_dead_letters, wait_until
 
 from replicator.demo.devdb import ThrowawayPostgres
 

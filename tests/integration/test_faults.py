@@ -44,28 +44,26 @@ from faultutil import (
     LockHolder,
     TimedWriter,
     dbname_of,
-    free_port,
     health,
     launch_daemon,
     metric_total,
     replicator_status,
     scrape,
 )
-from pgutil import apply_refapp_schema, make_dsn
-from streamutil import (
+from harness import (
     REPLICATOR,
     DaemonProcess,
     WriterProcess,
-    assert_replicated,
     changelog_rows,
     daemon_env,
-    like_sum,
-    open_dead_letters,
+    free_port,
     source_head,
     start_writer,
     stream_position,
     wait_until,
 )
+from oracle import assert_replicated, like_sum, open_dead_letters
+from pgutil import apply_refapp_schema, make_dsn
 
 from replicator.demo.devdb import ThrowawayPostgres
 from replicator.demo.sample import SampleReport, generate_reference_db

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 import psycopg
+from harness import free_port, source_head, stream_position, wait_until
 from obsutil import (
-    free_port,
     http_get,
     listening_addresses,
     make_items_db,
@@ -27,7 +27,7 @@ from obsutil import (
     status_json,
     wait_applied,
 )
-from streamutil import assert_replicated, source_head, stream_position, wait_until
+from oracle import assert_replicated
 
 from replicator import __version__
 from replicator.config import load_config, parse_address

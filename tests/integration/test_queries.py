@@ -22,8 +22,8 @@ from pathlib import Path
 import psycopg
 import pytest
 from click.testing import CliRunner
+from harness import DaemonThread, daemon_config
 from pgutil import TestDatabases
-from streamutil import DaemonThread, daemon_config
 
 from replicator.cli import main
 from replicator.config import Config, load_config

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from streamutil import daemon_config
+from harness import daemon_config
 
 from replicator.source import changelog
 from replicator.source.changelog import Change

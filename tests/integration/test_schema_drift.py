@@ -38,18 +38,16 @@ from typing import Any
 
 import psycopg
 import pytest
-from streamutil import (
+from harness import (
     REPLICATOR,
     DaemonProcess,
-    assert_replicated,
-    compare,
     daemon_config,
     daemon_env,
     daemon_process,
-    replicated_tables,
     start_writer,
     wait_until,
 )
+from oracle import assert_replicated, compare, replicated_tables
 
 from replicator.demo.sample import generate_reference_db
 from replicator.plan.tables import build_plans

@@ -15,7 +15,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from streamutil import assert_replicated, open_dead_letters
+from oracle import assert_replicated, open_dead_letters
 
 from replicator.config import Config, load_config
 from replicator.snapshot.copy import ProgressDisplay, SnapshotSummary, Snapshotter

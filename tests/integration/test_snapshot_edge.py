@@ -17,8 +17,8 @@ from typing import Any
 
 import psycopg
 import pytest
+from harness import snapshot_config, sqlite_from_script
 from psycopg import sql
-from streamutil import snapshot_config, sqlite_from_script
 
 from replicator.errors import SchemaError
 from replicator.snapshot.copy import ProgressDisplay, SnapshotSummary, Snapshotter

@@ -3,7 +3,7 @@ copies really overlap, stopping and resuming, and the setting's validation.
 
 Each test snapshots a small SQLite file into its own PostgreSQL database with
 :class:`~replicator.snapshot.copy.Snapshotter` and compares the result with the
-source, row for row (streamutil's typed comparison).
+source, row for row (the oracle's typed comparison).
 """
 
 from __future__ import annotations
@@ -17,14 +17,9 @@ from typing import Any
 
 import psycopg
 import pytest
+from harness import rows_script, snapshot_config, sqlite_from_script
+from oracle import assert_replicated, open_dead_letters
 from psycopg import sql
-from streamutil import (
-    assert_replicated,
-    open_dead_letters,
-    rows_script,
-    snapshot_config,
-    sqlite_from_script,
-)
 
 from replicator.config import Config, load_config
 from replicator.errors import ConfigError

@@ -2,7 +2,7 @@
 sized by memory (``snapshot.chunk_bytes``), and JSON checked by SQLite's ``json_valid``.
 
 Each test snapshots a small SQLite file into its own PostgreSQL database and
-compares the result with the source, row for row (streamutil's typed comparison).
+compares the result with the source, row for row (the oracle's typed comparison).
 """
 
 from __future__ import annotations
@@ -15,13 +15,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from streamutil import (
-    assert_replicated,
-    open_dead_letters,
-    rows_script,
-    snapshot_config,
-    sqlite_from_script,
-)
+from harness import rows_script, snapshot_config, sqlite_from_script
+from oracle import assert_replicated, open_dead_letters
 
 from replicator.config import Config
 from replicator.errors import ConfigError

@@ -24,20 +24,18 @@ from typing import Any
 
 import psycopg
 import pytest
-from prometheus_client import REGISTRY
-from streamutil import (
+from harness import (
     DaemonThread,
-    assert_replicated,
     changelog_rows,
     daemon_config,
     daemon_process,
-    like_sum,
-    open_dead_letters,
     source_head,
     start_writer,
     stream_position,
     wait_until,
 )
+from oracle import assert_replicated, like_sum, open_dead_letters
+from prometheus_client import REGISTRY
 
 from replicator.demo.sample import generate_reference_db, run_writer
 

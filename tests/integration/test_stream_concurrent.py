@@ -16,15 +16,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from streamutil import (
-    assert_replicated,
-    daemon_process,
-    like_sum,
-    open_dead_letters,
-    source_head,
-    start_writer,
-    wait_until,
-)
+from harness import daemon_process, source_head, start_writer, wait_until
+from oracle import assert_replicated, like_sum, open_dead_letters
 
 from replicator.demo.sample import generate_reference_db
 

@@ -24,17 +24,15 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from streamutil import (
+from harness import (
     DaemonProcess,
-    assert_replicated,
-    like_sum,
-    open_dead_letters,
     source_head,
     start_daemon,
     start_writer,
     stream_position,
     wait_until,
 )
+from oracle import assert_replicated, like_sum, open_dead_letters
 
 from replicator.demo.sample import generate_reference_db
 

@@ -3,7 +3,7 @@
 Verify and cutover run as the CLI, against a target the daemon (``replicator
 run``) filled. Rows are changed behind the replicator's back directly in
 PostgreSQL; verify must name each one by its key, and ``--repair`` must make
-the typed, independent comparison of :mod:`streamutil` come out equal. Under a
+the typed, independent comparison of :mod:`oracle` come out equal. Under a
 live writer verify must report changes in flight, never differences. Cutover
 must say GO only when everything is clean, and name the check that is not.
 The dual-write policy runs the daemon in this process with a config file.
@@ -19,6 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from harness import (
+    REPLICATOR,
+    DaemonProcess,
+    DaemonThread,
+    daemon_env,
+    source_head,
+    start_writer,
+    stream_position,
+    wait_until,
+)
 from obsutil import (
     applied_everything,
     cli,
@@ -30,18 +40,7 @@ from obsutil import (
     start_replicator,
     wait_applied,
 )
-from streamutil import (
-    REPLICATOR,
-    DaemonProcess,
-    DaemonThread,
-    assert_replicated,
-    daemon_env,
-    open_dead_letters,
-    source_head,
-    start_writer,
-    stream_position,
-    wait_until,
-)
+from oracle import assert_replicated, open_dead_letters
 
 from replicator.config import load_config
 from replicator.demo.sample import generate_reference_db
