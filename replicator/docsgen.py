@@ -16,14 +16,8 @@ from typing import Any, Literal, get_args, get_origin
 
 import click
 
-from replicator.config import (
-    APP_ENV,
-    SECTIONS,
-    ColumnConfig,
-    Secret,
-    TableConfig,
-    env_name,
-)
+from replicator.config import APP_ENV, SECTIONS, ColumnConfig, TableConfig, env_name
+from replicator.dsn import Secret
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
