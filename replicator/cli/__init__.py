@@ -5,7 +5,9 @@ environment variable shown, and shell completion, with no code generation.
 Every failure a user can cause ends in one sentence on stderr and a
 documented exit code (see ``docs/cli.md``), never a traceback.
 
-The commands are in :mod:`replicator.cli.commands`.
+Each command is its flags and one call into the library, whose answer it
+prints: the commands are in :mod:`replicator.cli.commands` and, for the
+``dead-letters`` group, :mod:`replicator.cli.letters`.
 """
 
 from __future__ import annotations
@@ -129,6 +131,6 @@ def main(
     )
 
 
-# The command module adds its commands to ``main`` as it loads, using the names
-# above: so it loads last, and whoever imports ``main`` gets every command.
-from replicator.cli import commands  # noqa: E402, F401
+# The command modules add their commands to ``main`` as they load, using the
+# names above: so they load last, and whoever imports ``main`` gets every command.
+from replicator.cli import commands, letters  # noqa: E402, F401
