@@ -1,10 +1,11 @@
-"""The commands of ``replicator``, each run through :func:`replicator.cli.run_guarded`.
+"""The commands that set up, replicate, prove and check: flags, one library call, output.
 
 The ``dead-letters`` group is in :mod:`replicator.cli.letters`.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -27,53 +28,9 @@ def init(ctx: click.Context, no_triggers: bool) -> None:
     """
 
     def go() -> int:
-        from replicator.state.migrations import migrate
-        from replicator.target.connection import connect
+        from replicator.proof.setup import initialise
 
-        config = ctx.obj.config()
-        dsn = config.require_target()
-        connect(dsn, connect_timeout=config.target.connect_timeout).close()
-        before, after = migrate(dsn, config.target.state_schema)
-        schema = config.target.state_schema
-        if before == after:
-            click.echo(f"state schema {schema!r} is up to date (revision {after})")
-        else:
-            click.echo(f"state schema {schema!r} migrated from {before or 'nothing'} to {after}")
-        if config.source.path is not None and not no_triggers:
-            from replicator.plan.tables import select_tables
-            from replicator.source import changelog
-            from replicator.source.cursor import suggest
-            from replicator.source.sqlite import describe_table, list_tables, open_source
-            from replicator.stream.cursor import capture_specs, source_writable
-
-            writable = source_writable(config)
-            source = open_source(
-                config.source.path,
-                readonly=not writable,
-                busy_timeout_ms=config.source.busy_timeout_ms,
-            )
-            try:
-                names = select_tables(
-                    list_tables(source), config.tables.include, config.tables.exclude
-                )
-                tables = [describe_table(source, n) for n in names]
-                click.echo("capture per table (suggested; set [table.NAME] capture/cursor):")
-                for table in tables:
-                    click.echo("  " + suggest(table, writable=writable).render())
-                specs = capture_specs(config, source, writable=writable)
-                by_trigger = [t for t in tables if specs.get(t.name) is None]
-                if by_trigger:
-                    changelog.install(source, by_trigger)
-            finally:
-                source.close()
-            if by_trigger:
-                click.echo(
-                    f"change capture installed on {len(by_trigger)} table(s) "
-                    f"in {config.source.path}"
-                )
-            cursor_tables = [f"{n} ({s.column})" for n, s in specs.items() if s is not None]
-            if cursor_tables:
-                click.echo(f"followed by a cursor, nothing installed: {', '.join(cursor_tables)}")
+        initialise(ctx.obj.config(), triggers=not no_triggers, out=click.echo)
         return EXIT_OK
 
     run_guarded(ctx, go)
@@ -185,18 +142,13 @@ def uninstall(ctx: click.Context, yes: bool) -> None:
     """
 
     def go() -> int:
-        from replicator.source import changelog
-        from replicator.source.sqlite import open_source
+        from replicator.proof.setup import remove_capture
 
         config = ctx.obj.config()
         path = config.require_source()
         if not yes:
             click.confirm(f"Remove replicator triggers and change log from {path}?", abort=True)
-        source = open_source(path, busy_timeout_ms=config.source.busy_timeout_ms)
-        try:
-            triggers, had_log = changelog.uninstall(source)
-        finally:
-            source.close()
+        triggers, had_log = remove_capture(config)
         log_note = "and the change log" if had_log else "(no change log was present)"
         click.echo(f"removed {triggers} trigger(s) {log_note} from {path}")
         return EXIT_OK
@@ -222,8 +174,6 @@ def verify(
     """
 
     def go() -> int:
-        import json as jsonlib
-
         from replicator.proof.verify import Verifier
 
         config = ctx.obj.config()
@@ -231,7 +181,7 @@ def verify(
             repair=repair, only=list(tables) or None
         )
         if as_json:
-            click.echo(jsonlib.dumps(report.to_json(), default=str, indent=2))
+            click.echo(json.dumps(report.to_json(), default=str, indent=2))
         else:
             click.echo(report.render())
         return EXIT_OK if report.ok else EXIT_FAILURE
@@ -291,7 +241,6 @@ def status(ctx: click.Context, as_json: bool, watch: bool, interval: float) -> N
     """
 
     def go() -> int:
-        import json as jsonlib
         import time
 
         from replicator.proof.status import read_status, render
@@ -306,9 +255,7 @@ def status(ctx: click.Context, as_json: bool, watch: bool, interval: float) -> N
         while True:
             result = read_status(config)
             text = (
-                jsonlib.dumps(result.to_json(), default=str, indent=2)
-                if as_json
-                else render(result)
+                json.dumps(result.to_json(), default=str, indent=2) if as_json else render(result)
             )
             if watch:
                 click.echo("\x1b[2J\x1b[H" + text)  # clear screen, cursor home
@@ -355,8 +302,6 @@ def cutover(
     """
 
     def go() -> int:
-        import json as jsonlib
-
         from replicator.proof.cutover import Cutover
 
         config = ctx.obj.config()
@@ -369,7 +314,7 @@ def cutover(
             out=(lambda _line: None) if as_json else click.echo,
         ).run()
         if as_json:
-            click.echo(jsonlib.dumps(report.to_json(), default=str, indent=2))
+            click.echo(json.dumps(report.to_json(), default=str, indent=2))
         else:
             click.echo(
                 f"verdict: {'GO' if report.go else 'NO-GO'}" + (" (dry run)" if dry_run else "")
@@ -418,8 +363,6 @@ def queries_check(
     """
 
     def go() -> int:
-        import json as jsonlib
-
         from replicator.queries.checker import check_queries
 
         config = ctx.obj.config()
@@ -433,7 +376,7 @@ def queries_check(
             measure=not no_latency,
         )
         if as_json:
-            click.echo(jsonlib.dumps(report.to_json(), default=str, indent=2))
+            click.echo(json.dumps(report.to_json(), default=str, indent=2))
         else:
             click.echo(report.render())
         return EXIT_OK if report.ok else EXIT_FAILURE
@@ -457,13 +400,11 @@ def check(ctx: click.Context, no_integrity: bool, as_json: bool) -> None:
     """
 
     def go() -> int:
-        import json as jsonlib
-
         from replicator.proof.check import run_checks
 
         report = run_checks(ctx.obj.config(), integrity=not no_integrity)
         if as_json:
-            click.echo(jsonlib.dumps(report.to_json(), indent=2))
+            click.echo(json.dumps(report.to_json(), indent=2))
         else:
             click.echo(report.render())
         return EXIT_OK if report.ok else EXIT_FAILURE
