@@ -19,69 +19,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
-from urllib.parse import unquote
 
-from psycopg import conninfo
-
+from replicator.dsn import Secret, validate_dsn
 from replicator.errors import ConfigError
-
-
-class Secret:
-    """A string that refuses to be printed: ``repr`` and ``str`` redact it."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('***')"
-
-    def __str__(self) -> str:
-        return redact_dsn(self._value)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
-
-    def __bool__(self) -> bool:
-        return bool(self._value)
-
-
-def redact_dsn(dsn: str) -> str:
-    """The DSN with any password replaced by ``***`` (URL or key=value form)."""
-    if not dsn:
-        return dsn
-    if "://" in dsn:
-        # Split the way libpq does, not the way urlsplit does: the user info ends
-        # at the first '@' before any '/', so a password may hold '?', '#' or '['
-        # unescaped (libpq accepts them) and must be masked all the same.
-        scheme, rest = dsn.split("://", 1)
-        cut = next((i for i, ch in enumerate(rest) if ch in "@/"), len(rest))
-        prefix = ""
-        if cut < len(rest) and rest[cut] == "@":
-            userinfo, rest = rest[:cut], rest[cut + 1 :]
-            user = userinfo.split(":", 1)[0]
-            prefix = f"{user}:***@" if ":" in userinfo else f"{user}@"
-        hostpath, sep, query = rest.partition("?")
-        if sep:
-            query = "&".join(
-                "password=***" if unquote(q.split("=", 1)[0]).lower() == "password" else q
-                for q in query.split("&")
-            )
-        return f"{scheme}://{prefix}{hostpath}{sep}{query}"
-    try:
-        params = conninfo.conninfo_to_dict(dsn)
-    except Exception:
-        return "<unparseable connection string>"
-    if "password" in params:
-        params["password"] = "***"  # noqa: S105 - the mask, not a password
-    return " ".join(f"{k}={v}" for k, v in params.items())
 
 
 def _doc(text: str) -> dict[str, str]:
@@ -639,29 +579,8 @@ def _validate(config: Config) -> None:
         )
 
 
-def validate_dsn(dsn: str) -> None:
-    shown = redact_dsn(dsn)
-    if "://" in dsn:
-        scheme = dsn.split("://", 1)[0]
-        if scheme not in ("postgresql", "postgres"):
-            raise ConfigError(
-                f"target URL {shown} is not a PostgreSQL URL (expected postgresql://...)"
-            )
-    try:
-        conninfo.conninfo_to_dict(dsn)
-    except Exception as exc:
-        # libpq quotes the whole URI in some messages: never echo the password.
-        reason = _first_line(exc).replace(dsn, shown)
-        raise ConfigError(f"target URL {shown} is malformed: {reason}") from None
-
-
 def parse_address(address: str) -> tuple[str, int]:
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(f"metrics.address {address!r} is not host:port")
     return (host.strip("[]") or "127.0.0.1"), int(port)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

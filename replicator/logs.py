@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 
-from replicator.config import redact_dsn
+from replicator.dsn import redact_dsn
 
 _DSN = re.compile(r"postgres(?:ql)?://[^\s'\"]+")
 _KV_PASSWORD = re.compile(r"(password\s*=\s*)(\S+)", re.IGNORECASE)

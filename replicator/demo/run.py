@@ -30,13 +30,12 @@ from replicator.config import (
     Config,
     LogConfig,
     MetricsConfig,
-    Secret,
     SnapshotConfig,
     SourceConfig,
     TargetConfig,
-    redact_dsn,
 )
 from replicator.demo import sample
+from replicator.dsn import Secret, redact_dsn
 from replicator.errors import TargetError
 from replicator.identifiers import pg_ident
 from replicator.logs import configure

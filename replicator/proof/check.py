@@ -13,7 +13,8 @@ from typing import Any
 
 import psycopg
 
-from replicator.config import Config, redact_dsn
+from replicator.config import Config
+from replicator.dsn import redact_dsn
 from replicator.errors import ReplicatorError, SchemaError
 from replicator.plan.tables import build_plans
 from replicator.source import changelog

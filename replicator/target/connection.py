@@ -6,7 +6,7 @@ from typing import Any
 
 import psycopg
 
-from replicator.config import redact_dsn
+from replicator.dsn import redact_dsn
 from replicator.errors import ConfigError
 
 Cursor = psycopg.Cursor[Any]

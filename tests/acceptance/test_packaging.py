@@ -152,7 +152,7 @@ def test_sdist_includes_migrations_and_configs(dists: Dists) -> None:
     for needed in (
         "pyproject.toml",
         "README.md",
-        "replicator/cli.py",
+        "replicator/cli/__init__.py",
         "replicator/data/reference_app/postgres_schema.sql",
         "config/replicator.example.toml",
         "config/systemd/replicator.service",

@@ -14,12 +14,10 @@ from psycopg.conninfo import conninfo_to_dict
 from replicator.config import (
     ColumnConfig,
     Config,
-    Secret,
     SnapshotConfig,
     load_config,
-    redact_dsn,
-    validate_dsn,
 )
+from replicator.dsn import Secret, redact_dsn, validate_dsn
 from replicator.errors import ConfigError
 
 PASSWORD = "Pw-s3cr3t-Xq"

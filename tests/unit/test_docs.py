@@ -9,18 +9,17 @@ from pathlib import Path
 
 import click
 
-from replicator import docsgen
-from replicator.cli import main
+from replicator.cli import docs, main
 from replicator.config import SECTIONS, ColumnConfig, TableConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_generated_references_are_up_to_date() -> None:
-    for path, text in docsgen.generate().items():
-        assert path.exists(), f"{path} is missing: run python -m replicator.docsgen"
+    for path, text in docs.generate().items():
+        assert path.exists(), f"{path} is missing: run python -m replicator.cli.docs"
         assert path.read_text(encoding="utf-8") == text, (
-            f"{path.name} is out of date: run python -m replicator.docsgen"
+            f"{path.name} is out of date: run python -m replicator.cli.docs"
         )
 
 
