@@ -11,10 +11,13 @@ import contextlib
 import hashlib
 import os
 import socket
+import threading
+from collections.abc import Callable
 
 import psycopg
 
 from replicator.config import Config
+from replicator.errors import LockHeldError
 from replicator.target.connection import Connection, with_keepalives
 
 # pg_locks splits a bigint advisory key into classid (high 32 bits) and objid (low).
@@ -56,10 +59,31 @@ class PairLock:
 
     def __init__(self, dsn: str, state_schema: str, connect_timeout: int) -> None:
         self.dsn = dsn
+        self.schema = state_schema
         self.key = lock_key(state_schema)
         self.connect_timeout = connect_timeout
         self.conn: Connection | None = None
         self.identity = f"replicator {socket.gethostname()} pid {os.getpid()}"
+
+    def acquire(
+        self, stop: threading.Event, *, standby: bool, waiting: Callable[[str], None]
+    ) -> None:
+        """Take the lock, or raise :class:`LockHeldError` naming its holder. With
+        ``standby``, wait for it instead (``waiting(holder)`` every two seconds)
+        until it is free or ``stop`` is set."""
+        while not stop.is_set():
+            if self.try_acquire():
+                return
+            holder = self.holder()
+            if not standby:
+                self.release()
+                raise LockHeldError(
+                    f"another replicator is already running for state schema {self.schema!r}: "
+                    f"{holder} (use --standby to wait and take over when it stops)"
+                )
+            waiting(holder)
+            stop.wait(2.0)
+        raise LockHeldError("stopped while waiting as a standby")
 
     def try_acquire(self) -> bool:
         if self.conn is None or self.conn.closed:

@@ -41,7 +41,7 @@ from tenacity import (
 
 from replicator import __version__, metrics
 from replicator.config import Config, parse_address
-from replicator.errors import ConfigError, LockHeldError
+from replicator.errors import ConfigError
 from replicator.logs import get_logger
 from replicator.plan.tables import TablePlan
 from replicator.snapshot.copy import ensure_state
@@ -57,6 +57,7 @@ from replicator.stream.heartbeat import Heartbeat, LagSampler
 from replicator.stream.reconcile import Reconciler
 from replicator.stream.retry import ErrorLog, transient_kind
 from replicator.stream.setup import follow_drift, setup
+from replicator.stream.sourcefile import check_source, lost, source_paused
 from replicator.stream.systemd import Notifier
 from replicator.stream.tail import LogTail
 from replicator.stream.waker import Waker
@@ -192,7 +193,7 @@ class Daemon:
                 if self.stop.is_set() and transient_kind(exc) is not None:
                     break  # asked to stop during an outage: nothing in hand to finish
                 if isinstance(exc, sqlite3.Error):
-                    self._check_source()  # a broken file says more than SQLite's error
+                    check_source(self)  # a broken file says more than SQLite's error
                 raise
             if self.errors.failures:
                 self.health.note_error(None)
@@ -269,27 +270,15 @@ class Daemon:
             raise SnapshotInterrupted(table)
 
     def _acquire_lock(self) -> None:
-        if self.lock.alive():
-            return
-        announced = False
-        while not self.stop.is_set():
-            if self.lock.try_acquire():
-                self.log.info("lock_acquired", key=self.lock.key)
-                return
-            holder = self.lock.holder()
-            if not self.standby:
-                self.lock.release()
-                raise LockHeldError(
-                    f"another replicator is already running for state schema {self.schema!r}: "
-                    f"{holder} (use --standby to wait and take over when it stops)"
-                )
-            if not announced:
-                self.log.info("standby", holder=holder)
-                self.state = "standby"
-                announced = True
-            self.health.tick(connected=True, lag_seconds=float("inf"), state="standby")
-            self.stop.wait(2.0)
-        raise LockHeldError("stopped while waiting as a standby")
+        if not self.lock.alive():
+            self.lock.acquire(self.stop, standby=self.standby, waiting=self._standing_by)
+            self.log.info("lock_acquired", key=self.lock.key)
+
+    def _standing_by(self, holder: str) -> None:
+        if self.state != "standby":
+            self.log.info("standby", holder=holder)
+            self.state = "standby"
+        self.health.tick(connected=True, lag_seconds=float("inf"), state="standby")
 
     # -- the loop body ---------------------------------------------------------
 
@@ -300,7 +289,7 @@ class Daemon:
             # The lock's session died: another replicator may have taken over.
             self._drop_connection()
             raise psycopg.OperationalError("lost the advisory-lock connection")
-        if self._source_paused():
+        if source_paused(self):
             return
         if self.watch.changed(self.source):
             self._schema_changed()
@@ -326,7 +315,7 @@ class Daemon:
                 self._schema_changed()
                 return
             raise
-        if changes and self._check_source() is not None:
+        if changes and check_source(self) is not None:
             return  # the file turned suspect while we read: apply nothing from that read
         if changes:
             result = self.applier.apply(
@@ -364,49 +353,6 @@ class Daemon:
         self.log.info("schema_changed", schema_version=was, now=schema_version(self.source))
         setup(self, startup=False)
 
-    def _lost(self, exc: SourceFileChanged) -> SourceFileChanged:
-        """Log and record why the source is unusable; the caller raises it (exit 3)."""
-        self.log.error("source_lost", kind=exc.kind, path=str(self.path), reason=str(exc))
-        self.source_lost = True
-        self.errors.last_error = str(exc)
-        self.state = "failed"
-        self.health.tick(connected=self.conn is not None, lag_seconds=float("inf"), state="failed")
-        with contextlib.suppress(psycopg.Error):
-            self.beat(force=True)  # `replicator status` shows it as the last error
-        return exc
-
-    def _check_source(self) -> str | None:
-        """Stop, with one clear sentence, when the source file is gone, replaced or
-        truncated under our connection; a reason while a truncation is only suspected."""
-        if self.guard is None:
-            return None
-        try:
-            return self.guard.check()
-        except SourceFileChanged as exc:
-            raise self._lost(exc) from None
-
-    def _source_paused(self) -> bool:
-        """Pause (read and apply nothing) while the source file is suspect."""
-        assert self.guard is not None and self.waker is not None
-        suspicion = self._check_source()
-        if suspicion is None:
-            if self.state == "paused":
-                self.log.info("source_ok", path=str(self.path))
-                self.state = "streaming"
-                self.errors.last_error = ""
-            return False
-        entering = self.state != "paused"
-        if entering:
-            self.log.warning(
-                "source_suspect", path=str(self.path), reason=suspicion, grace_s=self.guard.grace
-            )
-            self.state = "paused"
-        self.errors.last_error = f"source file suspect: {suspicion}"
-        self.health.tick(connected=True, lag_seconds=self.lagger.lag, state="paused")
-        self.beat(force=entering)  # `status` shows the pause at once
-        self.waker.wait(min(self.config.stream.poll_interval, 0.5))
-        return True
-
     def _sample_lag(self) -> None:
         assert self.source is not None and self.position is not None
         try:
@@ -419,7 +365,7 @@ class Daemon:
                 triggers=self.triggers,
             )
         except SourceFileChanged as exc:
-            raise self._lost(exc) from None
+            raise lost(self, exc) from None
 
     def beat(self, *, force: bool = False) -> None:
         """The heartbeat row, every couple of seconds (or now, when ``force``)."""
