@@ -44,10 +44,11 @@ from replicator.plan.tables import (
     target_sequences,
 )
 from replicator.proof.repair import rewrite_keys, source_by_key_sql, target_by_key_sql
-from replicator.snapshot.copy import ChunkReader, ensure_state
+from replicator.snapshot.copy import ChunkReader
 from replicator.source import changelog
 from replicator.source.sqlite import open_source, read_transaction
 from replicator.state import deadletter
+from replicator.state.migrations import ensure_state
 from replicator.stream.apply import load_position
 from replicator.target.connection import Connection, connect
 

@@ -40,7 +40,7 @@ from replicator.source.sqlite import ROWID, open_source, read_transaction
 from replicator.state import checkpoint, deadletter
 from replicator.state.checkpoint import PartProgress, SnapshotProgress
 from replicator.state.deadletter import DeadLetter, json_safe
-from replicator.state.migrations import current_revision, head_revision, migrate
+from replicator.state.migrations import ensure_state
 from replicator.target.connection import Connection, Cursor, connect, first_line
 from replicator.target.writer import RowFailure, TableWriter, write_isolating
 
@@ -499,11 +499,6 @@ class Prefetcher:
         self.thread.join(timeout=30)
 
 
-def ensure_state(conn: Connection, dsn: str, schema: str) -> None:
-    if current_revision(conn, schema) != head_revision():
-        migrate(dsn, schema)
-
-
 ChunkHook = Callable[[str, int, int, int], None]  # table, rows copied, rows written, total
 # table, rows copied, rows written, total, when the table started, rows in the chunk
 ChunkReport = Callable[[str, int, int, int, float, int], None]
@@ -848,14 +843,8 @@ class Snapshotter:
     def create_missing(self, conn: Connection, plans: Sequence[TablePlan]) -> set[str]:
         """Create tables that do not exist yet; return every table we ever created."""
         with conn.transaction(), conn.cursor() as cur:
-            cur.execute(
-                sql.SQL("SELECT value FROM {} WHERE key = %s").format(
-                    sql.Identifier(self.schema, "meta")
-                ),
-                (CREATED_TABLES_KEY,),
-            )
-            row = cur.fetchone()
-            created: set[str] = set(row[0]) if row else set()
+            kept = checkpoint.load_meta(cur, self.schema, CREATED_TABLES_KEY)
+            created: set[str] = set(kept) if kept is not None else set()
             for plan in plans:
                 if not plan.exists:
                     cur.execute(create_table_sql(plan))
@@ -1179,13 +1168,7 @@ class Snapshotter:
         (a run killed between a table's last chunk and its rebuild, or a table
         no longer planned). The daemon calls this before it streams."""
         with conn.cursor() as cur:
-            cur.execute(
-                sql.SQL("SELECT key FROM {} WHERE key LIKE %s ORDER BY key").format(
-                    pg_ident(self.schema, "meta")
-                ),
-                (f"{DEFERRED_INDEXES_KEY}:%",),
-            )
-            keys = [str(r[0]) for r in cur.fetchall()]
+            keys = checkpoint.meta_keys(cur, self.schema, f"{DEFERRED_INDEXES_KEY}:")
         for key in keys:
             self._rebuild(conn, key)
 
@@ -1209,10 +1192,7 @@ class Snapshotter:
             if self.on_chunk is not None:  # keeps a daemon's watchdog and heartbeat fed
                 self.on_chunk(table, 0, 0, 0)
         with conn.transaction(), conn.cursor() as cur:
-            cur.execute(
-                sql.SQL("DELETE FROM {} WHERE key = %s").format(pg_ident(self.schema, "meta")),
-                (key,),
-            )
+            checkpoint.delete_meta(cur, self.schema, key)
         self.log.info(
             "indexes_rebuilt",
             table=table,

@@ -28,10 +28,11 @@ from psycopg.copy import LibpqWriter
 from streamutil import assert_replicated, daemon_config
 
 from replicator.plan.tables import TablePlan, build_plans
-from replicator.snapshot.copy import Snapshotter, ensure_state
+from replicator.snapshot.copy import Snapshotter
 from replicator.source import changelog
 from replicator.source.changelog import Change
 from replicator.source.sqlite import describe_table
+from replicator.state.migrations import ensure_state
 from replicator.stream.apply import Applier, BatchResult, Prepared, init_position
 from replicator.target.writer import STAGE_THRESHOLD, copy_payload
 
