@@ -44,8 +44,8 @@ from replicator.plan.tables import (
     target_sequences,
 )
 from replicator.proof.repair import rewrite_keys, source_by_key_sql, target_by_key_sql
-from replicator.snapshot.copy import ChunkReader
 from replicator.source import changelog
+from replicator.source.reader import ChunkReader
 from replicator.source.sqlite import open_source, read_transaction
 from replicator.state import deadletter
 from replicator.state.migrations import ensure_state

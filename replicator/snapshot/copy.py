@@ -26,9 +26,10 @@ from psycopg import sql
 
 from replicator import metrics
 from replicator.config import Config
-from replicator.errors import CoercionError, ConfigError, DataError, SourceError
-from replicator.identifiers import pg_ident, sqlite_ident
+from replicator.errors import ConfigError, DataError
+from replicator.identifiers import pg_ident
 from replicator.logs import get_logger
+from replicator.plan.rows import Converted, convert_rows, failures_to_letters
 from replicator.plan.tables import (
     TablePlan,
     advance_sequences,
@@ -36,15 +37,15 @@ from replicator.plan.tables import (
     create_table_sql,
     post_load_sql,
 )
-from replicator.source.sqlite import ROWID, open_source, read_transaction
+from replicator.source.reader import ChunkReader, RawRow
+from replicator.source.sqlite import open_source, read_transaction
 from replicator.state import checkpoint, deadletter
 from replicator.state.checkpoint import PartProgress, SnapshotProgress
 from replicator.state.deadletter import DeadLetter, json_safe
 from replicator.state.migrations import ensure_state
 from replicator.target.connection import Connection, Cursor, connect, first_line
-from replicator.target.writer import RowFailure, TableWriter, write_isolating
+from replicator.target.writer import TableWriter, write_isolating
 
-RawRow = tuple[Any, ...]
 FOREIGN_KEY_VIOLATION = "23503"
 CREATED_TABLES_KEY = "created_tables"
 DEFERRED_INDEXES_KEY = "deferred_indexes"  # + ":schema.table" -> [[index, definition]]
@@ -176,79 +177,6 @@ class ProgressDisplay:
         )
 
 
-def row_image(plan: TablePlan, raw: RawRow) -> dict[str, Any]:
-    """A JSON-safe picture of a source row for the dead-letter table."""
-    return {col.source: json_safe(v) for col, v in zip(plan.columns, raw, strict=True)}
-
-
-def convert_rows(
-    plan: TablePlan, raw_rows: Sequence[RawRow], stage: str, valid: Sequence[int] | None = None
-) -> tuple[list[tuple[object, ...]], list[RawRow], list[DeadLetter]]:
-    """Convert to target types; rows with a value that cannot be converted come back as
-    dead letters. Returns (converted rows, their raw rows, dead letters). ``valid``
-    (from :meth:`ChunkReader.read_checked`) flags the rows whose JSON columns hold
-    NULL or text SQLite's ``json_valid()`` accepted."""
-    convs = [c.convert for c in plan.columns]
-    # Rows whose JSON columns SQLite found valid (``valid``): their text is not parsed again.
-    trusting = [c.convert_valid or c.convert for c in plan.columns]
-    flags: Sequence[int] = valid if valid is not None else [0] * len(raw_rows)
-    good: list[tuple[object, ...]] = []
-    good_raw: list[RawRow] = []
-    dead: list[DeadLetter] = []
-    keypos = plan.key_positions
-    for raw, ok in zip(raw_rows, flags, strict=True):
-        try:
-            good.append(tuple([f(v) for f, v in zip(trusting if ok else convs, raw, strict=True)]))
-            good_raw.append(raw)
-        except CoercionError:
-            for col, f, v in zip(plan.columns, convs, raw, strict=True):
-                try:
-                    f(v)
-                except CoercionError as exc:
-                    dead.append(
-                        DeadLetter(
-                            table=plan.source.name,
-                            key=tuple(raw[i] for i in keypos),
-                            column=col.source,
-                            raw_value=v,
-                            error=exc.reason,
-                            sqlstate=None,
-                            stage=stage,
-                            change=row_image(plan, raw),
-                        )
-                    )
-                    break
-    return good, good_raw, dead
-
-
-def failures_to_letters(
-    plan: TablePlan, raw_rows: Sequence[RawRow], failures: Sequence[RowFailure], stage: str
-) -> list[DeadLetter]:
-    by_target = {c.target: (i, c.source) for i, c in enumerate(plan.columns)}
-    keypos = plan.key_positions
-    letters = []
-    for f in failures:
-        raw = raw_rows[f.index]
-        column = None
-        value: object = None
-        if f.column and f.column in by_target:
-            i, column = by_target[f.column]
-            value = raw[i]
-        letters.append(
-            DeadLetter(
-                table=plan.source.name,
-                key=tuple(raw[i] for i in keypos),
-                column=column,
-                raw_value=value,
-                error=f.error,
-                sqlstate=f.sqlstate,
-                stage=stage,
-                change=row_image(plan, raw),
-            )
-        )
-    return letters
-
-
 def stop_on_first(letters: Sequence[DeadLetter]) -> None:
     if letters:
         first = letters[0]
@@ -259,156 +187,6 @@ def stop_on_first(letters: Sequence[DeadLetter]) -> None:
         raise DataError(f'{first.describe()}{value} (on_error = "stop")')
 
 
-def _has_json_valid(conn: sqlite3.Connection) -> bool:
-    """Whether this SQLite has its JSON functions (built in since 3.38; optional before)."""
-    try:
-        conn.execute("SELECT json_valid('1')").fetchone()
-    except sqlite3.OperationalError:
-        return False
-    return True
-
-
-class ChunkReader:
-    """Keyset pagination over one table, one short read transaction per chunk.
-
-    ``upper`` (set by the snapshot to the largest key when a table's copy
-    starts) bounds the pages: rows inserted later are the stream's to apply,
-    and without the bound a table growing faster than it is copied would
-    never finish.
-    """
-
-    def __init__(
-        self,
-        conn: sqlite3.Connection,
-        plan: TablePlan,
-        lenient: Callable[[], sqlite3.Connection],
-        *,
-        check_json: bool = False,
-    ):
-        self.conn = conn
-        self.lenient = lenient
-        self.table = sqlite_ident(plan.source.name)
-        self.keys = ", ".join(ROWID if k == ROWID else sqlite_ident(k) for k in plan.key)
-        self.select = plan.source_select_list()
-        # read_checked(): one more column, 1 when every JSON column of the row is
-        # NULL or text that json_valid() accepts (typeof first: it refuses blobs).
-        json_columns = [sqlite_ident(c.source) for c in plan.columns if c.convert_valid]
-        self.checked_select: str | None = None
-        if check_json and json_columns and _has_json_valid(conn):
-            valid = " AND ".join(
-                f"({c} IS NULL OR (typeof({c}) = 'text' AND json_valid({c})))" for c in json_columns
-            )
-            self.checked_select = f"{self.select}, {valid}"
-        self.count_sql = f"SELECT count(*) FROM {self.table}"
-        descending = ", ".join(f"{ROWID if k == ROWID else sqlite_ident(k)} DESC" for k in plan.key)
-        self.max_sql = f"SELECT {self.keys} FROM {self.table} ORDER BY {descending} LIMIT 1"
-        self.nth_sql = f"SELECT {self.keys} FROM {self.table} ORDER BY {self.keys} LIMIT 1 OFFSET ?"
-        self.single = len(plan.key) == 1
-        self.below_sql = f"SELECT count(*) FROM {self.table} WHERE {self.keys} <= ?"
-        self.upper: tuple[Any, ...] | None = None
-
-    def count(self) -> int:
-        return int(self.conn.execute(self.count_sql).fetchone()[0])
-
-    def max_key(self) -> tuple[Any, ...] | None:
-        row = self._fetch(self.max_sql, ())
-        return tuple(row[0]) if row else None
-
-    def split_points(self, n: int, total: int, upper: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-        """Up to ``n - 1`` increasing keys that cut the table (its ``total`` rows, keys up
-        to ``upper``) into ``n`` ranges of about as many rows; call inside one read
-        transaction. A single integer key is cut by value, kept when counting the
-        rows below each cut shows the ranges even (ids that are not spread evenly
-        are not); otherwise the keys at row positions are taken (a walk over the key)."""
-        try:
-            if self.single:
-                cuts = self._value_cuts(n, total, upper)
-                if cuts:
-                    return cuts
-            points = []
-            for i in range(1, n):
-                row = self.conn.execute(self.nth_sql, (total * i // n - 1,)).fetchone()
-                if row is None:
-                    break
-                points.append(tuple(row))
-            return points
-        except sqlite3.OperationalError:
-            return []  # a key that is not valid UTF-8: copied as one range
-
-    def _value_cuts(self, n: int, total: int, upper: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-        first = self.conn.execute(self.nth_sql, (0,)).fetchone()
-        low, high = (first[0] if first else None), upper[0]
-        if not (isinstance(low, int) and isinstance(high, int) and high - low >= n):
-            return []
-        cuts = [(low + (high - low) * i // n,) for i in range(1, n)]
-        for i, cut in enumerate(cuts, start=1):
-            below = self.conn.execute(self.below_sql, cut).fetchone()
-            if below is None or abs(int(below[0]) - total * i // n) > total // (2 * n):
-                return []
-        return cuts
-
-    @staticmethod
-    def _bind(key: tuple[Any, ...]) -> tuple[str, list[Any]]:
-        """Placeholders and parameters for a key. A key read from text that is not
-        valid UTF-8 (lone surrogates) cannot be bound as str: it is bound as its
-        original bytes and cast back to TEXT, so it compares exactly as stored."""
-        marks: list[str] = []
-        params: list[Any] = []
-        for value in key:
-            if isinstance(value, str) and not value.isascii():
-                try:
-                    value.encode("utf-8")
-                except UnicodeEncodeError:
-                    marks.append("CAST(? AS TEXT)")
-                    params.append(value.encode("utf-8", "surrogateescape"))
-                    continue
-            marks.append("?")
-            params.append(value)
-        return ", ".join(marks), params
-
-    def read(self, after: tuple[Any, ...] | None, limit: int) -> list[RawRow]:
-        """The next ``limit`` rows after the key ``after`` (up to ``upper``)."""
-        return self._page(self.select, after, limit)
-
-    def read_checked(
-        self, after: tuple[Any, ...] | None, limit: int
-    ) -> tuple[list[RawRow], list[int] | None]:
-        """As :meth:`read`, with each row's JSON check (see :func:`convert_rows`);
-        None when there is nothing to check."""
-        if self.checked_select is None:
-            return self.read(after, limit), None
-        rows = self._page(self.checked_select, after, limit)
-        return [r[:-1] for r in rows], [r[-1] for r in rows]
-
-    def _page(self, select: str, after: tuple[Any, ...] | None, limit: int) -> list[RawRow]:
-        where: list[str] = []
-        params: list[Any] = []
-        if after is not None:
-            marks, values = self._bind(after)
-            where.append(f"({self.keys}) > ({marks})")
-            params += values
-        if self.upper is not None:
-            marks, values = self._bind(self.upper)
-            where.append(f"({self.keys}) <= ({marks})")
-            params += values
-        clause = f" WHERE {' AND '.join(where)}" if where else ""
-        query = f"SELECT {select} FROM {self.table}{clause} ORDER BY {self.keys} LIMIT ?"
-        return self._fetch(query, (*params, limit))
-
-    def _fetch(self, query: str, params: tuple[Any, ...]) -> list[RawRow]:
-        try:
-            with read_transaction(self.conn):
-                return self.conn.execute(query, params).fetchall()
-        except sqlite3.OperationalError as exc:
-            if "decode" not in str(exc):
-                raise SourceError(f"reading the source failed: {exc}") from exc
-        # Some text here is not valid UTF-8: re-read it keeping the bytes.
-        lenient = self.lenient()
-        with read_transaction(lenient):
-            return lenient.execute(query, params).fetchall()
-
-
-Converted = tuple[list[tuple[object, ...]], list[RawRow], list[DeadLetter]]
 Chunk = tuple[list[RawRow], Converted]
 
 

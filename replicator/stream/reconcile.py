@@ -45,9 +45,9 @@ from replicator.proof.verify import (
     target_chunk_queries,
     target_row_map,
 )
-from replicator.snapshot.copy import ChunkReader
 from replicator.source.changelog import Change
 from replicator.source.cursor import CursorReader, to_change
+from replicator.source.reader import ChunkReader
 from replicator.source.sqlite import read_transaction
 from replicator.state import checkpoint
 from replicator.state.deadletter import decode_key, json_key

@@ -25,15 +25,15 @@ from streamutil import (
 
 from replicator.config import Config
 from replicator.errors import ConfigError
+from replicator.plan.rows import convert_rows
 from replicator.plan.tables import build_plans
 from replicator.snapshot.copy import (
     SIZE_SAMPLE,
-    ChunkReader,
     ProgressDisplay,
     SnapshotSummary,
     Snapshotter,
-    convert_rows,
 )
+from replicator.source.reader import ChunkReader
 
 
 class Boom(Exception):
