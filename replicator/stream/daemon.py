@@ -52,7 +52,7 @@ from replicator.errors import ConfigError, LockHeldError, SourceError
 from replicator.identifiers import pg_ident
 from replicator.logs import get_logger
 from replicator.plan.tables import TablePlan
-from replicator.snapshot.copy import Snapshotter
+from replicator.snapshot import Snapshotter
 from replicator.source import changelog
 from replicator.source.changelog import Change
 from replicator.source.readahead import ReadAhead

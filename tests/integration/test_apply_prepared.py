@@ -28,7 +28,7 @@ from psycopg.copy import LibpqWriter
 from streamutil import assert_replicated, daemon_config
 
 from replicator.plan.tables import TablePlan, build_plans
-from replicator.snapshot.copy import Snapshotter
+from replicator.snapshot import Snapshotter
 from replicator.source import changelog
 from replicator.source.changelog import Change
 from replicator.source.sqlite import describe_table

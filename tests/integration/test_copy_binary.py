@@ -12,7 +12,7 @@ import psycopg
 from streamutil import assert_replicated, open_dead_letters, snapshot_config, sqlite_from_script
 
 from replicator.plan.tables import TablePlan, build_plans
-from replicator.snapshot.copy import ProgressDisplay, Snapshotter
+from replicator.snapshot import ProgressDisplay, Snapshotter
 from replicator.target.writer import TableWriter
 
 ROWS = [

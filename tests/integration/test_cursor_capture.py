@@ -21,7 +21,7 @@ from streamutil import assert_replicated, compare, daemon_config
 
 from replicator.errors import SchemaError
 from replicator.plan.tables import build_plans
-from replicator.snapshot.copy import Snapshotter
+from replicator.snapshot import Snapshotter
 from replicator.source.cursor import CursorKind, choose_cursor
 from replicator.source.sqlite import describe_table
 from replicator.state.migrations import ensure_state

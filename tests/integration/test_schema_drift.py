@@ -53,7 +53,7 @@ from streamutil import (
 
 from replicator.demo.sample import generate_reference_db
 from replicator.plan.tables import build_plans
-from replicator.snapshot.copy import Snapshotter
+from replicator.snapshot import Snapshotter
 from replicator.source.changelog import Change
 from replicator.state.migrations import ensure_state
 from replicator.stream.apply import Applier

@@ -18,7 +18,7 @@ import pytest
 from streamutil import assert_replicated, open_dead_letters
 
 from replicator.config import Config, load_config
-from replicator.snapshot.copy import ProgressDisplay, SnapshotSummary, Snapshotter
+from replicator.snapshot import ProgressDisplay, SnapshotSummary, Snapshotter
 
 SOURCE = """
 CREATE TABLE owners (id INTEGER PRIMARY KEY, name TEXT NOT NULL);

@@ -27,12 +27,8 @@ from replicator.config import Config
 from replicator.errors import ConfigError
 from replicator.plan.rows import convert_rows
 from replicator.plan.tables import build_plans
-from replicator.snapshot.copy import (
-    SIZE_SAMPLE,
-    ProgressDisplay,
-    SnapshotSummary,
-    Snapshotter,
-)
+from replicator.snapshot import ProgressDisplay, SnapshotSummary, Snapshotter
+from replicator.snapshot.chunks import SIZE_SAMPLE
 from replicator.source.reader import ChunkReader
 
 
