@@ -39,8 +39,9 @@ bl.ensure_venv()
 
 def load(db: Path, dsn: str, chunk_rows: int, overlapped: bool) -> tuple[int, float]:
     from replicator.config import load_config
+    from replicator.plan.rows import convert_rows
     from replicator.plan.tables import build_plans
-    from replicator.snapshot.copy import ChunkReader, convert_rows
+    from replicator.source.reader import ChunkReader
     from replicator.source.sqlite import open_source
     from replicator.target.connection import connect
     from replicator.target.writer import TableWriter

@@ -39,7 +39,7 @@ bl.ensure_venv()
 
 from replicator.config import load_config  # noqa: E402
 from replicator.queries import QueryReport, check_queries  # noqa: E402
-from replicator.snapshot.copy import ProgressDisplay, Snapshotter  # noqa: E402
+from replicator.snapshot import ProgressDisplay, Snapshotter  # noqa: E402
 
 DBNAME = "bench_queries"
 QUERIES = bl.REPO / "config" / "reference-app-queries.toml"

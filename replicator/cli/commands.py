@@ -75,7 +75,7 @@ def snapshot(
     """
 
     def go() -> int:
-        from replicator.snapshot.copy import Snapshotter
+        from replicator.snapshot import Snapshotter
 
         config = ctx.obj.config(
             **{"snapshot.chunk_rows": chunk_rows, "snapshot.on_error": on_error}

@@ -44,10 +44,11 @@ from replicator.plan.tables import (
     sequence_sql,
     target_sequences,
 )
-from replicator.snapshot.copy import ChunkReader, ensure_state
 from replicator.source import changelog
+from replicator.source.reader import ChunkReader
 from replicator.source.sqlite import open_source, read_transaction
 from replicator.state import deadletter
+from replicator.state.migrations import ensure_state
 from replicator.state.position import load_position
 from replicator.stream.repair import rewrite_keys, source_by_key_sql, target_by_key_sql
 from replicator.target.connection import Connection, connect

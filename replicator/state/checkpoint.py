@@ -332,3 +332,21 @@ def save_meta(cur: psycopg.Cursor[Any], schema: str, key: str, value: object) ->
         ).format(pg_ident(schema, "meta")),
         (key, Jsonb(value)),
     )
+
+
+def meta_keys(cur: psycopg.Cursor[Any], schema: str, prefix: str) -> list[str]:
+    """The keys in the state schema's key/value table that begin with ``prefix``, in order."""
+    # The prefix's own "_" and "%" (as in "deferred_indexes:") stand for themselves.
+    pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    cur.execute(
+        sql.SQL("SELECT key FROM {} WHERE key LIKE %s ORDER BY key").format(
+            pg_ident(schema, "meta")
+        ),
+        (pattern,),
+    )
+    return [str(r[0]) for r in cur.fetchall()]
+
+
+def delete_meta(cur: psycopg.Cursor[Any], schema: str, key: str) -> None:
+    """Remove ``key`` from the state schema's key/value table (none there: nothing to do)."""
+    cur.execute(sql.SQL("DELETE FROM {} WHERE key = %s").format(pg_ident(schema, "meta")), (key,))

@@ -88,6 +88,12 @@ def current_revision(conn: psycopg.Connection[Any], schema: str) -> str | None:
     return str(found[0]) if found else None
 
 
+def ensure_state(conn: psycopg.Connection[Any], dsn: str, schema: str) -> None:
+    """Create or upgrade the state schema unless it is at the newest revision already."""
+    if current_revision(conn, schema) != head_revision():
+        migrate(dsn, schema)
+
+
 def migrate(dsn: str, schema: str) -> tuple[str | None, str]:
     """Create or upgrade the state schema; returns (revision before, revision after)."""
     import sqlalchemy as sa

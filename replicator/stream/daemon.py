@@ -44,11 +44,11 @@ from replicator.config import Config, parse_address
 from replicator.errors import ConfigError
 from replicator.logs import get_logger
 from replicator.plan.tables import TablePlan
-from replicator.snapshot.copy import ensure_state
 from replicator.source import changelog
 from replicator.source.sqlite import SourceFileChanged, SourceGuard, abandon, schema_version
 from replicator.state import heartbeat
 from replicator.state.lock import PairLock, pair_id
+from replicator.state.migrations import ensure_state
 from replicator.state.position import StreamPosition
 from replicator.stream import drift
 from replicator.stream.apply import Applier

@@ -44,9 +44,9 @@ from replicator.plan.compare import (
     target_row_map,
 )
 from replicator.plan.tables import TablePlan
-from replicator.snapshot.copy import ChunkReader
 from replicator.source.changelog import Change
 from replicator.source.cursor import CursorReader, to_change
+from replicator.source.reader import ChunkReader
 from replicator.source.sqlite import read_transaction
 from replicator.state import checkpoint, deadletter
 from replicator.stream.apply import Applier, BatchResult

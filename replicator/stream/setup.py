@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from psycopg import sql
 
 from replicator import metrics
-from replicator.snapshot.copy import Snapshotter
+from replicator.snapshot import Snapshotter
 from replicator.source import changelog
 from replicator.state import checkpoint
 from replicator.state.position import init_position, load_position

@@ -29,10 +29,11 @@ from psycopg.adapt import Transformer
 from psycopg.copy import LibpqWriter
 
 from replicator.plan.tables import TablePlan, build_plans
-from replicator.snapshot.copy import Snapshotter, ensure_state
+from replicator.snapshot import Snapshotter
 from replicator.source import changelog
 from replicator.source.changelog import Change
 from replicator.source.sqlite import describe_table
+from replicator.state.migrations import ensure_state
 from replicator.state.position import init_position
 from replicator.stream.apply import Applier, BatchResult, Prepared
 from replicator.target.writer import STAGE_THRESHOLD, copy_payload

@@ -13,7 +13,7 @@ from harness import snapshot_config, sqlite_from_script
 from oracle import assert_replicated, open_dead_letters
 
 from replicator.plan.tables import TablePlan, build_plans
-from replicator.snapshot.copy import ProgressDisplay, Snapshotter
+from replicator.snapshot import ProgressDisplay, Snapshotter
 from replicator.target.writer import TableWriter
 
 ROWS = [

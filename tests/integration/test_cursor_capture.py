@@ -22,9 +22,10 @@ from prometheus_client import REGISTRY
 
 from replicator.errors import SchemaError
 from replicator.plan.tables import build_plans
-from replicator.snapshot.copy import Snapshotter, ensure_state
+from replicator.snapshot import Snapshotter
 from replicator.source.cursor import CursorKind, choose_cursor
 from replicator.source.sqlite import describe_table
+from replicator.state.migrations import ensure_state
 from replicator.stream.cursor import CursorStream, open_for_capture
 from replicator.stream.reconcile import PassSummary
 from replicator.target.connection import connect

@@ -29,7 +29,7 @@ from replicator.cli import main
 from replicator.config import Config, load_config
 from replicator.demo.sample import generate_reference_db
 from replicator.queries import QueryReport, QueryResult, check_queries
-from replicator.snapshot.copy import ProgressDisplay, Snapshotter
+from replicator.snapshot import ProgressDisplay, Snapshotter
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 REFERENCE_CONFIG = PROJECT_ROOT / "config" / "reference-app.toml"

@@ -51,8 +51,9 @@ from oracle import assert_replicated, compare, replicated_tables
 
 from replicator.demo.sample import generate_reference_db
 from replicator.plan.tables import build_plans
-from replicator.snapshot.copy import Snapshotter, ensure_state
+from replicator.snapshot import Snapshotter
 from replicator.source.changelog import Change
+from replicator.state.migrations import ensure_state
 from replicator.stream.apply import Applier
 
 Spec = dict[str, str]  # column -> kind of value the writer puts there

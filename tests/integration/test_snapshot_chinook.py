@@ -27,7 +27,7 @@ from pgutil import TestDatabases
 from psycopg import sql
 
 from replicator.config import load_config
-from replicator.snapshot.copy import ProgressDisplay, SnapshotSummary, Snapshotter
+from replicator.snapshot import ProgressDisplay, SnapshotSummary, Snapshotter
 
 CHINOOK = Path("/work/shared/corpus/chinook.sqlite")
 if not CHINOOK.exists():  # a checkout next to shared/

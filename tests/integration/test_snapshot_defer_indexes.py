@@ -18,7 +18,7 @@ import pytest
 from oracle import assert_replicated, open_dead_letters
 
 from replicator.config import Config, load_config
-from replicator.snapshot.copy import ProgressDisplay, SnapshotSummary, Snapshotter
+from replicator.snapshot import ProgressDisplay, SnapshotSummary, Snapshotter
 
 SOURCE = """
 CREATE TABLE owners (id INTEGER PRIMARY KEY, name TEXT NOT NULL);
@@ -237,8 +237,8 @@ def test_indexes_left_by_a_run_killed_after_its_last_chunk_are_built_by_the_next
 
 def _plan(config: Config, conn: psycopg.Connection[Any], name: str) -> Any:
     from replicator.plan.tables import build_plans
-    from replicator.snapshot.copy import ensure_state
     from replicator.source.sqlite import open_source
+    from replicator.state.migrations import ensure_state
 
     ensure_state(conn, config.require_target(), config.target.state_schema)
     source = open_source(config.require_source(), readonly=True)

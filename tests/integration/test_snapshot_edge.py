@@ -21,7 +21,7 @@ from harness import snapshot_config, sqlite_from_script
 from psycopg import sql
 
 from replicator.errors import SchemaError
-from replicator.snapshot.copy import ProgressDisplay, SnapshotSummary, Snapshotter
+from replicator.snapshot import ProgressDisplay, SnapshotSummary, Snapshotter
 
 ROWID_COLUMN = "_replicator_rowid"
 

@@ -23,7 +23,7 @@ from psycopg import sql
 
 from replicator.config import Config, load_config
 from replicator.errors import ConfigError
-from replicator.snapshot.copy import ProgressDisplay, SnapshotSummary, Snapshotter
+from replicator.snapshot import ProgressDisplay, SnapshotSummary, Snapshotter
 
 Chunk = tuple[str, int, int, int]  # what on_chunk gets: table, read, written, total
 

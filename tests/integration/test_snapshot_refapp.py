@@ -35,7 +35,7 @@ from replicator.demo.sample import (
     SampleReport,
     generate_reference_db,
 )
-from replicator.snapshot.copy import ProgressDisplay, SnapshotSummary, Snapshotter
+from replicator.snapshot import ProgressDisplay, SnapshotSummary, Snapshotter
 
 pytestmark = pytest.mark.slow  # ~25 s: 200k rows generated, copied and compared
 

@@ -28,7 +28,7 @@ from psycopg import sql
 
 from replicator.config import load_config
 from replicator.demo.sample import REFERENCE_TABLES, SampleReport, generate_reference_db
-from replicator.snapshot.copy import ProgressDisplay, Snapshotter
+from replicator.snapshot import ProgressDisplay, Snapshotter
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 REFERENCE_CONFIG = PROJECT_ROOT / "config" / "reference-app.toml"

@@ -20,15 +20,11 @@ from oracle import assert_replicated, open_dead_letters
 
 from replicator.config import Config
 from replicator.errors import ConfigError
+from replicator.plan.rows import convert_rows
 from replicator.plan.tables import build_plans
-from replicator.snapshot.copy import (
-    SIZE_SAMPLE,
-    ChunkReader,
-    ProgressDisplay,
-    SnapshotSummary,
-    Snapshotter,
-    convert_rows,
-)
+from replicator.snapshot import ProgressDisplay, SnapshotSummary, Snapshotter
+from replicator.snapshot.chunks import SIZE_SAMPLE
+from replicator.source.reader import ChunkReader
 
 
 class Boom(Exception):

@@ -1,0 +1,127 @@
+"""What a snapshot shows: its progress while it copies, and its summary at the end."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from replicator.logs import get_logger
+from replicator.state.checkpoint import SnapshotProgress
+
+
+@dataclass
+class TableResult:
+    table: str
+    rows_read: int = 0
+    rows_written: int = 0
+    dead_letters: int = 0
+    seconds: float = 0.0
+    skipped: bool = False  # already complete from an earlier run
+
+    @classmethod
+    def done_earlier(cls, progress: SnapshotProgress) -> TableResult:
+        """The result of a table an earlier run copied completely."""
+        return cls(
+            table=progress.table,
+            rows_read=progress.rows_read,
+            rows_written=progress.rows_written,
+            dead_letters=progress.dead_letters,
+            skipped=True,
+        )
+
+
+@dataclass
+class SnapshotSummary:
+    tables: list[TableResult] = field(default_factory=list)
+    sequences_set: int = 0
+    post_load: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def dead_letters(self) -> int:
+        return sum(t.dead_letters for t in self.tables)
+
+    def render(self) -> str:
+        head = f"{'table':<28} {'read':>10} {'written':>10} {'dead':>6} {'seconds':>8}"
+        lines = [head, "-" * len(head)]
+        for t in self.tables:
+            note = "  (done earlier)" if t.skipped else ""
+            lines.append(
+                f"{t.table[:28]:<28} {t.rows_read:>10} {t.rows_written:>10} "
+                f"{t.dead_letters:>6} {t.seconds:>8.1f}{note}"
+            )
+        total_r = sum(t.rows_read for t in self.tables)
+        total_w = sum(t.rows_written for t in self.tables)
+        secs = sum(t.seconds for t in self.tables)
+        lines.append("-" * len(head))
+        lines.append(
+            f"{'total':<28} {total_r:>10} {total_w:>10} {self.dead_letters:>6} {secs:>8.1f}"
+        )
+        if self.dead_letters:
+            lines.append(
+                f"{self.dead_letters} row(s) went to the dead-letter table: "
+                "see `replicator dead-letters list`."
+            )
+        lines.extend(f"warning: {w}" for w in self.warnings)
+        return "\n".join(lines)
+
+
+class ProgressDisplay:
+    """A progress line per table on a terminal; structured log lines otherwise.
+
+    While several tables are copied at once, the terminal line shows each of
+    them side by side, and a table's own line is printed when it is done.
+    """
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.log = get_logger()
+        self._active: dict[str, tuple[str, str]] = {}  # table -> its progress, long and short
+
+    def chunk(self, table: str, done: int, total: int | None, started: float, rows: int) -> None:
+        elapsed = max(time.monotonic() - started, 1e-6)
+        rate = done / elapsed
+        if self.tty:
+            pct = f"{100 * done / total:5.1f}%" if total else "   ? %"
+            eta = (total - done) / rate if total and rate > 0 else 0.0
+            self._active[table] = (
+                f"{table[:28]:<28} {pct} {done:>10}/{total or '?':<10} "
+                f"{rate:>9.0f} rows/s  ETA {eta:5.0f}s",
+                f"{table[:16]} {pct.strip()} ETA {eta:.0f}s",
+            )
+            if len(self._active) == 1:
+                line = self._active[table][0]
+            else:
+                line = " | ".join(short for _, short in self._active.values())
+            self.stream.write(f"\r{line} \x1b[K")
+            self.stream.flush()
+        else:
+            self.log.info(
+                "snapshot_chunk",
+                table=table,
+                rows=rows,
+                copied=done,
+                total=total,
+                rows_per_s=round(rate),
+            )
+
+    def table_done(self, table: str, result: TableResult) -> None:
+        if self.tty:
+            if self._active.pop(table, None) is not None or not result.skipped:
+                rate = result.rows_read / result.seconds if result.seconds > 0 else 0.0
+                self.stream.write(
+                    f"\r{table[:28]:<28} done {result.rows_read:>10} rows "
+                    f"{rate:>9.0f} rows/s  {result.seconds:6.1f}s \x1b[K\n"
+                )
+            self.stream.flush()
+        self.log.info(
+            "snapshot_table_done",
+            table=table,
+            rows_read=result.rows_read,
+            rows_written=result.rows_written,
+            dead_letters=result.dead_letters,
+            seconds=round(result.seconds, 3),
+        )

@@ -1,0 +1,207 @@
+"""Reading rows out of SQLite: the one way the source's storage becomes raw values.
+
+Every read of table rows goes through :func:`read_rows`: one short read
+transaction (a long reader would starve SQLite's WAL checkpoints), values as
+SQLite's own types give them. Text that is not valid UTF-8 never fails a read:
+it is read again on a lenient connection (``open_source(lenient=True)``) and
+comes back as ``str`` with its invalid bytes kept as lone surrogates
+(``errors="surrogateescape"``), so the exact bytes can be told and written
+back. :class:`ChunkReader` pages through one table by primary key with it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from replicator.errors import SourceError
+from replicator.identifiers import sqlite_ident
+from replicator.source.sqlite import ROWID, SourceTable, read_transaction
+
+RawRow = tuple[Any, ...]
+
+
+def read_rows(
+    conn: sqlite3.Connection,
+    query: str,
+    params: Sequence[Any],
+    lenient: Callable[[], sqlite3.Connection],
+) -> list[RawRow]:
+    """The rows of ``query``, read in one short read transaction on ``conn``. When
+    some text in them is not valid UTF-8 (SQLite's "Could not decode" error), they
+    are read again on the connection ``lenient`` returns (``open_source(lenient=True)``),
+    keeping such text's bytes as lone surrogates: the rare slow path."""
+    try:
+        with read_transaction(conn):
+            return conn.execute(query, params).fetchall()
+    except sqlite3.OperationalError as exc:
+        if "decode" not in str(exc):
+            raise SourceError(f"reading the source failed: {exc}") from exc
+    # Some text here is not valid UTF-8: re-read it keeping the bytes.
+    again = lenient()
+    with read_transaction(again):
+        return again.execute(query, params).fetchall()
+
+
+class ReadColumn(Protocol):
+    """What the reader needs of a column of a table plan."""
+
+    @property
+    def source(self) -> str: ...  # the source column's name, or "rowid"
+
+    @property
+    def convert_valid(self) -> object: ...  # set for a JSON column (see read_checked)
+
+
+class ReadPlan(Protocol):
+    """What the reader needs of a table plan (``replicator.plan.tables.TablePlan``):
+    described here so that reading the source depends on no plan."""
+
+    @property
+    def source(self) -> SourceTable: ...
+
+    @property
+    def key(self) -> tuple[str, ...]: ...
+
+    @property
+    def columns(self) -> Sequence[ReadColumn]: ...
+
+    def source_select_list(self) -> str: ...
+
+
+def _has_json_valid(conn: sqlite3.Connection) -> bool:
+    """Whether this SQLite has its JSON functions (built in since 3.38; optional before)."""
+    try:
+        conn.execute("SELECT json_valid('1')").fetchone()
+    except sqlite3.OperationalError:
+        return False
+    return True
+
+
+class ChunkReader:
+    """Keyset pagination over one table, one short read transaction per chunk.
+
+    ``upper`` (set by the snapshot to the largest key when a table's copy
+    starts) bounds the pages: rows inserted later are the stream's to apply,
+    and without the bound a table growing faster than it is copied would
+    never finish.
+    """
+
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        plan: ReadPlan,
+        lenient: Callable[[], sqlite3.Connection],
+        *,
+        check_json: bool = False,
+    ):
+        self.conn = conn
+        self.lenient = lenient
+        self.table = sqlite_ident(plan.source.name)
+        self.keys = ", ".join(ROWID if k == ROWID else sqlite_ident(k) for k in plan.key)
+        self.select = plan.source_select_list()
+        # read_checked(): one more column, 1 when every JSON column of the row is
+        # NULL or text that json_valid() accepts (typeof first: it refuses blobs).
+        json_columns = [sqlite_ident(c.source) for c in plan.columns if c.convert_valid]
+        self.checked_select: str | None = None
+        if check_json and json_columns and _has_json_valid(conn):
+            valid = " AND ".join(
+                f"({c} IS NULL OR (typeof({c}) = 'text' AND json_valid({c})))" for c in json_columns
+            )
+            self.checked_select = f"{self.select}, {valid}"
+        self.count_sql = f"SELECT count(*) FROM {self.table}"
+        descending = ", ".join(f"{ROWID if k == ROWID else sqlite_ident(k)} DESC" for k in plan.key)
+        self.max_sql = f"SELECT {self.keys} FROM {self.table} ORDER BY {descending} LIMIT 1"
+        self.nth_sql = f"SELECT {self.keys} FROM {self.table} ORDER BY {self.keys} LIMIT 1 OFFSET ?"
+        self.single = len(plan.key) == 1
+        self.below_sql = f"SELECT count(*) FROM {self.table} WHERE {self.keys} <= ?"
+        self.upper: tuple[Any, ...] | None = None
+
+    def count(self) -> int:
+        return int(self.conn.execute(self.count_sql).fetchone()[0])
+
+    def max_key(self) -> tuple[Any, ...] | None:
+        row = read_rows(self.conn, self.max_sql, (), self.lenient)
+        return tuple(row[0]) if row else None
+
+    def split_points(self, n: int, total: int, upper: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        """Up to ``n - 1`` increasing keys that cut the table (its ``total`` rows, keys up
+        to ``upper``) into ``n`` ranges of about as many rows; call inside one read
+        transaction. A single integer key is cut by value, kept when counting the
+        rows below each cut shows the ranges even (ids that are not spread evenly
+        are not); otherwise the keys at row positions are taken (a walk over the key)."""
+        try:
+            if self.single:
+                cuts = self._value_cuts(n, total, upper)
+                if cuts:
+                    return cuts
+            points = []
+            for i in range(1, n):
+                row = self.conn.execute(self.nth_sql, (total * i // n - 1,)).fetchone()
+                if row is None:
+                    break
+                points.append(tuple(row))
+            return points
+        except sqlite3.OperationalError:
+            return []  # a key that is not valid UTF-8: copied as one range
+
+    def _value_cuts(self, n: int, total: int, upper: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        first = self.conn.execute(self.nth_sql, (0,)).fetchone()
+        low, high = (first[0] if first else None), upper[0]
+        if not (isinstance(low, int) and isinstance(high, int) and high - low >= n):
+            return []
+        cuts = [(low + (high - low) * i // n,) for i in range(1, n)]
+        for i, cut in enumerate(cuts, start=1):
+            below = self.conn.execute(self.below_sql, cut).fetchone()
+            if below is None or abs(int(below[0]) - total * i // n) > total // (2 * n):
+                return []
+        return cuts
+
+    @staticmethod
+    def _bind(key: tuple[Any, ...]) -> tuple[str, list[Any]]:
+        """Placeholders and parameters for a key. A key read from text that is not
+        valid UTF-8 (lone surrogates) cannot be bound as str: it is bound as its
+        original bytes and cast back to TEXT, so it compares exactly as stored."""
+        marks: list[str] = []
+        params: list[Any] = []
+        for value in key:
+            if isinstance(value, str) and not value.isascii():
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:
+                    marks.append("CAST(? AS TEXT)")
+                    params.append(value.encode("utf-8", "surrogateescape"))
+                    continue
+            marks.append("?")
+            params.append(value)
+        return ", ".join(marks), params
+
+    def read(self, after: tuple[Any, ...] | None, limit: int) -> list[RawRow]:
+        """The next ``limit`` rows after the key ``after`` (up to ``upper``)."""
+        return self._page(self.select, after, limit)
+
+    def read_checked(
+        self, after: tuple[Any, ...] | None, limit: int
+    ) -> tuple[list[RawRow], list[int] | None]:
+        """As :meth:`read`, with each row's JSON check (see
+        ``replicator.plan.rows.convert_rows``); None when there is nothing to check."""
+        if self.checked_select is None:
+            return self.read(after, limit), None
+        rows = self._page(self.checked_select, after, limit)
+        return [r[:-1] for r in rows], [r[-1] for r in rows]
+
+    def _page(self, select: str, after: tuple[Any, ...] | None, limit: int) -> list[RawRow]:
+        where: list[str] = []
+        params: list[Any] = []
+        if after is not None:
+            marks, values = self._bind(after)
+            where.append(f"({self.keys}) > ({marks})")
+            params += values
+        if self.upper is not None:
+            marks, values = self._bind(self.upper)
+            where.append(f"({self.keys}) <= ({marks})")
+            params += values
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        query = f"SELECT {select} FROM {self.table}{clause} ORDER BY {self.keys} LIMIT ?"
+        return read_rows(self.conn, query, (*params, limit), self.lenient)
