@@ -57,7 +57,7 @@ def load(db: Path, dsn: str, chunk_rows: int, overlapped: bool) -> tuple[int, fl
     rows = 0
     started = time.perf_counter()
     for plan in plans:
-        reader = ChunkReader(source, plan, lambda: open_source(db, readonly=True, lenient=True))
+        reader = ChunkReader(source, plan)
         writer = TableWriter(plan.shape)
         keypos = plan.key_positions
 

@@ -159,7 +159,8 @@ def replicator_ddl(db: Path, dsn: str, *, keep_pk: bool, post_load: bool = False
     then validated), so the tables get the complete schema before any row.
     """
     from replicator.config import load_config
-    from replicator.plan.tables import build_plans, create_table_sql, post_load_sql
+    from replicator.plan.ddl import create_table_sql, post_load_sql
+    from replicator.plan.tables import build_plans
     from replicator.source.sqlite import open_source
     from replicator.target.connection import connect
 

@@ -2,7 +2,8 @@
 
 Verification, reconciliation and query parity compare source and target rows
 after the same normalisation: a source value goes through its column's
-converter (the plan's), then both sides through :func:`canonical`. Keys are
+converter (the plan's; for a query's result, the converter of the PostgreSQL
+result column's type), then both sides through :func:`canonical`. Keys are
 compared as JSON text, the form dead letters keep them in.
 """
 
@@ -12,6 +13,7 @@ import hashlib
 import json
 import struct
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import date, datetime
 from datetime import time as dtime
 from decimal import Decimal
@@ -20,7 +22,7 @@ from uuid import UUID
 
 from psycopg import sql
 
-from replicator.coerce import JSON_KINDS, Kind, json_safe
+from replicator.coerce import JSON_KINDS, Converter, Kind, json_safe
 from replicator.errors import CoercionError
 from replicator.identifiers import pg_ident
 from replicator.plan.tables import TablePlan
@@ -106,6 +108,17 @@ def source_row_map(
     return out
 
 
+def source_key_text(plan: TablePlan, kinds: Sequence[Kind], raw: Sequence[Any]) -> str:
+    """The key text of a source row, as :func:`source_row_map` keys it."""
+    values: list[Any] = []
+    for i in plan.key_positions:
+        try:
+            values.append(canonical(kinds[i], plan.columns[i].convert(raw[i])))
+        except CoercionError:
+            values.append(("unconvertible", repr(raw[i])))
+    return key_text(values)
+
+
 def target_row_map(
     plan: TablePlan, rows: Sequence[tuple[Any, ...]], kinds: Sequence[Kind]
 ) -> dict[str, tuple[Any, ...]]:
@@ -126,3 +139,52 @@ def key_text(values: Sequence[Any]) -> str:
 
 def _key_text(values: Sequence[Any]) -> str:
     return json.dumps([json_safe(v) for v in values], default=str, sort_keys=True)
+
+
+# --- the rows of an application's query (query parity) ----------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Unconvertible:
+    """A SQLite value that replication could not store in the result column's type."""
+
+    raw: object
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResultColumn:
+    name: str
+    kind: Kind
+    convert: Converter
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    canon: tuple[Any, ...]  # compared
+    raw: tuple[Any, ...]  # shown
+
+
+def normalise_sqlite(
+    columns: Sequence[ResultColumn], raw_rows: Sequence[Sequence[Any]]
+) -> list[Row]:
+    """SQLite values typed like the PostgreSQL result column, then made canonical."""
+    out = []
+    for raw in raw_rows:
+        values = []
+        for col, v in zip(columns, raw, strict=True):
+            try:
+                values.append(canonical(col.kind, col.convert(v)))
+            except CoercionError as exc:
+                values.append(Unconvertible(v, exc.reason))
+        out.append(Row(tuple(values), tuple(raw)))
+    return out
+
+
+def normalise_postgres(
+    columns: Sequence[ResultColumn], raw_rows: Sequence[Sequence[Any]]
+) -> list[Row]:
+    return [
+        Row(tuple(canonical(c.kind, v) for c, v in zip(columns, raw, strict=True)), tuple(raw))
+        for raw in raw_rows
+    ]

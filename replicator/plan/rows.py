@@ -1,13 +1,18 @@
 """Row conversion: raw SQLite rows of a table plan become target values or dead letters.
 
-This is the one place a source row turns into the values written to PostgreSQL
-(each column by its plan's converter), and the one place a row that cannot be
-converted, or that PostgreSQL refused, becomes a dead letter describing it.
+This is the one place a source row, or a source key, turns into the values
+written to PostgreSQL (each column by its plan's converter): the snapshot
+(:func:`convert_rows`, a chunk at a time), the stream's apply, repairs and
+verification (:func:`convert_row`, :func:`convert_key`, :func:`target_key_of`).
+A value a converter refuses comes back as :class:`Refused`, naming the column,
+the value and the reason; a row that cannot be converted, or that PostgreSQL
+refused, becomes a dead letter describing it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from replicator.coerce import json_safe
@@ -17,8 +22,50 @@ from replicator.source.reader import RawRow
 from replicator.state.deadletter import DeadLetter
 from replicator.target.writer import RowFailure
 
+Row = tuple[object, ...]  # target values, in the plan's column order
 # Rows converted, the raw rows they came from, and the rows that could not be.
-Converted = tuple[list[tuple[object, ...]], list[RawRow], list[DeadLetter]]
+Converted = tuple[list[Row], list[RawRow], list[DeadLetter]]
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """The first value of a row or key that its target column does not take."""
+
+    column: str  # the source column
+    value: object
+    reason: str
+
+
+def convert_row(plan: TablePlan, raw: Sequence[object]) -> Row | Refused:
+    """A source row (values in ``plan.columns`` order) as the target's values."""
+    out = []
+    for col, value in zip(plan.columns, raw, strict=True):
+        try:
+            out.append(col.convert(value))
+        except CoercionError as exc:
+            return Refused(col.source, value, exc.reason)
+    return tuple(out)
+
+
+def convert_key(plan: TablePlan, key: Sequence[object]) -> Row | Refused:
+    """A source key (values in ``plan.key`` order) as the target key's values."""
+    by_source = {c.source: c for c in plan.columns}
+    out = []
+    for name, value in zip(plan.key, key, strict=True):
+        try:
+            out.append(by_source[name].convert(value))
+        except CoercionError as exc:
+            return Refused(name, value, exc.reason)
+    return tuple(out)
+
+
+def target_key_of(plan: TablePlan, raw: Sequence[object]) -> Row:
+    """The target key of a source row; raises :class:`CoercionError` when the key's
+    values do not convert (such a row is never in the target)."""
+    key = convert_key(plan, [raw[i] for i in plan.key_positions])
+    if isinstance(key, Refused):
+        raise CoercionError(key.reason)
+    return key
 
 
 def row_image(plan: TablePlan, raw: RawRow) -> dict[str, Any]:

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from replicator.config import Config
-from replicator.plan.tables import advance_sequences, build_plans, target_sequences
+from replicator.plan.ddl import advance_sequences, target_sequences
+from replicator.plan.tables import build_plans
 from replicator.proof.status import read_status
 from replicator.proof.verify import Verifier
 from replicator.source import changelog

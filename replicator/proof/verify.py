@@ -28,7 +28,6 @@ from psycopg import sql
 
 from replicator.coerce import JSON_KINDS, Kind
 from replicator.config import Config
-from replicator.errors import CoercionError
 from replicator.identifiers import pg_ident
 from replicator.plan.compare import (
     canonical,
@@ -37,15 +36,11 @@ from replicator.plan.compare import (
     source_row_map,
     target_chunk_queries,
 )
-from replicator.plan.convert import Refused, convert_key
-from replicator.plan.tables import (
-    TablePlan,
-    build_plans,
-    sequence_sql,
-    target_sequences,
-)
+from replicator.plan.ddl import sequence_sql, target_sequences
+from replicator.plan.rows import Refused, convert_key, target_key_of
+from replicator.plan.tables import TablePlan, build_plans
 from replicator.source import changelog
-from replicator.source.reader import ChunkReader
+from replicator.source.reader import ChunkReader, fetch_one
 from replicator.source.sqlite import open_source, read_transaction
 from replicator.state import deadletter
 from replicator.state.migrations import ensure_state
@@ -218,7 +213,7 @@ class Verifier:
     ) -> TableVerdict:
         started = time.monotonic()
         verdict = TableVerdict(table=plan.source.name)
-        reader = ChunkReader(source, plan, lambda: source)
+        reader = ChunkReader(source, plan)
         kinds = [c.type.kind for c in plan.columns]
         keypos = plan.key_positions
         first_sql, between_sql, tail_sql = self._target_select(plan)
@@ -292,10 +287,7 @@ class Verifier:
         return verdict
 
     def _target_key(self, plan: TablePlan, raw: tuple[Any, ...]) -> tuple[Any, ...]:
-        key = convert_key(plan, [raw[i] for i in plan.key_positions])
-        if isinstance(key, Refused):
-            raise CoercionError(key.reason)
-        return key
+        return target_key_of(plan, raw)
 
     def _source_map(
         self, plan: TablePlan, raw_rows: Sequence[tuple[Any, ...]], kinds: Sequence[Kind]
@@ -355,13 +347,9 @@ class Verifier:
         src_sql, tgt_sql = source_by_key_sql(plan), target_by_key_sql(plan)
         for k, (key, _problem) in differing.items():
             with read_transaction(source):
-                raw = source.execute(src_sql, key).fetchone()
-            try:
-                target_key = tuple(
-                    plan.columns[i].convert(v) for i, v in zip(plan.key_positions, key, strict=True)
-                )
-            except CoercionError:
-                target_key = tuple(key)
+                raw = fetch_one(source, src_sql, key)
+            converted = convert_key(plan, key)
+            target_key = tuple(key) if isinstance(converted, Refused) else converted
             with conn.cursor() as cur:
                 cur.execute(tgt_sql, target_key)
                 trow = cur.fetchone()

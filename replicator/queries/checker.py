@@ -62,6 +62,7 @@ from replicator.queries.report import (
 )
 from replicator.queries.spec import ParamSet, QueryFile, QuerySettings, QuerySpec, load_query_file
 from replicator.source import changelog
+from replicator.source.reader import fetch_described
 from replicator.source.sqlite import open_source, read_transaction
 from replicator.state.checkpoint import count_cursor_tables
 from replicator.state.position import load_position, position_kept
@@ -207,9 +208,7 @@ class QueryChecker:
     def run_sqlite(self, text: str, params: Any) -> _Side:
         self.source.set_progress_handler(self._sqlite_limit(), 20_000)
         try:
-            cur = self.source.execute(text, params)
-            rows = cur.fetchall()
-            names = [d[0] for d in cur.description or ()]
+            names, rows = fetch_described(self.source, text, params)
         except sqlite3.Error as exc:
             reason = str(exc)
             if reason == "interrupted":

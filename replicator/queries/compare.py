@@ -20,9 +20,13 @@ from datetime import time as dtime
 from decimal import Decimal
 from typing import Any
 
-from replicator.coerce import Converter, Kind
-from replicator.errors import CoercionError
-from replicator.plan.compare import canonical
+from replicator.plan.compare import (
+    ResultColumn,
+    Row,
+    Unconvertible,
+    normalise_postgres,
+    normalise_sqlite,
+)
 
 __all__ = [
     "Difference",
@@ -36,55 +40,6 @@ __all__ = [
 ]
 
 SHOWN_ROWS = 3  # differing rows listed per side
-
-
-# --------------------------------------------------------------------------- normalising
-
-
-@dataclass(frozen=True, slots=True)
-class Unconvertible:
-    """A SQLite value that replication could not store in the result column's type."""
-
-    raw: object
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class ResultColumn:
-    name: str
-    kind: Kind
-    convert: Converter
-
-
-@dataclass(frozen=True, slots=True)
-class Row:
-    canon: tuple[Any, ...]  # compared
-    raw: tuple[Any, ...]  # shown
-
-
-def normalise_sqlite(
-    columns: Sequence[ResultColumn], raw_rows: Sequence[Sequence[Any]]
-) -> list[Row]:
-    """SQLite values typed like the PostgreSQL result column, then made canonical."""
-    out = []
-    for raw in raw_rows:
-        values = []
-        for col, v in zip(columns, raw, strict=True):
-            try:
-                values.append(canonical(col.kind, col.convert(v)))
-            except CoercionError as exc:
-                values.append(Unconvertible(v, exc.reason))
-        out.append(Row(tuple(values), tuple(raw)))
-    return out
-
-
-def normalise_postgres(
-    columns: Sequence[ResultColumn], raw_rows: Sequence[Sequence[Any]]
-) -> list[Row]:
-    return [
-        Row(tuple(canonical(c.kind, v) for c, v in zip(columns, raw, strict=True)), tuple(raw))
-        for raw in raw_rows
-    ]
 
 
 def _exact_integer(v: Any) -> bool:

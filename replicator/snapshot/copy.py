@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -22,13 +22,8 @@ from replicator import metrics
 from replicator.coerce import json_safe
 from replicator.config import Config
 from replicator.logs import get_logger
-from replicator.plan.tables import (
-    TablePlan,
-    advance_sequences,
-    build_plans,
-    create_table_sql,
-    post_load_sql,
-)
+from replicator.plan.ddl import advance_sequences, create_table_sql, post_load_sql
+from replicator.plan.tables import TablePlan, build_plans
 from replicator.snapshot import indexes
 from replicator.snapshot.chunks import ChunkWriter, Prefetcher
 from replicator.snapshot.jobs import ChunkHook, ChunkReport, TableJob
@@ -63,20 +58,9 @@ class Snapshotter:
         self.schema = config.target.state_schema
         self.path = config.require_source()
         self.dsn = config.require_target()
-        self._lenient: sqlite3.Connection | None = None
         # Of the current run_plans(): every plan, and the tables we created.
         self._plans: Sequence[TablePlan] = ()
         self._created: set[str] = set()
-
-    def _lenient_conn(self) -> sqlite3.Connection:
-        if self._lenient is None:
-            self._lenient = open_source(
-                self.path,
-                readonly=True,
-                busy_timeout_ms=self.config.source.busy_timeout_ms,
-                lenient=True,
-            )
-        return self._lenient
 
     def run(self, *, restart: bool = False, only: Sequence[str] | None = None) -> SnapshotSummary:
         source = open_source(
@@ -94,9 +78,6 @@ class Snapshotter:
         finally:
             conn.close()
             source.close()
-            if self._lenient is not None:
-                self._lenient.close()
-                self._lenient = None
 
     def run_plans(
         self,
@@ -171,7 +152,7 @@ class Snapshotter:
         ranges when it is large (a split is recorded, and kept by later runs), and
         set its secondary indexes aside when configured."""
         name = plan.source.name
-        reader = ChunkReader(source, plan, self._lenient_conn)
+        reader = ChunkReader(source, plan)
         if progress is None:
             with conn.cursor() as cur:
                 cur.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(plan.table))
@@ -259,11 +240,10 @@ class Snapshotter:
         part: PartProgress,
         *,
         report: ChunkReport,
-        lenient: Callable[[], sqlite3.Connection] | None = None,
     ) -> None:
         """Copy one key range of a table (the whole table when it is not split)."""
         job.begin()
-        reader = ChunkReader(source, job.plan, lenient or self._lenient_conn, check_json=True)
+        reader = ChunkReader(source, job.plan, check_json=True)
         reader.upper = part.key_to if part.key_to is not None else job.upper
         snap = self.config.snapshot
         prefetch = Prefetcher(reader, job.plan, part.after, snap.chunk_rows, snap.chunk_bytes)

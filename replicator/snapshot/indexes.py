@@ -18,7 +18,8 @@ from psycopg import sql
 
 from replicator.identifiers import pg_ident
 from replicator.logs import get_logger
-from replicator.plan.tables import TablePlan, post_load_sql
+from replicator.plan.ddl import post_load_sql
+from replicator.plan.tables import TablePlan
 from replicator.snapshot.jobs import ChunkHook
 from replicator.state import checkpoint
 from replicator.target.connection import Connection

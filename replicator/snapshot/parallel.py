@@ -170,19 +170,6 @@ def _copy_on_own_connections(
     stop: threading.Event,
 ) -> None:
     source, conn = _open_worker_connections(snap)
-    lenient: list[sqlite3.Connection] = []
-
-    def open_lenient() -> sqlite3.Connection:
-        if not lenient:
-            lenient.append(
-                open_source(
-                    snap.path,
-                    readonly=True,
-                    busy_timeout_ms=snap.config.source.busy_timeout_ms,
-                    lenient=True,
-                )
-            )
-        return lenient[0]
 
     def report(name: str, read: int, written: int, total: int, started: float, rows: int) -> None:
         events.put(WorkerEvent(name, part.part, (read, written, total, started, rows)))
@@ -190,12 +177,10 @@ def _copy_on_own_connections(
             raise SnapshotStopped(name)
 
     try:
-        snap.copy_part(source, conn, job, part, report=report, lenient=open_lenient)
+        snap.copy_part(source, conn, job, part, report=report)
     finally:
         conn.close()
         source.close()
-        for c in lenient:
-            c.close()
 
 
 def _complete_on_own_connection(snap: Snapshotter, job: TableJob) -> TableResult:

@@ -41,6 +41,7 @@ from replicator.coerce import decode_key, json_key
 from replicator.errors import SchemaError
 from replicator.identifiers import sqlite_ident
 from replicator.source.changelog import Change
+from replicator.source.reader import batches, fetch, fetch_one
 from replicator.source.sqlite import ROWID, RowLayout, SourceTable, affinity
 
 UPDATED_LIKE = re.compile(
@@ -305,17 +306,19 @@ class CursorReader:
     def top(self, conn: sqlite3.Connection) -> CursorPosition:
         """The cursor's current end: recorded before the snapshot copies the table."""
         if self.spec.kind == CursorKind.ROWID:
-            row = conn.execute(
-                f"SELECT {ROWID}, {self.select} FROM {self.table} ORDER BY {ROWID} DESC LIMIT 1"
-            ).fetchone()
+            row = fetch_one(
+                conn,
+                f"SELECT {ROWID}, {self.select} FROM {self.table} ORDER BY {ROWID} DESC LIMIT 1",
+            )
             if row is None:
                 return CursorPosition(0)
             return CursorPosition(int(row[0]), (), fingerprint(row[1:]))
         keys = ", ".join(self.keys)
-        row = conn.execute(
+        row = fetch_one(
+            conn,
             f"SELECT {self.norm} AS n, {keys} FROM {self.table} WHERE n IS NOT NULL "
-            f"ORDER BY n DESC, {', '.join(k + ' DESC' for k in self.keys)} LIMIT 1"
-        ).fetchone()
+            f"ORDER BY n DESC, {', '.join(k + ' DESC' for k in self.keys)} LIMIT 1",
+        )
         if row is None:
             return CursorPosition()
         return CursorPosition(row[0], tuple(row[1:]))
@@ -334,11 +337,12 @@ class CursorReader:
     def unorderable_examples(self, conn: sqlite3.Connection, limit: int = 3) -> list[Any]:
         if self.spec.kind == CursorKind.ROWID:
             return []
-        rows = conn.execute(
+        rows = fetch(
+            conn,
             f"SELECT DISTINCT {self.column} FROM {self.table} "
             f"WHERE {self.column} IS NOT NULL AND {self.norm} IS NULL LIMIT ?",
             (limit,),
-        ).fetchall()
+        )
         return [r[0] for r in rows]
 
     def check_formats(self, conn: sqlite3.Connection) -> bool:
@@ -367,10 +371,11 @@ class CursorReader:
         if after is not None:
             where += f" AND ({keys}) > ({marks})"
             params.extend(after)
-        rows = conn.execute(
+        rows = fetch(
+            conn,
             f"SELECT {self.select} FROM {self.table} WHERE {where} ORDER BY {keys} LIMIT ?",
             (*params, limit),
-        ).fetchall()
+        )
         return [tuple(r) for r in rows]
 
     # -- polling --------------------------------------------------------------
@@ -395,9 +400,9 @@ class CursorReader:
         poll = Poll(position=position)
         after = int(position.value or 0)
         if after and position.fingerprint is not None:
-            row = conn.execute(
-                f"SELECT {self.select} FROM {self.table} WHERE {ROWID} = ?", (after,)
-            ).fetchone()
+            row = fetch_one(
+                conn, f"SELECT {self.select} FROM {self.table} WHERE {ROWID} = ?", (after,)
+            )
             if row is None:
                 poll.reconcile = "last_row_gone"
                 top = conn.execute(f"SELECT max({ROWID}) FROM {self.table}").fetchone()[0]
@@ -413,11 +418,12 @@ class CursorReader:
                 poll.reconcile = "last_row_changed"
                 poll.changes.append(to_change(self.layout, row, captured_at))
                 poll.position = CursorPosition(after, (), fingerprint(row))
-        rows = conn.execute(
+        rows = fetch(
+            conn,
             f"SELECT {ROWID}, {self.select} FROM {self.table} WHERE {ROWID} > ? "
             f"ORDER BY {ROWID} LIMIT ?",
             (after, limit),
-        ).fetchall()
+        )
         for row in rows:
             poll.changes.append(to_change(self.layout, row[1:], captured_at))
         if rows:
@@ -461,17 +467,17 @@ class CursorReader:
         seen = self.seen
         keypos = self.layout.key_positions
         if position.is_zero:
-            rows = conn.execute(f"{head}n IS NOT NULL {order} LIMIT ?", (limit,)).fetchall()
+            rows = fetch(conn, f"{head}n IS NOT NULL {order} LIMIT ?", (limit,))
         else:
             window = self._window_start(position, lookback)
             pre, pre_params = self._prefilter(window)
             # Look-back: rows at or before the position, inside the window, whose
             # content we have not applied (late commits, equal timestamps).
-            back = conn.execute(
+            for batch in batches(
+                conn,
                 f"{head}{pre}n >= ? AND (n, {keys}) <= (?, {marks})",
                 (*pre_params, window, position.value, *position.key),
-            )
-            while batch := back.fetchmany(1000):
+            ):
                 for row in batch:
                     raw = row[1:]
                     key = tuple(raw[i] for i in keypos)
@@ -482,10 +488,11 @@ class CursorReader:
                         poll.lookback += 1
             for key in [k for k, (v, _h) in seen.items() if v < window]:
                 del seen[key]
-            rows = conn.execute(
+            rows = fetch(
+                conn,
                 f"{head}{pre}(n, {keys}) > (?, {marks}) {order} LIMIT ?",
                 (*pre_params, position.value, *position.key, limit),
-            ).fetchall()
+            )
         for row in rows:
             raw = row[1:]
             key = tuple(raw[i] for i in keypos)

@@ -1,18 +1,24 @@
 """Reading rows out of SQLite: the one way the source's storage becomes raw values.
 
-Every read of table rows goes through :func:`read_rows`: one short read
-transaction (a long reader would starve SQLite's WAL checkpoints), values as
-SQLite's own types give them. Text that is not valid UTF-8 never fails a read:
-it is read again on a lenient connection (``open_source(lenient=True)``) and
-comes back as ``str`` with its invalid bytes kept as lone surrogates
-(``errors="surrogateescape"``), so the exact bytes can be told and written
-back. :class:`ChunkReader` pages through one table by primary key with it.
+Every read of table rows (the snapshot, cursor capture, reconciliation,
+verify and repair, query parity) goes through :func:`fetch`, or
+:func:`read_rows` for a read of its own transaction (a long reader would
+starve SQLite's WAL checkpoints). Values come as SQLite's own types give
+them. Text that is not valid UTF-8 never fails a read: the read is made again
+on the same connection, inside the same transaction, with a text factory that
+keeps the invalid bytes as lone surrogates (``errors="surrogateescape"``), so
+the exact bytes can be told (a dead letter shows their hex) and written back.
+The fast path is one plain ``fetchall``; only such rare reads pay for
+decoding in Python. (The change log is read by ``source.changelog``, which
+casts its JSON to BLOB and decodes it the same way.)
+
+:class:`ChunkReader` pages through one table by primary key with it.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 from replicator.errors import SourceError
@@ -22,26 +28,83 @@ from replicator.source.sqlite import ROWID, SourceTable, read_transaction
 RawRow = tuple[Any, ...]
 
 
-def read_rows(
-    conn: sqlite3.Connection,
-    query: str,
-    params: Sequence[Any],
-    lenient: Callable[[], sqlite3.Connection],
-) -> list[RawRow]:
-    """The rows of ``query``, read in one short read transaction on ``conn``. When
-    some text in them is not valid UTF-8 (SQLite's "Could not decode" error), they
-    are read again on the connection ``lenient`` returns (``open_source(lenient=True)``),
-    keeping such text's bytes as lone surrogates: the rare slow path."""
+def _keep_bytes(raw: bytes) -> str:
+    """Text factory for text that is not valid UTF-8: its bytes kept exactly."""
+    return raw.decode("utf-8", errors="surrogateescape")
+
+
+def fetch(conn: sqlite3.Connection, query: str, params: Sequence[Any] = ()) -> list[RawRow]:
+    """Every row of ``query`` on ``conn``, in whatever transaction the caller holds.
+
+    SQLite errors other than undecodable text are the caller's to handle (a busy
+    database is retried by the daemon)."""
+    return fetch_described(conn, query, params)[1]
+
+
+def fetch_described(
+    conn: sqlite3.Connection, query: str, params: Sequence[Any] = ()
+) -> tuple[list[str], list[RawRow]]:
+    """As :func:`fetch`, with the result's column names (an application's query)."""
     try:
-        with read_transaction(conn):
-            return conn.execute(query, params).fetchall()
+        cursor = conn.execute(query, params)
+        return [d[0] for d in cursor.description or ()], cursor.fetchall()
     except sqlite3.OperationalError as exc:
         if "decode" not in str(exc):
-            raise SourceError(f"reading the source failed: {exc}") from exc
-    # Some text here is not valid UTF-8: re-read it keeping the bytes.
-    again = lenient()
-    with read_transaction(again):
-        return again.execute(query, params).fetchall()
+            raise
+    # Some text here is not valid UTF-8: read it again keeping its bytes. Valid
+    # text decodes the same either way, so another thread's read meanwhile on
+    # this connection gets the same values (only more slowly).
+    previous = conn.text_factory
+    conn.text_factory = _keep_bytes
+    try:
+        cursor = conn.execute(query, params)
+        return [d[0] for d in cursor.description or ()], cursor.fetchall()
+    finally:
+        conn.text_factory = previous
+
+
+def fetch_one(conn: sqlite3.Connection, query: str, params: Sequence[Any] = ()) -> RawRow | None:
+    """The first row of ``query`` (see :func:`fetch`), or None."""
+    rows = fetch(conn, query, params)
+    return rows[0] if rows else None
+
+
+def batches(
+    conn: sqlite3.Connection, query: str, params: Sequence[Any] = (), size: int = 1000
+) -> Iterator[list[RawRow]]:
+    """The rows of ``query`` (see :func:`fetch`) ``size`` at a time, for reads too large
+    to hold at once. Meeting text that is not valid UTF-8, the query is run again
+    (the caller's transaction keeps its rows and their order the same), keeping
+    such text's bytes, and the rows already given are passed over."""
+    given = 0
+    try:
+        cursor = conn.execute(query, params)
+        while batch := cursor.fetchmany(size):
+            given += len(batch)
+            yield batch
+        return
+    except sqlite3.OperationalError as exc:
+        if "decode" not in str(exc):
+            raise
+    previous = conn.text_factory
+    conn.text_factory = _keep_bytes
+    try:
+        cursor = conn.execute(query, params)
+        while given > 0 and (passed := cursor.fetchmany(min(size, given))):
+            given -= len(passed)
+        while batch := cursor.fetchmany(size):
+            yield batch
+    finally:
+        conn.text_factory = previous
+
+
+def read_rows(conn: sqlite3.Connection, query: str, params: Sequence[Any] = ()) -> list[RawRow]:
+    """The rows of ``query`` (see :func:`fetch`), read in one short read transaction."""
+    try:
+        with read_transaction(conn):
+            return fetch(conn, query, params)
+    except sqlite3.OperationalError as exc:
+        raise SourceError(f"reading the source failed: {exc}") from exc
 
 
 class ReadColumn(Protocol):
@@ -92,12 +155,10 @@ class ChunkReader:
         self,
         conn: sqlite3.Connection,
         plan: ReadPlan,
-        lenient: Callable[[], sqlite3.Connection],
         *,
         check_json: bool = False,
     ):
         self.conn = conn
-        self.lenient = lenient
         self.table = sqlite_ident(plan.source.name)
         self.keys = ", ".join(ROWID if k == ROWID else sqlite_ident(k) for k in plan.key)
         self.select = plan.source_select_list()
@@ -122,7 +183,7 @@ class ChunkReader:
         return int(self.conn.execute(self.count_sql).fetchone()[0])
 
     def max_key(self) -> tuple[Any, ...] | None:
-        row = read_rows(self.conn, self.max_sql, (), self.lenient)
+        row = read_rows(self.conn, self.max_sql)
         return tuple(row[0]) if row else None
 
     def split_points(self, n: int, total: int, upper: tuple[Any, ...]) -> list[tuple[Any, ...]]:
@@ -204,4 +265,4 @@ class ChunkReader:
             params += values
         clause = f" WHERE {' AND '.join(where)}" if where else ""
         query = f"SELECT {select} FROM {self.table}{clause} ORDER BY {self.keys} LIMIT ?"
-        return read_rows(self.conn, query, (*params, limit), self.lenient)
+        return read_rows(self.conn, query, (*params, limit))

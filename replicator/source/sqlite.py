@@ -24,18 +24,13 @@ SQLITE_HEADER = b"SQLite format 3\x00"
 ROWID = "rowid"
 
 
-def _decode_lenient(raw: bytes) -> str:
-    """Text factory for rows holding bytes that are not UTF-8: keeps them exactly."""
-    return raw.decode("utf-8", errors="surrogateescape")
-
-
 def open_source(
-    path: Path, *, readonly: bool = False, busy_timeout_ms: int = 5000, lenient: bool = False
+    path: Path, *, readonly: bool = False, busy_timeout_ms: int = 5000
 ) -> sqlite3.Connection:
     """Open the source database, refusing anything that is not a SQLite file.
 
-    ``lenient`` installs a text factory that never fails on invalid UTF-8
-    (slower; used to re-read the rare chunk that holds such text).
+    Rows are read through :mod:`replicator.source.reader`, which never fails on
+    text that is not valid UTF-8.
 
     The file is never opened from Python to look at its header: this process
     may already have it open through SQLite, and closing *any* descriptor of a
@@ -62,8 +57,6 @@ def open_source(
             timeout=busy_timeout_ms / 1000,
         )
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-        if lenient:
-            conn.text_factory = _decode_lenient
         conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()
     except sqlite3.DatabaseError as exc:
         if conn is not None:

@@ -27,8 +27,9 @@ from psycopg.abc import Transformer
 from replicator.coerce import decode_key, json_safe
 from replicator.errors import DataError
 from replicator.identifiers import pg_ident
-from replicator.plan.convert import Refused, convert_key, convert_row
-from replicator.plan.tables import TablePlan, target_sequences
+from replicator.plan.ddl import target_sequences
+from replicator.plan.rows import Refused, convert_key, convert_row
+from replicator.plan.tables import TablePlan
 from replicator.source.changelog import Change
 from replicator.source.sqlite import ROWID
 from replicator.state import deadletter

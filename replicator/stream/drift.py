@@ -41,9 +41,9 @@ from replicator.coerce import ColumnRule, PgType, converter_for
 from replicator.config import Config
 from replicator.errors import CoercionError, ConfigError, SchemaError
 from replicator.identifiers import pg_truncate
+from replicator.plan.ddl import add_column_sql
 from replicator.plan.tables import (
     TablePlan,
-    add_column_sql,
     build_plans,
     order_by_dependencies,
     plan_table,

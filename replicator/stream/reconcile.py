@@ -31,18 +31,19 @@ from typing import Any
 from psycopg import sql
 
 from replicator import metrics
-from replicator.coerce import Kind, decode_key, json_key
+from replicator.coerce import decode_key, json_key
 from replicator.config import Config
-from replicator.errors import CoercionError
 from replicator.logs import get_logger
 from replicator.plan.compare import (
     canonical,
     key_text,
     row_digest,
+    source_key_text,
     source_row_map,
     target_chunk_queries,
     target_row_map,
 )
+from replicator.plan.rows import target_key_of
 from replicator.plan.tables import TablePlan
 from replicator.source.changelog import Change
 from replicator.source.cursor import CursorReader, to_change
@@ -245,7 +246,7 @@ class Reconciler:
         self, source: sqlite3.Connection, conn: Connection, plan: TablePlan
     ) -> Iterator[_Chunk]:
         """Source and target rows of consecutive key ranges (as ``verify`` reads them)."""
-        reader = ChunkReader(source, plan, lambda: source)
+        reader = ChunkReader(source, plan)
         first_sql, between_sql, tail_sql = target_chunk_queries(plan)
         keypos = plan.key_positions
         limit = self.cfg.reconcile_chunk_rows
@@ -264,7 +265,7 @@ class Reconciler:
                     else:
                         cur.execute(tail_sql, last_target)
                 else:
-                    upper = tuple(plan.columns[i].convert(raw_rows[-1][i]) for i in keypos)
+                    upper = target_key_of(plan, raw_rows[-1])
                     if last_target is None:
                         cur.execute(first_sql, upper)
                     else:
@@ -277,15 +278,6 @@ class Reconciler:
                 return
             last_source = tuple(raw_rows[-1][i] for i in keypos)
             yield _Chunk(raw_rows, target_rows, last_source)
-
-    def _source_key_text(self, plan: TablePlan, kinds: Sequence[Kind], raw: RawRow) -> str:
-        values: list[Any] = []
-        for i in plan.key_positions:
-            try:
-                values.append(canonical(kinds[i], plan.columns[i].convert(raw[i])))
-            except CoercionError:
-                values.append(("unconvertible", repr(raw[i])))
-        return key_text(values)
 
     def _compare(
         self,
@@ -303,7 +295,7 @@ class Reconciler:
         tally.rows += len(chunk.raw_rows) if phase == "copy" else 0
         if phase == "copy":
             metrics.RECONCILE_ROWS.labels(table).inc(len(chunk.raw_rows))
-        src_raw = {self._source_key_text(plan, kinds, raw): raw for raw in chunk.raw_rows}
+        src_raw = {source_key_text(plan, kinds, raw): raw for raw in chunk.raw_rows}
         tgt_raw = {
             key_text([canonical(kinds[i], r[i]) for i in keypos]): r for r in chunk.target_rows
         }

@@ -17,8 +17,9 @@ from typing import Any
 from psycopg import sql
 
 from replicator.identifiers import pg_ident, sqlite_ident
-from replicator.plan.convert import Refused, convert_key, convert_row
+from replicator.plan.rows import Refused, convert_key, convert_row
 from replicator.plan.tables import TablePlan
+from replicator.source.reader import fetch_one
 from replicator.source.sqlite import ROWID, read_transaction
 from replicator.target.connection import Connection, first_line, is_row_error
 from replicator.target.writer import TableWriter
@@ -58,7 +59,7 @@ def rewrite_keys(
     with conn.transaction():
         for key in keys:
             with read_transaction(source):
-                raw = source.execute(select, tuple(key)).fetchone()
+                raw = fetch_one(source, select, tuple(key))
             # The row to upsert, or (the source has none) the key to delete.
             converted = convert_key(plan, key) if raw is None else convert_row(plan, raw)
             if isinstance(converted, Refused):

@@ -308,7 +308,7 @@ def test_rows_sqlite_finds_valid_convert_as_when_parsed_in_python(
         conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, doc jsonb, meta json, note text)")
         config = snapshot_config(path, pg_dsn, create_tables=False)
         (plan,) = build_plans(src, conn, config)
-    reader = ChunkReader(src, plan, lambda: src, check_json=True)
+    reader = ChunkReader(src, plan, check_json=True)
     raw, valid = reader.read_checked(None, 100)
     assert valid is not None and raw == reader.read(None, 100)
     # SQLite says valid for the first five texts, the numbers and NULL; never for blobs
