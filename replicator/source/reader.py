@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 from replicator.errors import SourceError
@@ -31,6 +32,25 @@ RawRow = tuple[Any, ...]
 def _keep_bytes(raw: bytes) -> str:
     """Text factory for text that is not valid UTF-8: its bytes kept exactly."""
     return raw.decode("utf-8", errors="surrogateescape")
+
+
+def _undecodable(exc: sqlite3.OperationalError) -> None:
+    """Re-raise ``exc`` unless it is SQLite's "Could not decode to UTF-8"."""
+    if "decode" not in str(exc):
+        raise exc
+
+
+@contextmanager
+def _keeping_bytes(conn: sqlite3.Connection) -> Iterator[None]:
+    """Read text that is not valid UTF-8 (the rare slow path). Valid text decodes
+    the same either way, so another thread's read meanwhile on this connection
+    gets the same values, only more slowly."""
+    previous = conn.text_factory
+    conn.text_factory = _keep_bytes
+    try:
+        yield
+    finally:
+        conn.text_factory = previous
 
 
 def fetch(conn: sqlite3.Connection, query: str, params: Sequence[Any] = ()) -> list[RawRow]:
@@ -49,18 +69,10 @@ def fetch_described(
         cursor = conn.execute(query, params)
         return [d[0] for d in cursor.description or ()], cursor.fetchall()
     except sqlite3.OperationalError as exc:
-        if "decode" not in str(exc):
-            raise
-    # Some text here is not valid UTF-8: read it again keeping its bytes. Valid
-    # text decodes the same either way, so another thread's read meanwhile on
-    # this connection gets the same values (only more slowly).
-    previous = conn.text_factory
-    conn.text_factory = _keep_bytes
-    try:
+        _undecodable(exc)
+    with _keeping_bytes(conn):
         cursor = conn.execute(query, params)
         return [d[0] for d in cursor.description or ()], cursor.fetchall()
-    finally:
-        conn.text_factory = previous
 
 
 def fetch_one(conn: sqlite3.Connection, query: str, params: Sequence[Any] = ()) -> RawRow | None:
@@ -84,18 +96,13 @@ def batches(
             yield batch
         return
     except sqlite3.OperationalError as exc:
-        if "decode" not in str(exc):
-            raise
-    previous = conn.text_factory
-    conn.text_factory = _keep_bytes
-    try:
+        _undecodable(exc)
+    with _keeping_bytes(conn):
         cursor = conn.execute(query, params)
         while given > 0 and (passed := cursor.fetchmany(min(size, given))):
             given -= len(passed)
         while batch := cursor.fetchmany(size):
             yield batch
-    finally:
-        conn.text_factory = previous
 
 
 def read_rows(conn: sqlite3.Connection, query: str, params: Sequence[Any] = ()) -> list[RawRow]:
