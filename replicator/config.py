@@ -181,6 +181,13 @@ class MetricsConfig:
         default=5.0,
         metadata=_doc("Lag under which /readyz reports ready (the cutover signal)."),
     )
+    ready_max_dead_letters: int = field(
+        default=0,
+        metadata=_doc(
+            "Open dead letters /readyz tolerates: with more, it answers 503 (those rows "
+            "are not in the target as the source has them)."
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)

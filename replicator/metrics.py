@@ -144,9 +144,12 @@ RECONCILE_COMPLETED = Gauge(
 class Health:
     """What the health endpoints report; updated by the daemon loop."""
 
-    def __init__(self, stuck_after: float, lag_ready: float) -> None:
+    def __init__(self, stuck_after: float, lag_ready: float, held_ready: int = 0) -> None:
         self.stuck_after = stuck_after
         self.lag_ready = lag_ready
+        self.held_ready = held_ready  # open dead letters /readyz tolerates
+        self.held = 0  # rows in open dead letters, as last counted
+        self.reconciled = True  # cursor tables have been through a reconciliation pass
         self.last_tick = time.monotonic()
         self.connected = False
         self.lag_seconds = float("inf")
@@ -170,6 +173,13 @@ class Health:
             self.last_error = error
             self.failures = failures
 
+    def note_held(self, held: int, *, reconciled: bool) -> None:
+        """Rows held in dead letters, and whether cursor tables were reconciled yet:
+        either keeps /readyz from calling the target ready for a cutover."""
+        with self._lock:
+            self.held = held
+            self.reconciled = reconciled
+
     def live(self) -> tuple[bool, dict[str, Any]]:
         with self._lock:
             age = time.monotonic() - self.last_tick
@@ -186,9 +196,16 @@ class Health:
     def ready(self) -> tuple[bool, dict[str, Any]]:
         ok, body = self.live()
         with self._lock:
-            body.update(connected=self.connected, lag_seconds=self.lag_seconds)
+            body.update(
+                connected=self.connected,
+                lag_seconds=self.lag_seconds,
+                held_rows=self.held,
+                held_allowed=self.held_ready,
+                reconciled=self.reconciled,
+            )
             ready = ok and self.connected and self.lag_seconds <= self.lag_ready
             ready = ready and self.state == "streaming"
+            ready = ready and self.held <= self.held_ready and self.reconciled
         return ready, body
 
 

@@ -155,6 +155,8 @@ def cli_markdown() -> str:
         "| 4 | the target refused something the replicator needs |",
         '| 5 | a row could not be written and `on_error = "stop"` |',
         "| 6 | another replicator holds the lock for this target |",
+        "| 7 | `status`: caught up, but rows are held in dead letters (not in the target as "
+        "the source has them: `replicator dead-letters list`) |",
         "| 70 | an internal error (a bug: please report it with `--debug` output) |",
         "| 130 | interrupted |",
         "",

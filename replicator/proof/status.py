@@ -33,8 +33,8 @@ from replicator.identifiers import pg_ident, sqlite_ident
 from replicator.plan.tables import select_tables
 from replicator.source import changelog
 from replicator.source.sqlite import list_tables, open_source, read_transaction
-from replicator.state.checkpoint import load_progress
-from replicator.state.deadletter import count_open
+from replicator.state.checkpoint import count_cursor_tables, load_cursor_states, load_progress
+from replicator.state.deadletter import count_open, count_waiting
 from replicator.state.heartbeat import load_daemon, load_rates
 from replicator.state.lock import lock_holder, pair_id
 from replicator.state.migrations import current_revision, head_revision
@@ -43,6 +43,8 @@ from replicator.state.shapes import load_hold_states
 from replicator.target.connection import Connection, connect, first_line
 
 STALE_AFTER = 15.0  # seconds without a heartbeat before a "running" daemon is called stale
+# Caught up, but rows are held in dead letters: not "in sync", and not "behind" either.
+EXIT_HELD = 7
 
 
 class StateUnreadable(ReplicatorError):
@@ -85,6 +87,9 @@ class Status:
     eta_seconds: float | None = None
     exit_code: int = 1
     source_error: str | None = None  # the SQLite file could not be read (truncated, gone...)
+    held: int = 0  # rows in open dead letters: not in the target as the source has them
+    waiting: int = 0  # of those, rows refused for a missing parent (they heal when it comes)
+    unreconciled: list[str] = field(default_factory=list)  # cursor tables never reconciled
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -140,10 +145,18 @@ def _read(conn: Connection, config: Config, schema: str) -> Status:
         progress = load_progress(cur, schema)
         stats = load_table_stats(cur, schema)
         dead = count_open(cur, schema)
+        waiting = count_waiting(cur, schema)
+        cursors = load_cursor_states(cur, schema) if count_cursor_tables(cur, schema) else {}
     applied = position.seq if position is not None else None
     rates = load_rates(conn, schema)
     held = load_hold_states(conn, schema)
-    status = Status(daemon=daemon, applied_position=applied)
+    status = Status(
+        daemon=daemon,
+        applied_position=applied,
+        held=sum(dead.values()),
+        waiting=waiting,
+        unreconciled=sorted(n for n, c in cursors.items() if c.reconciled_at is None),
+    )
 
     path = config.require_source()
     names: list[str] = []
@@ -187,7 +200,7 @@ def _read(conn: Connection, config: Config, schema: str) -> Status:
             total = snap.rows_total or 0
             snapshot = f"{100 * snap.rows_written / total:.0f}%" if total else "running"
         count, oldest = lag.get(name, (0, None))
-        mode = "triggers" if name in triggers else "none"
+        mode = "triggers" if name in triggers else "cursor" if name in cursors else "none"
         if name in held:
             mode = held[name][0]  # "paused", or "resync" while it is compared and repaired
         status.tables.append(
@@ -313,9 +326,25 @@ def _verdict(status: Status) -> None:
         more = f" (and {len(paused) - 1} more)" if len(paused) > 1 else ""
         status.verdict = f"paused — {paused[0].table}: {paused[0].paused}{more}"
         status.exit_code = 1
+    elif status.unreconciled:
+        # A cursor sees no deletes: until a reconciliation pass has compared the
+        # table with its source, nobody can say the target holds what it holds.
+        doing = "catching up" if running else "stalled"
+        status.verdict = (
+            f"{doing} — not yet reconciled (cursor capture): {', '.join(status.unreconciled)}"
+        )
+        status.exit_code = 1
     elif lag == 0:
         note = "" if running else f" (daemon {status.daemon.state})"
-        status.verdict, status.exit_code = f"in sync{note}", 0
+        if status.held:
+            waiting = f", {status.waiting} waiting for a parent" if status.waiting else ""
+            status.verdict = (
+                f"in sync except {status.held} row(s) held{waiting}: "
+                f"see `replicator dead-letters list`{note}"
+            )
+            status.exit_code = EXIT_HELD
+        else:
+            status.verdict, status.exit_code = f"in sync{note}", 0
     elif running and rate > 0:
         status.eta_seconds = round(lag / rate, 1)
         status.verdict, status.exit_code = f"catching up — ETA {_duration(status.eta_seconds)}", 1

@@ -23,11 +23,10 @@ from replicator.snapshot.jobs import ChunkReport, TableJob
 from replicator.source.reader import ChunkReader, RawRow
 from replicator.state import checkpoint, deadletter
 from replicator.state.checkpoint import PartProgress
-from replicator.state.deadletter import DeadLetter
+from replicator.state.deadletter import FOREIGN_KEY_VIOLATION, DeadLetter
 from replicator.target.connection import Connection, first_line
 from replicator.target.writer import TableWriter, write_isolating
 
-FOREIGN_KEY_VIOLATION = "23503"
 CHUNK_ATTEMPTS = 5  # a chunk rolled back by a deadlock between two ranges is tried again
 SIZE_SAMPLE = 64  # rows of a chunk whose size sets the next chunk's (snapshot.chunk_bytes)
 

@@ -82,6 +82,21 @@ def resolve_keys(
     return cur.rowcount
 
 
+FOREIGN_KEY_VIOLATION = "23503"  # a child row written before its parent
+
+
+def count_waiting(cur: psycopg.Cursor[Any], schema: str) -> int:
+    """Open dead letters of rows refused for a missing parent (they heal when it comes)."""
+    cur.execute(
+        sql.SQL("SELECT count(*) FROM {} WHERE resolved_at IS NULL AND sqlstate = %s").format(
+            pg_ident(schema, "dead_letters")
+        ),
+        (FOREIGN_KEY_VIOLATION,),
+    )
+    row = cur.fetchone()
+    return int(row[0]) if row else 0
+
+
 def count_open(cur: psycopg.Cursor[Any], schema: str) -> dict[str, int]:
     cur.execute(
         sql.SQL(

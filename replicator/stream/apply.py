@@ -33,14 +33,13 @@ from replicator.plan.tables import TablePlan
 from replicator.source.changelog import Change
 from replicator.source.sqlite import ROWID
 from replicator.state import deadletter
-from replicator.state.deadletter import DeadLetter
+from replicator.state.deadletter import FOREIGN_KEY_VIOLATION, DeadLetter
 from replicator.state.position import save_position, save_table_stats
 from replicator.stream.repair import rewrite_keys
 from replicator.target.connection import Connection, Cursor, first_line, is_row_error
 from replicator.target.writer import STAGE_THRESHOLD, RowFailure, TableWriter, copy_payload
 
 Row = tuple[object, ...]
-FOREIGN_KEY_VIOLATION = "23503"
 
 
 @dataclass

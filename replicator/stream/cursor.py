@@ -156,12 +156,20 @@ class CursorStream:
         self.reconciler: Reconciler | None = None
         self.log = get_logger()
         self.lag_seconds = 0.0
+        self._reconciled_before = False  # every table passed reconciliation in an earlier run
         self._switched: list[str] = []
         self._next = 0  # round-robin start, so no table waits behind a busy one
 
     @property
     def tables(self) -> list[str]:
         return [p.source.name for p in self.plans]
+
+    @property
+    def reconciled(self) -> bool:
+        """Every cursor table has been through a reconciliation pass (in this run or an
+        earlier one): before that, deletes a cursor cannot see may be missing."""
+        done = self.reconciler is not None and self.reconciler.last_summary is not None
+        return self._reconciled_before or done
 
     # -- start-up -----------------------------------------------------------------
 
@@ -241,6 +249,7 @@ class CursorStream:
             {n: r for n, r in self.readers.items() if r.spec.kind == CursorKind.TIMESTAMP},
             last_completed=min(completed) if len(completed) == len(self.specs) else None,
         )
+        self._reconciled_before = len(completed) == len(self.specs)
         with read_transaction(source):
             for name, reader in self.readers.items():
                 reader.check_formats(source)

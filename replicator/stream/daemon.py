@@ -47,6 +47,7 @@ from replicator.plan.tables import TablePlan
 from replicator.source import changelog
 from replicator.source.sqlite import SourceFileChanged, SourceGuard, abandon, schema_version
 from replicator.state import heartbeat
+from replicator.state.deadletter import count_open
 from replicator.state.lock import PairLock, pair_id
 from replicator.state.migrations import ensure_state
 from replicator.state.position import StreamPosition
@@ -92,6 +93,7 @@ class Daemon:
         self.health = metrics.Health(
             stuck_after=max(60.0, config.stream.poll_interval * 10),
             lag_ready=config.metrics.lag_ready_seconds,
+            held_ready=config.metrics.ready_max_dead_letters,
         )
         self.health.pair = pair_id(config)
         self.lock = PairLock(self.dsn, self.schema, config.target.connect_timeout)
@@ -372,7 +374,11 @@ class Daemon:
         if self.conn is not None:
             tables = [p.source.name for p in self.plans]
             last_error = self.errors.last_error or None
-            self.heartbeat.beat(self.conn, tables, self.state, last_error, force=force)
+            if self.heartbeat.beat(self.conn, tables, self.state, last_error, force=force):
+                with self.conn.cursor() as cur:
+                    held = sum(count_open(cur, self.schema).values())
+                reconciled = self.cursors is None or self.cursors.reconciled
+                self.health.note_held(held, reconciled=reconciled)
 
     def _shutdown(self) -> None:
         if self._stop_signal is not None:

@@ -44,10 +44,11 @@ class Heartbeat:
         last_error: str | None,
         *,
         force: bool = False,
-    ) -> None:
+    ) -> bool:
+        """Write the heartbeat row when it is due (or ``force``); True when written."""
         now = time.monotonic()
         if not force and now - self._last < BEAT_EVERY:
-            return
+            return False
         self._last = now
         self._window.append((now, Counter(self.applied)))
         while len(self._window) > 2 and now - self._window[1][0] >= RATE_WINDOW:
@@ -65,6 +66,7 @@ class Heartbeat:
             last_error=last_error,
             rates=rates,
         )
+        return True
 
     def record(self, result: BatchResult, log: Any) -> None:
         """A committed batch: its metrics, its dead letters logged, its counts kept."""

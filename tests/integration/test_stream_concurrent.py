@@ -65,8 +65,12 @@ def test_snapshot_and_stream_under_a_live_writer_end_with_equal_databases(
             path,
             refapp_pg_dsn,
             tmp_path / "daemon.log",
-            # Many chunks, so the snapshot spans many of the writer's transactions.
-            settings={"REPLICATOR_SNAPSHOT_CHUNK_ROWS": "200"},
+            # Many chunks, so the snapshot spans many of the writer's transactions; the
+            # planted bad cells are held in dead letters, which /readyz is told to allow.
+            settings={
+                "REPLICATOR_SNAPSHOT_CHUNK_ROWS": "200",
+                "REPLICATOR_METRICS_READY_MAX_DEAD_LETTERS": str(len(report.bad_cells)),
+            },
         ) as daemon:
             daemon.wait_streaming(timeout=90)
             port = daemon.metrics_port
@@ -77,6 +81,7 @@ def test_snapshot_and_stream_under_a_live_writer_end_with_equal_databases(
             wait_until(lambda: get(port, "/readyz")[0] == 200, 15, "/readyz to report ready")
             _, body = get(port, "/readyz")
             assert json.loads(body)["state"] == "streaming"
+            assert json.loads(body)["held_rows"] == len(report.bad_cells)
             wait_until(
                 lambda: metric(port, "replicator_applied_position") == position.seq,
                 10,
