@@ -7,6 +7,7 @@ does so that no password libpq would use slips through unmasked.
 
 from __future__ import annotations
 
+import re
 from urllib.parse import unquote
 
 from psycopg import conninfo
@@ -83,9 +84,45 @@ def validate_dsn(dsn: str) -> None:
     try:
         conninfo.conninfo_to_dict(dsn)
     except Exception as exc:
-        # libpq quotes the whole URI in some messages: never echo the password.
-        reason = _first_line(exc).replace(dsn, shown)
+        reason = without_secrets(_first_line(exc), dsn)
+        if "percent-encoded" in reason:
+            reason += " (a % in a user name or password is written %25)"
         raise ConfigError(f"target URL {shown} is malformed: {reason}") from None
+
+
+_KV_PASSWORD = re.compile(r"password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+
+
+def _secrets_of(dsn: str) -> list[str]:
+    """The password parts of a DSN as written (before any decoding), wherever they are."""
+    found = [m.strip("'") for m in _KV_PASSWORD.findall(dsn)] if "://" not in dsn else []
+    if "://" in dsn:
+        rest = dsn.split("://", 1)[1]
+        cut = next((i for i, ch in enumerate(rest) if ch in "@/"), len(rest))
+        if cut < len(rest) and rest[cut] == "@" and ":" in rest[:cut]:
+            found.append(rest[:cut].split(":", 1)[1])
+        query = rest.partition("?")[2]
+        found += [
+            q.split("=", 1)[1]
+            for q in query.split("&")
+            if "=" in q and unquote(q.split("=", 1)[0]).lower() == "password"
+        ]
+    return [s for s in found if s]
+
+
+def without_secrets(reason: str, dsn: str) -> str:
+    """libpq's message with no part of a password in it: it quotes the whole URI in
+    some messages and the offending token (maybe the password) in others."""
+    reason = reason.replace(dsn, redact_dsn(dsn))
+    secrets = _secrets_of(dsn)
+
+    def hide(match: re.Match[str]) -> str:
+        token = match.group(1)
+        if any(token in s or s in token for s in secrets):
+            return '"***"'
+        return match.group(0)
+
+    return re.sub(r'"([^"]*)"', hide, reason)
 
 
 def _first_line(exc: BaseException) -> str:

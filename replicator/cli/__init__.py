@@ -54,6 +54,10 @@ def run_guarded(ctx: click.Context, fn: Callable[[], int | None]) -> None:
     except ReplicatorError as exc:
         click.echo(f"replicator: error: {scrub(str(exc))}", err=True)
         sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        # "no" (or end of input) at a confirmation prompt: nothing was changed.
+        click.echo("cancelled", err=True)
+        sys.exit(EXIT_FAILURE)
     except KeyboardInterrupt:
         click.echo("replicator: interrupted", err=True)
         sys.exit(130)

@@ -137,6 +137,8 @@ def discard_letters(
                 for x in deadletter.fetch(cur, schema, ids=ids, table=table)
                 if x.resolved_at is None
             ]
+        if not letters:
+            return 0  # nothing open among them: nothing to ask about
         if confirm is not None:
             confirm(len(letters))
         with conn.transaction(), conn.cursor() as cur:

@@ -6,7 +6,7 @@ from typing import Any
 
 import psycopg
 
-from replicator.dsn import redact_dsn
+from replicator.dsn import redact_dsn, without_secrets
 from replicator.errors import ConfigError
 
 Cursor = psycopg.Cursor[Any]
@@ -44,7 +44,7 @@ def connect(dsn: str, *, autocommit: bool = False, connect_timeout: int = 10) ->
             application_name="replicator",
         )
     except psycopg.OperationalError as exc:
-        reason = first_line(exc).replace(dsn, redact_dsn(dsn))
+        reason = without_secrets(first_line(exc), dsn)
         raise ConfigError(f"cannot connect to target {redact_dsn(dsn)}: {reason}") from None
     return conn
 

@@ -1,0 +1,93 @@
+"""Failures at the command line are plain sentences with the documented exit code:
+a "no" at a prompt cancels, and a malformed URL never shows its password."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from harness import REPLICATOR, daemon_env
+from obsutil import cli, make_items_db, sqlite_exec
+from oracle import open_dead_letters
+
+
+def answer(
+    source: Path, dsn: str, text: str | None, *args: str
+) -> subprocess.CompletedProcess[str]:
+    """``replicator ARGS`` with ``text`` typed at its prompt (None: end of input at once)."""
+    return subprocess.run(
+        [str(REPLICATOR), *args],
+        env=daemon_env(source, dsn),
+        input=text if text is not None else "",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.fixture
+def one_letter(tmp_path: Path, pg_dsn: str) -> Path:
+    """A snapshot that left exactly one open dead letter."""
+    source = make_items_db(tmp_path / "app.db", items=10, notes=2)
+    sqlite_exec(source, "UPDATE items SET qty = 'not a number' WHERE id = 4")
+    done = cli("snapshot", source=source, dsn=pg_dsn)
+    assert done.returncode == 0, done.stderr
+    assert len(open_dead_letters(pg_dsn)) == 1
+    return source
+
+
+@pytest.mark.parametrize("typed", ["n\n", None], ids=["no", "end-of-input"])
+def test_no_at_the_discard_prompt_cancels(one_letter: Path, pg_dsn: str, typed: str | None) -> None:
+    done = answer(one_letter, pg_dsn, typed, "dead-letters", "discard", "--all")
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip().endswith("cancelled")
+    assert "internal error" not in done.stderr
+    assert len(open_dead_letters(pg_dsn)) == 1  # nothing changed
+
+
+def test_no_prompt_when_nothing_named_is_open(one_letter: Path, pg_dsn: str) -> None:
+    done = answer(one_letter, pg_dsn, "y\n", "dead-letters", "discard", "--all")
+    assert done.returncode == 0, done.stderr
+    assert "1 dead letter(s) discarded" in done.stdout
+    again = answer(one_letter, pg_dsn, None, "dead-letters", "discard", "--all")
+    assert again.returncode == 0, again.stderr
+    assert "Discard" not in again.stdout  # not asked: there was nothing to discard
+    assert "0 dead letter(s) discarded" in again.stdout
+
+
+def test_no_at_the_uninstall_prompt_leaves_the_triggers(one_letter: Path, pg_dsn: str) -> None:
+    assert cli("init", source=one_letter, dsn=pg_dsn).returncode == 0
+    done = answer(one_letter, pg_dsn, "n\n", "uninstall")
+    assert (done.returncode, done.stderr.strip()) == (1, "cancelled")
+    kept = subprocess.run(
+        ["sqlite3", str(one_letter), "SELECT count(*) FROM sqlite_schema WHERE type = 'trigger'"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if kept.returncode == 0:  # the sqlite3 shell is optional on this machine
+        assert int(kept.stdout) > 0
+
+
+@pytest.mark.parametrize(
+    ("url", "secret"),
+    [
+        ("postgresql://bob:se%cret-99@127.0.0.1:5432/db", "se%cret-99"),
+        ("postgresql://bob:100%@127.0.0.1:5432/db", "100%"),
+        ("postgresql://bob@127.0.0.1:5432/db?password=ab%zz", "ab%zz"),
+    ],
+)
+def test_a_malformed_url_shows_no_part_of_its_password(
+    tmp_path: Path, url: str, secret: str
+) -> None:
+    source = make_items_db(tmp_path / "app.db", items=3, notes=1)
+    for command in (["status"], ["check"], ["snapshot"]):
+        done = cli(*command, source=source, dsn=url)
+        assert done.returncode == 2, (command, done.stdout, done.stderr)
+        assert "malformed" in done.stderr
+        assert "%25" in done.stderr  # how to write it instead
+        output = done.stdout + done.stderr
+        assert secret not in output
+        assert secret.replace("%", "") not in output
