@@ -153,7 +153,14 @@ class Daemon:
             signal.signal(signal.SIGINT, self._on_signal)
         if self.config.metrics.address:
             host, port = parse_address(self.config.metrics.address)
-            self.server = metrics.MetricsServer(host, port, self.health).start()
+            try:
+                self.server = metrics.MetricsServer(host, port, self.health).start()
+            except OSError as exc:
+                raise ConfigError(
+                    f"metrics.address {self.config.metrics.address} cannot be listened on: "
+                    f"{exc.strerror or exc} (another address, or an empty one to turn the "
+                    "metrics and health endpoints off)"
+                ) from None
             self.log.info("metrics_listening", address=f"{host}:{self.server.port}")
         self.waker = Waker(self.path, watch=self.config.stream.watch)
         self.log.info(

@@ -3,6 +3,7 @@ a "no" at a prompt cancels, and a malformed URL never shows its password."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 from pathlib import Path
 
@@ -91,3 +92,26 @@ def test_a_malformed_url_shows_no_part_of_its_password(
         output = done.stdout + done.stderr
         assert secret not in output
         assert secret.replace("%", "") not in output
+
+
+def test_a_metrics_address_in_use_is_a_configuration_error(tmp_path: Path, pg_dsn: str) -> None:
+    """Exit 2 (which the systemd unit does not restart on), naming the setting."""
+    source = make_items_db(tmp_path / "app.db", items=3, notes=1)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        done = subprocess.run(
+            [str(REPLICATOR), "run", "--metrics-address", address],
+            env=daemon_env(source, pg_dsn),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert done.returncode == 2, done.stderr
+    assert f"metrics.address {address} cannot be listened on" in done.stderr
+    assert "internal error" not in done.stderr
+    unit = (Path(__file__).resolve().parents[2] / "config/systemd/replicator.service").read_text()
+    assert "RestartPreventExitStatus=2 " in unit
