@@ -12,6 +12,7 @@ anything is written.
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import sqlite3
 from collections.abc import Iterable, Sequence
@@ -109,6 +110,25 @@ class TablePlan:
 
 
 # --- planning --------------------------------------------------------------
+
+
+def unknown_includes(available: Sequence[str], include: Sequence[str]) -> list[str]:
+    """A sentence for each name in ``tables.include`` that is neither a pattern nor a
+    table of the source (a typo would otherwise replicate nothing, silently)."""
+    out = []
+    for name in include:
+        if any(ch in name for ch in "*?[") or name in available:
+            continue
+        close = difflib.get_close_matches(name, list(available), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        out.append(f"tables.include names {name!r}, which is not a table of the source{hint}")
+    return out
+
+
+def require_includes(available: Sequence[str], include: Sequence[str]) -> None:
+    """Refuse to start on a ``tables.include`` name the source does not have."""
+    if problems := unknown_includes(available, include):
+        raise ConfigError("; ".join(problems))
 
 
 def select_tables(

@@ -16,9 +16,9 @@ import psycopg
 from replicator.config import Config
 from replicator.dsn import redact_dsn
 from replicator.errors import ReplicatorError, SchemaError
-from replicator.plan.tables import build_plans
+from replicator.plan.tables import build_plans, unknown_includes
 from replicator.source import changelog
-from replicator.source.sqlite import journal_mode, open_source
+from replicator.source.sqlite import journal_mode, list_tables, open_source
 from replicator.state.migrations import current_revision, head_revision
 from replicator.target.connection import Connection, connect, first_line
 
@@ -102,6 +102,13 @@ def _check_source(
             "PRAGMA quick_check: ok" if healthy else "; ".join(map(str, rows)),
             "restore the file from a backup; a corrupt source cannot be replicated faithfully",
         )
+    unknown = unknown_includes(list_tables(source), config.tables.include)
+    report.add(
+        "tables.include names tables of the source",
+        not unknown,
+        "; ".join(unknown) if unknown else f"{len(config.tables.include)} name(s) or pattern(s)",
+        "correct the name in tables.include (a pattern like 'app_*' may match none)",
+    )
     mode = journal_mode(source)
     report.add(
         "source in WAL mode",

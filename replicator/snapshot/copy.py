@@ -23,14 +23,14 @@ from replicator.coerce import json_safe
 from replicator.config import Config
 from replicator.logs import get_logger
 from replicator.plan.ddl import advance_sequences, create_table_sql, post_load_sql
-from replicator.plan.tables import TablePlan, build_plans
+from replicator.plan.tables import TablePlan, build_plans, require_includes
 from replicator.snapshot import indexes
 from replicator.snapshot.chunks import ChunkWriter, Prefetcher
 from replicator.snapshot.jobs import ChunkHook, ChunkReport, TableJob
 from replicator.snapshot.parallel import copy_parallel
 from replicator.snapshot.summary import ProgressDisplay, SnapshotSummary, TableResult
 from replicator.source.reader import ChunkReader
-from replicator.source.sqlite import open_source, read_transaction
+from replicator.source.sqlite import list_tables, open_source, read_transaction
 from replicator.state import checkpoint, deadletter
 from replicator.state.checkpoint import PartProgress, SnapshotProgress
 from replicator.state.migrations import ensure_state
@@ -72,6 +72,7 @@ class Snapshotter:
             self.dsn, autocommit=True, connect_timeout=self.config.target.connect_timeout
         )
         try:
+            require_includes(list_tables(source), self.config.tables.include)
             ensure_state(conn, self.dsn, self.schema)
             plans = build_plans(source, conn, self.config, only=only)
             return self.run_plans(source, conn, plans, restart=restart)

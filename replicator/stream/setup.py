@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING
 from psycopg import sql
 
 from replicator import metrics
+from replicator.plan.tables import require_includes
 from replicator.snapshot import Snapshotter
 from replicator.source import changelog
+from replicator.source.sqlite import list_tables, read_transaction
 from replicator.state import checkpoint
 from replicator.state.position import init_position, load_position
 from replicator.state.shapes import Hold
@@ -42,6 +44,9 @@ def setup(d: Daemon, *, startup: bool) -> None:
     assert d.source is not None and d.conn is not None
     source, conn = d.source, d.conn
     previous = {} if startup else {p.source.name: p for p in d.plans}
+    if startup:
+        with read_transaction(source):
+            require_includes(list_tables(source), d.config.tables.include)
     while True:
         found = drift.survey(source, d.config)
         later = capture_new(d, found)

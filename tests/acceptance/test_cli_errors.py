@@ -7,6 +7,7 @@ import socket
 import subprocess
 from pathlib import Path
 
+import psycopg
 import pytest
 from harness import REPLICATOR, daemon_env
 from obsutil import cli, make_items_db, sqlite_exec
@@ -115,3 +116,23 @@ def test_a_metrics_address_in_use_is_a_configuration_error(tmp_path: Path, pg_ds
     assert "internal error" not in done.stderr
     unit = (Path(__file__).resolve().parents[2] / "config/systemd/replicator.service").read_text()
     assert "RestartPreventExitStatus=2 " in unit
+
+
+def test_a_table_in_tables_include_that_does_not_exist_is_named(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    source = make_items_db(tmp_path / "app.db", items=3, notes=1)
+    config = tmp_path / "replicator.toml"
+    config.write_text('[tables]\ninclude = ["itemz", "notes", "log_*"]\n', encoding="utf-8")
+    expected = "tables.include names 'itemz', which is not a table of the source"
+    check = cli("--config", str(config), "check", source=source, dsn=pg_dsn)
+    assert check.returncode == 1, check.stdout + check.stderr
+    assert expected in check.stdout
+    assert "(did you mean 'items'?)" in check.stdout
+    for command in ("snapshot", "run"):
+        done = cli("--config", str(config), command, source=source, dsn=pg_dsn, timeout=60)
+        assert done.returncode == 2, (command, done.stdout, done.stderr)
+        assert expected in done.stderr and "did you mean 'items'" in done.stderr
+    # Nothing was copied: the typo is caught before any table is.
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT to_regclass('public.notes')").fetchone() == (None,)
