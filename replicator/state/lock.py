@@ -67,13 +67,13 @@ class PairLock:
 
     def acquire(
         self, stop: threading.Event, *, standby: bool, waiting: Callable[[str], None]
-    ) -> None:
-        """Take the lock, or raise :class:`LockHeldError` naming its holder. With
-        ``standby``, wait for it instead (``waiting(holder)`` every two seconds)
-        until it is free or ``stop`` is set."""
+    ) -> bool:
+        """Take the lock (True), or raise :class:`LockHeldError` naming its holder. With
+        ``standby``, wait for it instead (``waiting(holder)`` every two seconds). False
+        when ``stop`` is set before the lock is ours."""
         while not stop.is_set():
             if self.try_acquire():
-                return
+                return True
             holder = self.holder()
             if not standby:
                 self.release()
@@ -83,7 +83,7 @@ class PairLock:
                 )
             waiting(holder)
             stop.wait(2.0)
-        raise LockHeldError("stopped while waiting as a standby")
+        return False
 
     def try_acquire(self) -> bool:
         if self.conn is None or self.conn.closed:

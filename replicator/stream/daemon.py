@@ -56,7 +56,7 @@ from replicator.stream.apply import Applier
 from replicator.stream.cursor import CursorStream, Specs, open_for_capture
 from replicator.stream.heartbeat import Heartbeat, LagSampler
 from replicator.stream.reconcile import Reconciler
-from replicator.stream.retry import ErrorLog, transient_kind
+from replicator.stream.retry import REFUSED_ATTEMPTS, ErrorLog, transient_kind
 from replicator.stream.setup import follow_drift, setup
 from replicator.stream.sourcefile import check_source, lost, source_paused
 from replicator.stream.systemd import Notifier
@@ -69,6 +69,10 @@ __all__ = ["Daemon", "SnapshotInterrupted"]
 
 class SnapshotInterrupted(Exception):
     """A stop request during the snapshot: the committed chunks stay, resume later."""
+
+
+class StopRequested(Exception):
+    """A stop request while waiting for the pair lock: nothing started, nothing to finish."""
 
 
 class Daemon:
@@ -198,6 +202,8 @@ class Daemon:
             except SnapshotInterrupted as stopped:
                 self.log.info("snapshot_paused", table=str(stopped), reason="stop requested")
                 break
+            except StopRequested:
+                break  # asked to stop before the lock was ours: nothing in hand
             except Exception as exc:
                 if self.stop.is_set() and transient_kind(exc) is not None:
                     break  # asked to stop during an outage: nothing in hand to finish
@@ -226,6 +232,12 @@ class Daemon:
         self.health.tick(connected=False, lag_seconds=float("inf"), state="retrying")
         self.errors.failed(kind, exc, delay)
         self.health.note_error(self.errors.last_error, self.errors.failures)
+        if kind == "refused" and self.errors.failures >= REFUSED_ATTEMPTS:
+            raise ConfigError(
+                f"the target refuses the connection: {self.errors.last_error} (gave up after "
+                f"{self.errors.failures} attempts: check the user, password and database "
+                "in the target URL)"
+            ) from exc
         if kind != "sqlite_busy" or not self._prepared:
             # A busy source is no reason to reconnect to the target.
             self._drop_connection()
@@ -280,7 +292,8 @@ class Daemon:
 
     def _acquire_lock(self) -> None:
         if not self.lock.alive():
-            self.lock.acquire(self.stop, standby=self.standby, waiting=self._standing_by)
+            if not self.lock.acquire(self.stop, standby=self.standby, waiting=self._standing_by):
+                raise StopRequested
             self.log.info("lock_acquired", key=self.lock.key)
 
     def _standing_by(self, holder: str) -> None:

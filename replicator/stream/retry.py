@@ -32,6 +32,24 @@ TRANSIENT_STATES = {
 }
 
 
+# A connection the server refuses for who we are or what we ask for: retried a few
+# times (a database being created, a password being rotated), then fatal (exit 2).
+REFUSED_ATTEMPTS = 5
+_REFUSALS = (
+    "password authentication failed",
+    "authentication failed for user",
+    "no pg_hba.conf entry",
+    "does not exist",  # FATAL: database "x" / role "x" does not exist
+    "password is required",
+    "permission denied for database",
+)
+
+
+def _refused(exc: BaseException) -> bool:
+    text = str(exc)
+    return "FATAL" in text and any(r in text for r in _REFUSALS)
+
+
 def transient_kind(exc: BaseException) -> str | None:
     """The retry kind of a transient error, or None when retrying cannot help."""
     if isinstance(exc, sqlite3.OperationalError):
@@ -47,6 +65,8 @@ def transient_kind(exc: BaseException) -> str | None:
         return TRANSIENT_STATES[state]
     if state and state.startswith("08"):
         return "connection"
+    if isinstance(exc, psycopg.OperationalError) and state is None and _refused(exc):
+        return "refused"  # bad credentials, no such database or role: briefly, see AUTH_ATTEMPTS
     if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError) and state is None:
         return "connection"  # dropped connection, refused connect
     return None

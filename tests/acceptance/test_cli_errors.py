@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
-from harness import REPLICATOR, daemon_env
+from harness import REPLICATOR, daemon_env, daemon_process
 from obsutil import cli, make_items_db, sqlite_exec
 from oracle import open_dead_letters
+from psycopg import sql
 
 
 def answer(
@@ -136,3 +139,57 @@ def test_a_table_in_tables_include_that_does_not_exist_is_named(
     # Nothing was copied: the typo is caught before any table is.
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         assert conn.execute("SELECT to_regclass('public.notes')").fetchone() == (None,)
+
+
+def test_a_target_database_gone_at_reconnect_ends_the_daemon_with_exit_2(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    """Retried a few times (it may be coming back), then fatal, naming what was refused;
+    not retried forever."""
+    source = make_items_db(tmp_path / "app.db", items=5, notes=1)
+    dbname = urlsplit(pg_dsn).path.lstrip("/")
+    admin = pg_dsn.replace(f"/{dbname}", "/postgres", 1)
+    with daemon_process(source, pg_dsn, tmp_path / "daemon.log") as daemon:
+        daemon.wait_streaming()
+        with psycopg.connect(admin, autocommit=True) as conn:
+            for _ in range(50):  # the daemon reconnects at once: rename between two tries
+                conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                    (dbname,),
+                )
+                try:
+                    conn.execute(
+                        sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                            sql.Identifier(dbname), sql.Identifier(dbname + "_away")
+                        )
+                    )
+                    break
+                except psycopg.errors.ObjectInUse:
+                    time.sleep(0.05)
+            else:
+                pytest.fail("the daemon's sessions kept the database in use")
+        try:
+            code = daemon.wait_exit(90)
+            log = daemon.log_text()
+        finally:
+            with psycopg.connect(admin, autocommit=True) as conn:
+                conn.execute(
+                    sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                        sql.Identifier(dbname + "_away"), sql.Identifier(dbname)
+                    )
+                )
+    assert code == 2, log[-3000:]
+    assert "the target refuses the connection" in log
+    assert f'database "{dbname}" does not exist' in log
+    assert "gave up after 5 attempts" in log
+
+
+def test_a_standby_told_to_stop_stops_cleanly(tmp_path: Path, pg_dsn: str) -> None:
+    source = make_items_db(tmp_path / "app.db", items=5, notes=1)
+    with daemon_process(source, pg_dsn, tmp_path / "first.log") as first:
+        first.wait_streaming()
+        with daemon_process(source, pg_dsn, tmp_path / "standby.log", standby=True) as standby:
+            standby.wait_event("standby")
+            assert standby.stop() == 0, standby.log_text()[-2000:]
+            assert "stopped while waiting" not in standby.log_text()
+        assert first.stop() == 0
