@@ -35,6 +35,21 @@ def _redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Mutabl
     return event
 
 
+class _Forward(logging.Handler):
+    """What libraries log through the standard library (psycopg's "error ignored
+    terminating Pipeline", alembic's warnings), written as our own lines are: one
+    format on the stream, passwords redacted."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            log = structlog.get_logger(record.name)
+            write = getattr(log, record.levelname.lower(), log.warning)
+            exc_info = record.exc_info if record.exc_info and record.exc_info[0] else None
+            write(record.getMessage(), logger=record.name, exc_info=exc_info)
+        except Exception:
+            self.handleError(record)
+
+
 def configure(level: str = "info", fmt: str = "auto", stream: Any = None) -> None:
     stream = stream or sys.stderr
     if fmt == "auto":
@@ -59,6 +74,10 @@ def configure(level: str = "info", fmt: str = "auto", stream: Any = None) -> Non
         logger_factory=structlog.PrintLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, _Forward)]:
+        root.removeHandler(handler)
+    root.addHandler(_Forward(level=logging.WARNING))
 
 
 def get_logger(**context: Any) -> Any:
