@@ -5,11 +5,24 @@ from __future__ import annotations
 import io
 import json
 import logging
+from collections.abc import Iterator
+
+import pytest
+import structlog
 
 from replicator.logs import configure
 
 
-def test_a_library_warning_is_a_json_line_like_ours() -> None:
+@pytest.fixture
+def restored() -> Iterator[None]:
+    """Leave logging as the rest of the suite expects it."""
+    handlers = list(logging.getLogger().handlers)
+    yield
+    logging.getLogger().handlers[:] = handlers
+    structlog.reset_defaults()
+
+
+def test_a_library_warning_is_a_json_line_like_ours(restored: None) -> None:
     out = io.StringIO()
     configure("info", "json", out)
     configure("info", "json", out)  # configured twice: still one line per record
