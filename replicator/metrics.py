@@ -13,7 +13,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -56,7 +56,31 @@ APPLY_LATENCY = Histogram(
     buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 DEAD_LETTERS = Counter(
-    "replicator_dead_letters_total", "Rows sent to the dead-letter table.", ["table"]
+    "replicator_dead_letters_total",
+    "Rows sent to the dead-letter table, by the snapshot or the stream.",
+    ["table"],
+)
+DEAD_LETTERS_OPEN = Gauge(
+    "replicator_dead_letters_open",
+    "Rows held in open dead letters now: not in the target as the source has them.",
+    ["table"],
+)
+PHASE = Gauge(
+    "replicator_phase",
+    "1 for the phase the daemon is in (starting, snapshot, streaming, paused, retrying, "
+    "standby, failed), 0 for the others.",
+    ["phase"],
+)
+PHASES = ("starting", "snapshot", "streaming", "paused", "retrying", "standby", "failed")
+SNAPSHOT_TABLES_REMAINING = Gauge(
+    "replicator_snapshot_tables_remaining", "Tables the running snapshot has still to copy."
+)
+SNAPSHOT_DURATION = Gauge(
+    "replicator_snapshot_duration_seconds",
+    "Seconds the snapshot has run (the whole copy, once it is done).",
+)
+CHANGELOG_BYTES = Gauge(
+    "replicator_changelog_bytes", "Bytes the change log takes in the source file (not pruned)."
 )
 ERRORS = Counter("replicator_errors_total", "Errors by kind.", ["kind"])
 RETRIES = Counter("replicator_retries_total", "Retries of transient failures by kind.", ["kind"])
@@ -141,6 +165,22 @@ RECONCILE_COMPLETED = Gauge(
 )
 
 
+def declare_tables(tables: Sequence[str]) -> None:
+    """Every per-table counter at 0 from the start: ``increase()`` then sees the first
+    dead letter (a series that appears at 1 shows no increase at all)."""
+    for table in tables:
+        DEAD_LETTERS.labels(table)
+        DEAD_LETTERS_OPEN.labels(table)
+        ROWS_COPIED.labels(table)
+        for op in ("upsert", "delete"):
+            CHANGES_APPLIED.labels(table, op)
+
+
+def set_open_dead_letters(tables: Sequence[str], open_by_table: Mapping[str, int]) -> None:
+    for table in {*tables, *open_by_table}:
+        DEAD_LETTERS_OPEN.labels(table).set(open_by_table.get(table, 0))
+
+
 class Health:
     """What the health endpoints report; updated by the daemon loop."""
 
@@ -165,6 +205,8 @@ class Health:
             self.connected = connected
             self.lag_seconds = lag_seconds
             self.state = state
+        for phase in PHASES:
+            PHASE.labels(phase).set(1 if phase == state else 0)
 
     def note_error(self, error: str | None, failures: int = 0) -> None:
         """The error the daemon is retrying (None once it has recovered): during an

@@ -181,6 +181,7 @@ class ChunkWriter:
                 else:
                     log.warning("dead_letter", stage="snapshot", reason=letter.describe())
             metrics.ROWS_COPIED.labels(name).inc(written)
+            metrics.DEAD_LETTERS.labels(name).inc(len(letters))
             with job.lock:  # ranges of one table report in the order they count
                 read, written_all, total = job.add(len(raw_rows), written)
                 if total:

@@ -60,6 +60,7 @@ class Snapshotter:
         self.dsn = config.require_target()
         # Of the current run_plans(): every plan, and the tables we created.
         self._plans: Sequence[TablePlan] = ()
+        self._started = time.monotonic()  # of the current run_plans()
         self._created: set[str] = set()
 
     def run(self, *, restart: bool = False, only: Sequence[str] | None = None) -> SnapshotSummary:
@@ -96,6 +97,9 @@ class Snapshotter:
                 checkpoint.reset_progress(cur, self.schema)
             progress = checkpoint.load_progress(cur, self.schema)
         todo = [p for p in plans if not self._done(progress.get(p.source.name))]
+        metrics.declare_tables([p.source.name for p in plans])
+        metrics.SNAPSHOT_TABLES_REMAINING.set(len(todo))
+        self._started = time.monotonic()
         workers = self.config.snapshot.parallel_tables
         if workers <= 1 or not todo:
             for plan in plans:
@@ -106,6 +110,8 @@ class Snapshotter:
             results = copy_parallel(self, source, conn, plans, progress, workers)
             summary.tables.extend(results[p.source.name] for p in plans)
         self.finish(source, conn, plans, created, summary)
+        metrics.SNAPSHOT_TABLES_REMAINING.set(0)
+        metrics.SNAPSHOT_DURATION.set(time.monotonic() - self._started)
         return summary
 
     @staticmethod
@@ -265,6 +271,9 @@ class Snapshotter:
                 progress = replace(progress, done=True)
                 checkpoint.save_progress(cur, self.schema, progress)
         metrics.SNAPSHOT_PROGRESS.labels(job.name).set(1.0)
+        if not found or not found.done:  # copied in this run: one table fewer to go
+            metrics.SNAPSHOT_TABLES_REMAINING.dec()
+        metrics.SNAPSHOT_DURATION.set(time.monotonic() - self._started)
         indexes.rebuild_indexes(conn, self.schema, job.plan, self.on_chunk)
         if job.plan.name in self._created:
             indexes.build_indexes(conn, job.plan, self._plans)

@@ -356,6 +356,20 @@ def log_rows(conn: sqlite3.Connection) -> int:
     return int(row[0])
 
 
+def log_bytes(conn: sqlite3.Connection) -> int | None:
+    """Bytes the change log (its table and indexes) takes in the file, as SQLite's
+    ``dbstat`` counts pages; None where this SQLite is built without it."""
+    try:
+        row = conn.execute(
+            "SELECT sum(pgsize) FROM dbstat WHERE aggregate = 1 AND name IN "
+            "(SELECT name FROM sqlite_schema WHERE tbl_name = ?)",
+            (CHANGELOG,),
+        ).fetchone()
+    except sqlite3.OperationalError:
+        return None
+    return int(row[0] or 0)
+
+
 def prune(conn: sqlite3.Connection, upto: int, batch: int) -> int:
     """Delete log rows with seq <= ``upto`` (already durable in PostgreSQL),
     ``batch`` rows per write transaction so the app's writers never wait long."""

@@ -396,7 +396,9 @@ class Daemon:
             last_error = self.errors.last_error or None
             if self.heartbeat.beat(self.conn, tables, self.state, last_error, force=force):
                 with self.conn.cursor() as cur:
-                    held = sum(count_open(cur, self.schema).values())
+                    open_letters = count_open(cur, self.schema)
+                metrics.set_open_dead_letters(tables, open_letters)
+                held = sum(open_letters.values())
                 reconciled = self.cursors is None or self.cursors.reconciled
                 self.health.note_held(held, reconciled=reconciled)
 

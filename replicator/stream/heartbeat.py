@@ -137,6 +137,8 @@ class LagSampler:
         now = time.time()
         metrics.SOURCE_POSITION.set(head)
         metrics.CHANGELOG_DEPTH.set(changelog.log_rows(source))
+        if (size := changelog.log_bytes(source)) is not None:
+            metrics.CHANGELOG_BYTES.set(size)
         overall = 0.0
         for plan in plans:
             if specs.get(plan.source.name) is not None:

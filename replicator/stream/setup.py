@@ -73,6 +73,7 @@ def setup(d: Daemon, *, startup: bool) -> None:
             continue  # changed again while we planned: plan again
         break
     d.plans = decision.plans
+    metrics.declare_tables([p.source.name for p in d.plans])
     d.triggers = bool(trigger_plans)
     d.watch.version = installed.schema_version if installed else found.version
     if installed is not None:
