@@ -65,6 +65,9 @@ class TableVerdict:
     dead_lettered: int = 0  # of the above, explained by an open dead letter
     in_flight: int = 0  # differed, then matched once the stream caught up
     repaired: int = 0
+    # What --repair did per row (the first MAX_LISTED): key, problem, action, and for a
+    # row it could not repair, why.
+    repairs: list[dict[str, Any]] = field(default_factory=list)
     examples: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -118,6 +121,9 @@ class VerifyReport:
                 f"{t.repaired:>6}  {'yes' if t.ok else 'NO'}"
             )
         for t in self.tables:
+            if t.repairs:
+                lines.extend(_repair_lines(t))
+                continue
             for ex in t.examples[:5]:
                 lines.append(f"  {t.table}: {ex['problem']} key {ex['key']}{ex.get('detail', '')}")
         for o in self.orphans:
@@ -152,6 +158,23 @@ class VerifyReport:
         where = f" at stream position {self.position}" if self.position is not None else ""
         lines.append(f"verdict: {verdict}{where} ({self.seconds:.1f} s)")
         return "\n".join(lines)
+
+
+def _repair_lines(t: TableVerdict) -> list[str]:
+    """One line per row --repair handled: what it did, or why it could not."""
+    lines = []
+    for r in t.repairs:
+        done = {"upserted": "copied from the source", "deleted": "deleted (not in the source)"}
+        if r["action"] in done:
+            lines.append(f"  {t.table}: {r['problem']} key {r['key']}: {done[r['action']]}")
+        else:
+            column = f" column {r['column']}" if r.get("column") else ""
+            lines.append(
+                f"  {t.table}: {r['problem']} key {r['key']}: NOT repaired{column}: {r['reason']}"
+            )
+    if t.repaired + sum(r["action"] == "failed" for r in t.repairs) > len(t.repairs):
+        lines.append(f"  {t.table}: ... (the first {len(t.repairs)} rows are listed)")
+    return lines
 
 
 class Verifier:
@@ -277,7 +300,9 @@ class Verifier:
             if len(verdict.examples) < MAX_LISTED:
                 verdict.examples.append({"problem": problem, "key": list(key)})
         if repair and differing:
-            verdict.repaired = self._repair(source, conn, plan, [v for v in differing.values()])
+            verdict.repaired = self._repair(
+                source, conn, plan, list(differing.values()), verdict.repairs
+            )
             if verdict.repaired:
                 remaining = self._recheck(source, conn, plan, kinds, differing)
                 verdict.missing = sum(1 for p in remaining.values() if p[1] == "missing")
@@ -373,9 +398,19 @@ class Verifier:
         conn: Connection,
         plan: TablePlan,
         items: Sequence[tuple[Key, str]],
+        report: list[dict[str, Any]],
     ) -> int:
-        """Re-copy differing rows through the normal write path; delete extras."""
+        """Re-copy differing rows through the normal write path; delete extras. Each
+        row's outcome goes to ``report``: what was wrong, what was done, or why not."""
         done = rewrite_keys(source, conn, plan, [key for key, _problem in items])
+        for (_key, problem), r in zip(items, done, strict=True):
+            if len(report) >= MAX_LISTED:
+                break
+            entry: dict[str, Any] = {"key": list(r.key), "problem": problem, "action": r.action}
+            if r.action == "failed":
+                entry["reason"] = r.error
+                entry["column"] = r.column
+            report.append(entry)
         return sum(1 for r in done if r.action != "failed")
 
     # -- whole-database checks ------------------------------------------------------

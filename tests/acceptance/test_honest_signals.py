@@ -15,6 +15,7 @@ from obsutil import (
     cli,
     http_get,
     make_items_db,
+    pg_exec,
     sqlite_exec,
     start_replicator,
     status_json,
@@ -131,3 +132,24 @@ def test_a_cursor_table_is_not_in_sync_before_its_first_reconciliation(
         wait_until(lambda: verdict() == (0, "in sync"), 60, "the first reconciliation")
     finally:
         daemon.stop()
+
+
+def test_verify_repair_says_per_row_what_it_did_and_why_not(tmp_path: Path, pg_dsn: str) -> None:
+    source = make_items_db(tmp_path / "app.db", items=10, notes=2)
+    assert cli("snapshot", source=source, dsn=pg_dsn).returncode == 0
+    # Behind the replicator's back: one row changed in PostgreSQL, one deleted, one
+    # added; and in SQLite one row that cannot be written at all.
+    pg_exec(
+        pg_dsn,
+        "UPDATE items SET name = 'changed in postgres' WHERE id = 2",
+        "DELETE FROM items WHERE id = 3",
+        "INSERT INTO items (id, name, qty) VALUES (99, 'extra', 1)",
+    )
+    sqlite_exec(source, "UPDATE items SET qty = 'not a number' WHERE id = 5")
+    done = cli("verify", "--repair", source=source, dsn=pg_dsn)
+    out = done.stdout
+    assert "items: different key [2]: copied from the source" in out
+    assert "items: missing key [3]: copied from the source" in out
+    assert "items: extra key [99]: deleted (not in the source)" in out
+    assert "items: different key [5]: NOT repaired column qty: 'not a number'" in out
+    assert done.returncode == 1, out  # row 5 still differs
