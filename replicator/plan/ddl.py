@@ -89,8 +89,9 @@ def add_column_sql(
 
     With a constant ``default`` (SQLite's, converted), existing rows get it the
     way they do in SQLite (PostgreSQL stores it once, no table rewrite), then
-    the default is dropped again: every value the stream writes is explicit,
-    as in tables we create.
+    the default is dropped again: the rest of the table's definition is the
+    application's (a table the snapshot creates gets its translated defaults
+    when it is created instead).
     """
     target = pg_ident(schema, table)
     name = pg_ident(column)

@@ -44,7 +44,10 @@ def generated_columns(plan: TablePlan) -> list[Extra]:
     """SQLite's generated columns as PostgreSQL ``GENERATED ALWAYS AS (...) STORED``."""
     out: list[Extra] = []
     stored = {c.source: c.target for c in plan.columns}
+    hidden = {c.name for c in plan.source.columns if c.hidden in (2, 3)}
     for column, expr in plan.source.text.generated:
+        if column not in hidden:
+            continue  # not what SQLite calls a generated column: nothing to make
         text = render(expr)
         try:
             pg_expr = translate_expr(expr, stored)

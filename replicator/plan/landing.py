@@ -121,6 +121,9 @@ def _kept(plan: TablePlan) -> Iterator[Landing]:
 def _created(plan: TablePlan, plans: Sequence[TablePlan]) -> Iterator[Landing]:
     name = plan.source.name
     yield Landing(name, "table", name, "", "created", f"{plan.schema}.{plan.name}")
+    if plan.source.text.problem:
+        why = f"{plan.source.text.problem}; its CHECKs and generated columns are not carried"
+        yield Landing(name, "schema text", name, "", "skipped", reason=why)
     yield from _columns(plan)
     yield from _key(plan)
     yield from _indexes(plan)
@@ -160,11 +163,14 @@ def _columns(plan: TablePlan) -> Iterator[Landing]:
             yield Landing(name, "default", col.source, src.default, "created", "NULL")
     for extra in generated_columns(plan):
         yield _extra(name, extra)
+    read = {column for column, _expr in plan.source.text.generated}
     for src in plan.source.columns:
         if src.hidden == 1:
-            yield Landing(
-                name, "column", src.name, src.decl_type, "skipped", reason="hidden column"
-            )
+            why = "a virtual table's hidden column"
+            yield Landing(name, "column", src.name, src.decl_type, "skipped", reason=why)
+        elif src.hidden in (2, 3) and src.name not in read:
+            why = "generated, and its expression was not found in the CREATE TABLE"
+            yield Landing(name, "generated column", src.name, "", "skipped", reason=why)
 
 
 def _key(plan: TablePlan) -> Iterator[Landing]:

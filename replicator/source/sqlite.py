@@ -254,8 +254,8 @@ def describe_table(conn: sqlite3.Connection, name: str) -> SourceTable:
     autoincrement = "AUTOINCREMENT" in upper_sql
     try:
         text = parse_create_table(create_sql)
-    except SqlSyntaxError as exc:
-        raise SourceError(f"source table {name!r}: cannot read its CREATE TABLE: {exc}") from exc
+    except SqlSyntaxError as exc:  # the rows can still be copied; the report says what not
+        text = TableText((), (), strict=False, problem=f"its CREATE TABLE cannot be read: {exc}")
     return SourceTable(
         name=name,
         columns=cols,

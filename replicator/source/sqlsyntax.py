@@ -121,6 +121,7 @@ class TableText:
     checks: tuple[CheckClause, ...]
     generated: tuple[tuple[str, tuple[Token, ...]], ...]  # (column, its AS (...) expression)
     strict: bool
+    problem: str = ""  # why the statement could not be read (then nothing else was)
 
     def generated_by(self, column: str) -> tuple[Token, ...] | None:
         return next((expr for name, expr in self.generated if name == column), None)
