@@ -112,7 +112,11 @@ def _kept(plan: TablePlan) -> Iterator[Landing]:
     filled = {c.source for c in plan.columns}
     for src in plan.source.columns:
         if src.name not in filled:
-            reason = "generated in SQLite" if src.hidden else "not in the target table"
+            reason = (
+                "generated in SQLite, never copied; the target's own column, if any, is kept"
+                if src.hidden
+                else "not in the target table"
+            )
             yield Landing(name, "column", src.name, src.decl_type, "skipped", reason=reason)
     for trig, _sql in plan.source.triggers:
         yield _trigger(name, trig)
