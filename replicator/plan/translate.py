@@ -69,7 +69,7 @@ def translate_expr(tokens: Sequence[Token], columns: Mapping[str, str]) -> str:
     equivalent we trust.
     """
     by_lower = {name.lower(): target for name, target in columns.items()}
-    out: list[str] = []
+    out: list[Token] = []
     i = 0
     while i < len(tokens):
         tok = tokens[i]
@@ -79,32 +79,33 @@ def translate_expr(tokens: Sequence[Token], columns: Mapping[str, str]) -> str:
             raise Untranslatable(_REFUSED.get(tok.text) or _REFUSED[word])
         if word == "IS":
             i, text = _is_operator(tokens, i)
-            out.append(text)
+            out.append(Token("op", text))
             continue
         if word in ("ISNULL", "NOTNULL"):
-            out.append("IS NULL" if word == "ISNULL" else "IS NOT NULL")
+            out.append(Token("op", "IS NULL" if word == "ISNULL" else "IS NOT NULL"))
+        elif word in _KEYWORDS:
+            out.append(Token("op", word))
         elif tok.kind == "name" and nxt is not None and nxt.text == "(":
             if word not in _FUNCTIONS:
                 raise Untranslatable(f"function {tok.text}() is not translated")
-            out.append(_FUNCTIONS[word])
-        elif word in _KEYWORDS:
-            out.append(word)
+            out.append(Token("name", _FUNCTIONS[word]))
         elif tok.kind in ("name", "quoted"):
-            out.append(_column(tok, by_lower))
+            out.append(Token("quoted", _column(tok, by_lower)))
         elif tok.kind == "number":
-            out.append(str(int(tok.text, 16)) if tok.text[:2].lower() == "0x" else tok.text)
+            number = str(int(tok.text, 16)) if tok.text[:2].lower() == "0x" else tok.text
+            out.append(Token("number", number))
         elif tok.kind == "string":
-            out.append(tok.text)
+            out.append(tok)
         elif tok.kind == "blob":
-            out.append(f"'\\x{tok.text[2:-1]}'::bytea")
+            out.append(Token("op", f"'\\x{tok.text[2:-1]}'::bytea"))
         elif tok.text in _OPERATORS:
-            out.append(_OPERATORS[tok.text])
+            out.append(Token("op", _OPERATORS[tok.text]))
         else:
             raise Untranslatable(f"{tok.text!r} is not translated")
         i += 1
     if not out:
         raise Untranslatable("empty expression")
-    return render([Token("op", t) for t in out])
+    return render(out)
 
 
 def _column(tok: Token, by_lower: Mapping[str, str]) -> str:
@@ -237,7 +238,7 @@ def translate_default(
         return DefaultTranslation(None, reason=f"{raw!r} cannot fill {pg.name}: {exc}")
     literal = sql.Literal(value)
     cast = sql.SQL("CAST({} AS {})").format(literal, sql.SQL(pg.ddl()))
-    return DefaultTranslation(cast, text=literal.as_string(None))
+    return DefaultTranslation(cast, text=literal.as_string(None).strip())
 
 
 def _sqlite_stores(default: str, decl: str) -> object:
@@ -245,7 +246,7 @@ def _sqlite_stores(default: str, decl: str) -> object:
     (its affinity applied), computed by SQLite itself in a private database."""
     db = sqlite3.connect(":memory:")
     try:
-        db.execute(f"CREATE TABLE t (c {decl} DEFAULT {default}, k)")
+        db.execute(f"CREATE TABLE t (c {decl} DEFAULT ({default}), k)")
         db.execute("INSERT INTO t (k) VALUES (1)")
         row = db.execute("SELECT c FROM t").fetchone()
     finally:

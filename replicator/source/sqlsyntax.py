@@ -73,11 +73,21 @@ def tokenize(text: str) -> list[Token]:
 def render(tokens: Sequence[Token]) -> str:
     """Tokens back to text, single-spaced (for reports and SQLite evaluation)."""
     text = ""
+    previous: Token | None = None
     for tok in tokens:
-        call = tok.text == "(" and text[-1:].isalnum()  # f(x), not "a" IN (...)
+        call = tok.text == "(" and previous is not None and _is_function(previous)
         glue = text and not text.endswith("(") and tok.text not in (")", ",") and not call
         text += (" " if glue else "") + tok.text
+        previous = tok
     return text
+
+
+# Words that may stand before "(" without calling a function.
+_BEFORE_PARENTHESES = frozenset({"IN", "AND", "OR", "NOT", "WHEN", "THEN", "ELSE", "IS", "AS"})
+
+
+def _is_function(tok: Token) -> bool:
+    return tok.kind == "name" and tok.word not in _BEFORE_PARENTHESES
 
 
 def _closing(tokens: Sequence[Token], start: int) -> int:

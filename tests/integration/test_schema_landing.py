@@ -166,7 +166,7 @@ CREATE TABLE people (
   email TEXT,
   flag BOOLEAN CHECK (flag IN (0, 1)),
   code TEXT CONSTRAINT code_shape CHECK (code LIKE 'P%'),
-  full TEXT GENERATED ALWAYS AS (first || ' ' || last) STORED,
+  full_name TEXT GENERATED ALWAYS AS (first || ' ' || last) STORED,
   double_qty INTEGER AS (qty * 2) VIRTUAL,
   half_qty INTEGER AS (qty / 2) VIRTUAL,
   CONSTRAINT names_differ CHECK (first IS NOT last)
@@ -190,18 +190,19 @@ INSERT INTO bag VALUES (1, 42), (2, 'forty-two'), (3, 4.5), (4, x'41'), (5, NULL
 def test_generated_checks_indexes_and_strict_any(tmp_path: Path, pg_dsn: str) -> None:
     source = sqlite_from_script(tmp_path / "app.db", SHAPES)
     summary = snapshot(source, pg_dsn)
+    assert_replicated(source, pg_dsn)  # the x'ff' in bag is an open dead letter, left out
     # Generated columns: PostgreSQL computes them, and what it computed is SQLite's.
     with sqlite3.connect(source) as conn:
-        want = conn.execute("SELECT id, full, double_qty FROM people ORDER BY id").fetchall()
-    assert pg(pg_dsn, "SELECT id, full, double_qty FROM people ORDER BY id") == want
-    assert item(summary, "people", "generated column", "full").outcome == "translated"
+        want = conn.execute("SELECT id, full_name, double_qty FROM people ORDER BY id").fetchall()
+    assert pg(pg_dsn, "SELECT id, full_name, double_qty FROM people ORDER BY id") == want
+    assert item(summary, "people", "generated column", "full_name").outcome == "translated"
     half = item(summary, "people", "generated column", "half_qty")
     assert half.outcome == "skipped" and "zero divisor" in half.reason
     # The app's insert: generated values computed, the CHECK enforced as SQLite does.
     assert pg(
         pg_dsn,
         "INSERT INTO people (first, last, qty) VALUES ('Grace', 'Hopper', 2)"
-        " RETURNING full, double_qty",
+        " RETURNING full_name, double_qty",
     ) == [("Grace Hopper", 4)]
     with pytest.raises(psycopg.errors.CheckViolation):
         pg(pg_dsn, "INSERT INTO people (first, last, qty) VALUES ('x', 'y', -1)")
@@ -257,7 +258,6 @@ def test_generated_checks_indexes_and_strict_any(tmp_path: Path, pg_dsn: str) ->
         (5, None),
     ]
     assert summary.dead_letters == 1
-    assert_replicated(source, pg_dsn, tables=["people", "bag"])
 
 
 # --------------------------------------------------------------------------- the report (12)
