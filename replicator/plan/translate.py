@@ -220,10 +220,11 @@ def translate_default(
         if expr is None:
             return DefaultTranslation(None, reason=f"the current {what} cannot fill {pg.name}")
         return DefaultTranslation(sql.SQL(expr), text=expr)
+    if any(t.kind == "string" and t.text.lower() == "'now'" for t in tokens):
+        why = "a clock form other than CURRENT_*, datetime/date/time('now'), strftime('%s','now')"
+        return DefaultTranslation(None, reason=why)
     for tok in tokens:
         word = tok.word
-        if tok.kind == "string" and tok.text.lower() == "'now'":
-            return DefaultTranslation(None, reason="a clock form other than the usual ones")
         if tok.kind in ("name", "quoted") and word not in _CONSTANT_WORDS | _DETERMINISTIC:
             return DefaultTranslation(None, reason=f"{tok.text} is not a constant we evaluate")
     try:
