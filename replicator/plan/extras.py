@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from psycopg import sql
 
+from replicator.coerce import Kind
 from replicator.identifiers import PG_MAX_IDENTIFIER_BYTES, pg_ident, pg_truncate
 from replicator.plan.tables import TablePlan, created_type
 from replicator.plan.translate import Untranslatable, translate_expr
@@ -27,8 +28,8 @@ class Extra:
     kind: str  # "generated column", "check", "index"
     name: str
     source: str  # SQLite's text for it
-    stmt: sql.Composed | None  # None: not translated
-    target: str = ""  # its PostgreSQL text, when translated
+    stmt: sql.Composed | None  # None: nothing to make (see target) or not translated
+    target: str = ""  # its PostgreSQL text, or what already holds it, when translated
     reason: str = ""  # why it was not, when not
 
 
@@ -115,6 +116,9 @@ def checks(plan: TablePlan) -> list[Extra]:
         name = pg_truncate(
             clause.name or constraint_name(plan.name, [clause.column or "row", str(n)], "check")
         )
+        if _boolean_domain(plan, clause.expression):
+            out.append(Extra("check", name, text, None, target="the boolean type itself"))
+            continue
         try:
             pg_expr = translate_expr(clause.expression, columns)
         except Untranslatable as exc:
@@ -125,6 +129,20 @@ def checks(plan: TablePlan) -> list[Extra]:
         )
         out.append(Extra("check", name, text, once(plan, name, add), target=f"CHECK ({pg_expr})"))
     return out
+
+
+def _boolean_domain(plan: TablePlan, expr: Sequence[Token]) -> bool:
+    """``CHECK (c IN (0, 1))`` on a column created as boolean (SQLite's way, and
+    Django's, of declaring a boolean): the type already holds only those two
+    values, and PostgreSQL would refuse to compare a boolean with 0 and 1."""
+    words = [t.text.upper() for t in expr]
+    if len(words) != 7 or words[1:3] != ["IN", "("] or words[-1] != ")":
+        return False
+    if sorted(words[3:6]) != [",", "0", "1"] or words[4] != ",":
+        return False
+    name = (expr[0].ident or "").lower()
+    kinds = {c.source.lower(): c.type.kind for c in plan.columns}
+    return kinds.get(name) is Kind.BOOLEAN
 
 
 _ORDER = frozenset({"ASC", "DESC"})

@@ -236,7 +236,7 @@ def _foreign_key(plan: TablePlan, fk: ForeignKey, plans: Sequence[TablePlan]) ->
 
 
 def _extra(table: str, extra: Extra) -> Landing:
-    if extra.stmt is None:
+    if extra.stmt is None and not extra.target:
         return Landing(table, extra.kind, extra.name, extra.source, "skipped", reason=extra.reason)
     return Landing(table, extra.kind, extra.name, extra.source, "translated", extra.target)
 

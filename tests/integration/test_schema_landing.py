@@ -164,7 +164,7 @@ CREATE TABLE people (
   last TEXT NOT NULL,
   qty INTEGER NOT NULL CHECK (qty >= 0),
   email TEXT,
-  flag BOOLEAN CHECK (flag IN (0, 1)),
+  flag BOOLEAN CHECK (flag IN (0, 1)) CHECK (flag = 1 OR qty >= 0),
   code TEXT CONSTRAINT code_shape CHECK (code LIKE 'P%'),
   full_name TEXT GENERATED ALWAYS AS (first || ' ' || last) STORED,
   double_qty INTEGER AS (qty * 2) VIRTUAL,
@@ -211,7 +211,9 @@ def test_generated_checks_indexes_and_strict_any(tmp_path: Path, pg_dsn: str) ->
     assert item(summary, "people", "check", "names_differ").outcome == "translated"
     like = item(summary, "people", "check", "code_shape")
     assert like.outcome == "skipped" and "LIKE" in like.reason
-    refused = [i for i in summary.schema if i.kind == "check" and "flag" in i.source]
+    (boolean,) = [i for i in summary.schema if i.kind == "check" and "flag IN" in i.source]
+    assert boolean.outcome == "translated" and boolean.target == "the boolean type itself"
+    refused = [i for i in summary.schema if i.kind == "check" and "flag =" in i.source]
     assert len(refused) == 1 and refused[0].outcome == "skipped", summary.render()
     assert "PostgreSQL refused it" in refused[0].reason  # boolean = integer
     # A CHECK the copied rows break is not added (it would refuse their updates).
