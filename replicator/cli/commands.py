@@ -396,7 +396,11 @@ def check(ctx: click.Context, no_integrity: bool, as_json: bool) -> None:
     Source readable, intact and in WAL mode; target reachable, primary and
     writable with the privileges needed; every table and column mappable with
     no name collisions; the state schema at the right version. Lists every
-    problem with what to do about it. Exit 0 when nothing blocks, 1 otherwise.
+    problem with what to do about it. Then the schema report: each table,
+    column, key, index, constraint, default and trigger of the source, and
+    what it becomes in PostgreSQL (created, translated, kept or skipped with
+    the reason; under "schema" with --json). Exit 0 when nothing blocks, 1
+    otherwise.
     """
 
     def go() -> int:

@@ -143,6 +143,15 @@ def select_tables(
     return chosen
 
 
+def created_type(table: SourceTable, decl: str) -> PgType:
+    """The type of a column the replicator creates: ``docs/type-mapping.md``. A STRICT
+    table's ``ANY`` column keeps every value as it was given (an integer, a real,
+    text or a blob, side by side), which only text holds in one column."""
+    if table.text.strict and decl.strip().upper() == "ANY":
+        return PgType.of(Kind.TEXT)
+    return PgType.from_sqlite_decl(decl)
+
+
 _NUMERIC_KINDS = {Kind.SMALLINT, Kind.INTEGER, Kind.BIGINT, Kind.NUMERIC, Kind.REAL, Kind.DOUBLE}
 _TIME_KINDS = {Kind.TIMESTAMP, Kind.TIMESTAMPTZ, Kind.DATE}
 
@@ -291,11 +300,7 @@ def _plan_table(
             cc = tconf.columns.get(col.name)
             rule = ColumnRule(epoch=cc.epoch if cc else None)
             try:
-                pg = (
-                    PgType.parse(cc.type)
-                    if cc and cc.type
-                    else PgType.from_sqlite_decl(col.decl_type)
-                )
+                pg = PgType.parse(cc.type) if cc and cc.type else created_type(table, col.decl_type)
             except ValueError as exc:
                 problems.add(f"{table.name}.{col.name}: {exc}")
                 continue

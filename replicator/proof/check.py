@@ -16,7 +16,8 @@ import psycopg
 from replicator.config import Config
 from replicator.dsn import redact_dsn
 from replicator.errors import ReplicatorError, SchemaError
-from replicator.plan.tables import build_plans, unknown_includes
+from replicator.plan.landing import Landing, render_report, schema_report
+from replicator.plan.tables import TablePlan, build_plans, unknown_includes
 from replicator.source import changelog
 from replicator.source.sqlite import journal_mode, list_tables, open_source
 from replicator.state.migrations import current_revision, head_revision
@@ -35,6 +36,7 @@ class Finding:
 @dataclass
 class CheckReport:
     findings: list[Finding] = field(default_factory=list)
+    schema: list[Landing] = field(default_factory=list)  # what the source's schema becomes
 
     def add(
         self, check: str, ok: bool, detail: str, fix: str = "", severity: str = "error"
@@ -46,7 +48,11 @@ class CheckReport:
         return all(f.ok or f.severity == "warning" for f in self.findings)
 
     def to_json(self) -> dict[str, Any]:
-        return {"ok": self.ok, "findings": [asdict(f) for f in self.findings]}
+        return {
+            "ok": self.ok,
+            "findings": [asdict(f) for f in self.findings],
+            "schema": [item.to_json() for item in self.schema],
+        }
 
     def render(self) -> str:
         lines = []
@@ -55,6 +61,9 @@ class CheckReport:
             lines.append(f"[{mark}] {f.check}: {f.detail}")
             if not f.ok and f.fix:
                 lines.append(f"       -> {f.fix}")
+        if self.schema:
+            lines.append("schema (SQLite -> PostgreSQL):")
+            lines.extend(render_report(self.schema))
         problems = sum(1 for f in self.findings if not f.ok and f.severity == "error")
         warnings = sum(1 for f in self.findings if not f.ok and f.severity == "warning")
         lines.append(f"{problems} problem(s), {warnings} warning(s)")
@@ -249,6 +258,7 @@ def _check_plans(
         True,
         f"{len(plans)} table(s), {columns} column(s), no name collisions",
     )
+    _check_landing(plans, report)
     missing = [p.name for p in plans if not p.exists]
     if missing:
         report.add(
@@ -273,3 +283,21 @@ def _check_plans(
                 "no INSERT/UPDATE/DELETE privilege",
                 f"GRANT INSERT, UPDATE, DELETE ON {plan.schema}.{plan.name} TO the replicator",
             )
+
+
+def _check_landing(plans: list[TablePlan], report: CheckReport) -> None:
+    """What the tables to be created will carry of the source's schema, and what not."""
+    report.schema = schema_report(plans)
+    made = {p.source.name for p in plans if not p.exists}
+    skipped = [i for i in report.schema if i.outcome == "skipped" and i.table in made]
+    translated = sum(1 for i in report.schema if i.outcome == "translated")
+    detail = f"{translated} object(s) translated, {len(skipped)} not carried over"
+    if skipped:
+        detail += ": " + "; ".join(f"{i.table} {i.kind} {i.name}".strip() for i in skipped[:5])
+    report.add(
+        "schema carried over",
+        not skipped,
+        detail,
+        "see the schema section: recreate what was not carried over in PostgreSQL before cutover",
+        severity="warning",
+    )

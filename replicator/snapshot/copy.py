@@ -15,14 +15,20 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-import psycopg
 from psycopg import sql
 
 from replicator import metrics
 from replicator.coerce import json_safe
 from replicator.config import Config
 from replicator.logs import get_logger
-from replicator.plan.ddl import advance_sequences, create_table_sql, post_load_sql
+from replicator.plan.ddl import (
+    SCHEMA_REFUSALS,
+    advance_sequences,
+    create_table_sql,
+    generated_sql,
+    post_load_sql,
+)
+from replicator.plan.landing import schema_report
 from replicator.plan.tables import TablePlan, build_plans, require_includes
 from replicator.snapshot import indexes
 from replicator.snapshot.chunks import ChunkWriter, Prefetcher
@@ -90,7 +96,7 @@ class Snapshotter:
         restart: bool = False,
     ) -> SnapshotSummary:
         summary = SnapshotSummary()
-        created = self.create_missing(conn, plans)
+        created = self.create_missing(conn, plans, summary)
         self._plans, self._created = plans, created
         with conn.cursor() as cur:
             if restart:
@@ -110,6 +116,7 @@ class Snapshotter:
             results = copy_parallel(self, source, conn, plans, progress, workers)
             summary.tables.extend(results[p.source.name] for p in plans)
         self.finish(source, conn, plans, created, summary)
+        summary.schema = schema_report(plans, created, summary.refused)
         metrics.SNAPSHOT_TABLES_REMAINING.set(0)
         metrics.SNAPSHOT_DURATION.set(time.monotonic() - self._started)
         return summary
@@ -118,14 +125,24 @@ class Snapshotter:
     def _done(progress: SnapshotProgress | None) -> bool:
         return progress is not None and progress.done
 
-    def create_missing(self, conn: Connection, plans: Sequence[TablePlan]) -> set[str]:
-        """Create tables that do not exist yet; return every table we ever created."""
+    def create_missing(
+        self, conn: Connection, plans: Sequence[TablePlan], summary: SnapshotSummary | None = None
+    ) -> set[str]:
+        """Create tables that do not exist yet, with their generated columns; return
+        every table we ever created. A generated column PostgreSQL refuses is left
+        out (it is not copied either) and reported in ``summary``."""
         with conn.transaction(), conn.cursor() as cur:
             kept = checkpoint.load_meta(cur, self.schema, CREATED_TABLES_KEY)
             created: set[str] = set(kept) if kept is not None else set()
             for plan in plans:
                 if not plan.exists:
                     cur.execute(create_table_sql(plan))
+                    for column, stmt in generated_sql(plan):
+                        try:
+                            with conn.transaction():  # a savepoint
+                                cur.execute(stmt)
+                        except SCHEMA_REFUSALS as exc:
+                            self._refused(summary, plan, f"generated column {column}", exc)
                     created.add(plan.name)
                     self.log.info("table_created", table=plan.name, schema=plan.schema)
             checkpoint.save_meta(cur, self.schema, CREATED_TABLES_KEY, sorted(created))
@@ -297,6 +314,15 @@ class Snapshotter:
 
     # -- secondary indexes left out of the copy (snapshot.defer_indexes) ---------
 
+    def _refused(
+        self, summary: SnapshotSummary | None, plan: TablePlan, what: str, exc: Exception
+    ) -> None:
+        msg = f"{plan.name}: {what} could not be completed: {first_line(exc)}"
+        self.log.warning("post_load_failed", table=plan.name, what=what, error=msg)
+        if summary is not None:
+            summary.warnings.append(msg)
+            summary.refused[(plan.name, what)] = first_line(exc)
+
     def defer_indexes(self, conn: Connection, plan: TablePlan) -> None:
         """Drop ``plan``'s plain secondary indexes, keeping their definitions in the
         state schema (see :mod:`replicator.snapshot.indexes`)."""
@@ -328,10 +354,8 @@ class Snapshotter:
                     with conn.transaction(), conn.cursor() as cur:
                         cur.execute(stmt)
                     summary.post_load.append(f"{plan.name}: {what}")
-                except (psycopg.errors.IntegrityError, psycopg.errors.DataError) as exc:
-                    msg = f"{plan.name}: {what} could not be completed: {first_line(exc)}"
-                    summary.warnings.append(msg)
-                    self.log.warning("post_load_failed", table=plan.name, what=what, error=msg)
+                except SCHEMA_REFUSALS as exc:
+                    self._refused(summary, plan, what, exc)
         # Fresh statistics, as pgloader does: until autovacuum gets there, the
         # planner would otherwise choose plans for empty tables.
         with conn.cursor() as cur:

@@ -13,12 +13,11 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-import psycopg
 from psycopg import sql
 
 from replicator.identifiers import pg_ident
 from replicator.logs import get_logger
-from replicator.plan.ddl import post_load_sql
+from replicator.plan.ddl import SCHEMA_REFUSALS, post_load_sql
 from replicator.plan.tables import TablePlan
 from replicator.snapshot.jobs import ChunkHook
 from replicator.state import checkpoint
@@ -84,7 +83,7 @@ def build_indexes(conn: Connection, plan: TablePlan, plans: Sequence[TablePlan])
         try:
             with conn.transaction(), conn.cursor() as cur:
                 cur.execute(stmt)
-        except (psycopg.errors.IntegrityError, psycopg.errors.DataError):
+        except SCHEMA_REFUSALS:
             continue  # the end of the snapshot tries again and reports it
 
 

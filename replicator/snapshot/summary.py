@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from replicator.logs import get_logger
+from replicator.plan.landing import Landing, render_report
 from replicator.state.checkpoint import SnapshotProgress
 
 
@@ -38,6 +39,9 @@ class SnapshotSummary:
     sequences_set: int = 0
     post_load: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # (target table, what) -> PostgreSQL's error, for schema objects it refused
+    refused: dict[tuple[str, str], str] = field(default_factory=dict)
+    schema: list[Landing] = field(default_factory=list)  # what the source's schema became
 
     @property
     def dead_letters(self) -> int:
@@ -64,6 +68,9 @@ class SnapshotSummary:
                 f"{self.dead_letters} row(s) went to the dead-letter table: "
                 "see `replicator dead-letters list`."
             )
+        if self.schema:
+            lines.append("schema (SQLite -> PostgreSQL):")
+            lines.extend(render_report(self.schema))
         lines.extend(f"warning: {w}" for w in self.warnings)
         return "\n".join(lines)
 

@@ -19,6 +19,7 @@ from urllib.parse import quote
 
 from replicator.errors import SourceError
 from replicator.identifiers import sqlite_ident
+from replicator.source.sqlsyntax import SqlSyntaxError, TableText, parse_create_table
 
 SQLITE_HEADER = b"SQLite format 3\x00"
 ROWID = "rowid"
@@ -104,6 +105,7 @@ class SourceIndex:
     origin: str  # 'c' CREATE INDEX, 'u' UNIQUE constraint, 'pk' primary key
     partial: bool
     expression: bool
+    sql: str = ""  # its CREATE INDEX statement (none for constraint indexes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +118,8 @@ class SourceTable:
     foreign_keys: tuple[ForeignKey, ...]
     indexes: tuple[SourceIndex, ...]
     autoincrement: bool
+    text: TableText  # what only its CREATE TABLE says
+    triggers: tuple[tuple[str, str], ...]  # the application's (name, sql) on this table
 
     @property
     def key(self) -> tuple[str, ...]:
@@ -231,6 +235,9 @@ def describe_table(conn: sqlite3.Connection, name: str) -> SourceTable:
     for row in conn.execute(f"PRAGMA index_list({q})"):
         _seq, idx_name, unique, origin, partial = row[:5]
         info = conn.execute(f"PRAGMA index_xinfo({sqlite_ident(idx_name)})").fetchall()
+        idx_sql = conn.execute(
+            "SELECT sql FROM sqlite_schema WHERE type = 'index' AND name = ?", (idx_name,)
+        ).fetchone()
         key_cols = [r for r in info if r[5]]  # key columns only
         expression = any(r[1] == -2 for r in key_cols)
         indexes.append(
@@ -241,9 +248,14 @@ def describe_table(conn: sqlite3.Connection, name: str) -> SourceTable:
                 origin=origin,
                 partial=bool(partial),
                 expression=expression,
+                sql=(idx_sql[0] or "") if idx_sql else "",
             )
         )
     autoincrement = "AUTOINCREMENT" in upper_sql
+    try:
+        text = parse_create_table(create_sql)
+    except SqlSyntaxError as exc:  # the rows can still be copied; the report says what not
+        text = TableText((), (), strict=False, problem=f"its CREATE TABLE cannot be read: {exc}")
     return SourceTable(
         name=name,
         columns=cols,
@@ -253,6 +265,20 @@ def describe_table(conn: sqlite3.Connection, name: str) -> SourceTable:
         foreign_keys=tuple(foreign_keys),
         indexes=tuple(indexes),
         autoincrement=autoincrement,
+        text=text,
+        triggers=_app_triggers(conn, name),
+    )
+
+
+def _app_triggers(conn: sqlite3.Connection, table: str) -> tuple[tuple[str, str], ...]:
+    """The application's triggers on ``table`` (the replicator's own, named
+    ``_replicator_...``, are left out)."""
+    rows = conn.execute(
+        "SELECT name, sql FROM sqlite_schema WHERE type = 'trigger' AND tbl_name = ? ORDER BY name",
+        (table,),
+    ).fetchall()
+    return tuple(
+        (str(r[0]), str(r[1] or "")) for r in rows if not str(r[0]).startswith("_replicator_")
     )
 
 

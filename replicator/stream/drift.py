@@ -45,6 +45,7 @@ from replicator.plan.ddl import add_column_sql
 from replicator.plan.tables import (
     TablePlan,
     build_plans,
+    created_type,
     order_by_dependencies,
     plan_table,
     select_tables,
@@ -272,7 +273,7 @@ def add_columns(
                 pg = (
                     PgType.parse(cc.type)
                     if cc and cc.type
-                    else PgType.from_sqlite_decl(column.decl_type)
+                    else created_type(table, column.decl_type)
                 )
                 convert = converter_for(pg, ColumnRule(epoch=cc.epoch if cc else None))
             except (ValueError, ConfigError):
