@@ -177,14 +177,19 @@ def update_error(
 
 
 def open_keys(
-    cur: psycopg.Cursor[Any], schema: str, tables: Sequence[str] | None = None
+    cur: psycopg.Cursor[Any],
+    schema: str,
+    tables: Sequence[str] | None = None,
+    *,
+    except_sqlstate: str | None = None,
 ) -> list[tuple[str, Any]]:
-    """(table, stored key as JSON) of every open dead letter, of ``tables`` when given."""
-    query = sql.SQL("SELECT table_name, key FROM {} WHERE resolved_at IS NULL").format(
-        pg_ident(schema, "dead_letters")
-    )
+    """(table, stored key as JSON) of every open dead letter, of ``tables`` when given,
+    but for those of ``except_sqlstate``."""
+    query = sql.SQL(
+        "SELECT table_name, key FROM {} WHERE resolved_at IS NULL AND sqlstate IS DISTINCT FROM %s"
+    ).format(pg_ident(schema, "dead_letters"))
     if tables is None:
-        cur.execute(query)
+        cur.execute(query, (except_sqlstate,))
     else:
-        cur.execute(query + sql.SQL(" AND table_name = ANY(%s)"), (list(tables),))
+        cur.execute(query + sql.SQL(" AND table_name = ANY(%s)"), (except_sqlstate, list(tables)))
     return [(str(r[0]), r[1]) for r in cur.fetchall()]

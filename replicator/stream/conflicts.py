@@ -1,0 +1,85 @@
+"""Unique conflicts the change log cannot explain: rows SQLite removed silently.
+
+``INSERT OR REPLACE`` (and ``UPDATE OR REPLACE``) deletes every row holding a
+UNIQUE value the new row takes. SQLite fires delete triggers for that implicit
+delete only with ``PRAGMA recursive_triggers`` on, off by default, so the log
+carries the new row and never says the old one went: in the target, the old
+row still holds the value and the new one hits a unique violation (23505).
+
+When a change still fails that way after the batch was replayed in log order,
+the target rows holding the value under another key are made equal to the
+source as it is now (deleted when the source no longer has them, copied again
+otherwise), and the change is tried once more. A key whose target value does
+not read back as the same source key (a key of a converted type, a timestamp
+say) is left alone: without certainty the row is gone, nothing is deleted, and
+the change is dead-lettered as before.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+
+from psycopg import sql
+
+from replicator.identifiers import pg_ident
+from replicator.plan.rows import convert_key
+from replicator.plan.tables import TablePlan
+from replicator.stream.repair import rewrite_keys
+from replicator.target.catalog import unique_index_columns
+from replicator.target.connection import Connection, is_row_error
+
+Row = tuple[object, ...]
+UNIQUE_VIOLATION = "23505"
+
+
+def free_unique_value(
+    conn: Connection,
+    source: sqlite3.Connection,
+    plan: TablePlan,
+    row: Row,
+    exc: BaseException,
+) -> bool:
+    """Rewrite from the source the target rows that hold ``row``'s value of the unique
+    index ``exc`` names, under another key. True when one changed: ``row`` is worth
+    another try."""
+    diag = getattr(exc, "diag", None)
+    if getattr(exc, "sqlstate", None) != UNIQUE_VIOLATION or diag is None:
+        return False
+    if not diag.constraint_name or not diag.schema_name:
+        return False
+    columns = unique_index_columns(conn, diag.schema_name, diag.constraint_name)
+    targets = [c.target for c in plan.columns]
+    if columns is None or any(c not in targets for c in columns):
+        return False
+    values = tuple(row[targets.index(c)] for c in columns)
+    if any(v is None for v in values):
+        return False
+    own = tuple(row[i] for i in plan.key_positions)
+    try:
+        with conn.transaction():
+            found = _holders(conn, plan, columns, values)
+    except Exception as lookup:
+        if not is_row_error(lookup):
+            raise
+        return False  # a value the look-up cannot compare: the row is dead-lettered
+    holders = [k for k in found if k != own]
+    # The target key of each holder, read back as a source key only when it converts
+    # to the very same target key (integers, text): then the source can be asked.
+    keys = [k for k in holders if convert_key(plan, k) == k]
+    if not keys:
+        return False
+    done = rewrite_keys(source, conn, plan, keys)
+    return any(r.action != "failed" for r in done)
+
+
+def _holders(conn: Connection, plan: TablePlan, columns: Sequence[str], values: Row) -> list[Row]:
+    query = sql.SQL("SELECT {} FROM {} WHERE ({}) = ({})").format(
+        sql.SQL(", ").join(pg_ident(k) for k in plan.target_key),
+        plan.table,
+        sql.SQL(", ").join(pg_ident(c) for c in columns),
+        sql.SQL(", ").join(sql.Placeholder() for _ in columns),
+    )
+    with conn.cursor() as cur:
+        cur.execute(query, values)
+        return [tuple(r) for r in cur.fetchall()]
