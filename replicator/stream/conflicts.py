@@ -12,7 +12,8 @@ source as it is now (deleted when the source no longer has them, copied again
 otherwise), and the change is tried once more. A key whose target value does
 not read back as the same source key (a key of a converted type, a timestamp
 say) is left alone: without certainty the row is gone, nothing is deleted, and
-the change is dead-lettered as before.
+the change is dead-lettered as before. So is it on a table written to both
+sides (``conflict = "newer_wins"``): there the target may hold rows of its own.
 """
 
 from __future__ import annotations
@@ -41,11 +42,13 @@ def free_unique_value(
     exc: BaseException,
 ) -> bool:
     """Rewrite from the source the target rows that hold ``row``'s value of the unique
-    index ``exc`` names, under another key. True when one changed: ``row`` is worth
-    another try."""
+    index ``exc`` names, under another key. True when that freed the value: ``row``
+    is worth another try."""
     diag = getattr(exc, "diag", None)
     if getattr(exc, "sqlstate", None) != UNIQUE_VIOLATION or diag is None:
         return False
+    if plan.newer_column is not None:
+        return False  # dual-write: the target may hold rows the source never had
     if not diag.constraint_name or not diag.schema_name:
         return False
     columns = unique_index_columns(conn, diag.schema_name, diag.constraint_name)
@@ -56,24 +59,32 @@ def free_unique_value(
     if any(v is None for v in values):
         return False
     own = tuple(row[i] for i in plan.key_positions)
-    try:
-        with conn.transaction():
-            found = _holders(conn, plan, columns, values)
-    except Exception as lookup:
-        if not is_row_error(lookup):
-            raise
-        return False  # a value the look-up cannot compare: the row is dead-lettered
-    holders = [k for k in found if k != own]
+    holders = _holders(conn, plan, columns, values, own)
     # The target key of each holder, read back as a source key only when it converts
     # to the very same target key (integers, text): then the source can be asked.
     keys = [k for k in holders if convert_key(plan, k) == k]
     if not keys:
         return False
-    done = rewrite_keys(source, conn, plan, keys)
-    return any(r.action != "failed" for r in done)
+    rewrite_keys(source, conn, plan, keys)
+    # Freed only when no other row holds the value now: a source that still has it
+    # under another key (a target UNIQUE the source lacks) is no reason to try again.
+    return not _holders(conn, plan, columns, values, own)
 
 
-def _holders(conn: Connection, plan: TablePlan, columns: Sequence[str], values: Row) -> list[Row]:
+def _holders(
+    conn: Connection, plan: TablePlan, columns: Sequence[str], values: Row, own: Row
+) -> list[Row]:
+    """The target keys, but ``own``, of the rows holding ``values`` in ``columns``."""
+    try:
+        with conn.transaction():
+            return [k for k in _lookup(conn, plan, columns, values) if k != own]
+    except Exception as exc:
+        if not is_row_error(exc):
+            raise
+        return []  # a value the look-up cannot compare: the row is dead-lettered
+
+
+def _lookup(conn: Connection, plan: TablePlan, columns: Sequence[str], values: Row) -> list[Row]:
     query = sql.SQL("SELECT {} FROM {} WHERE ({}) = ({})").format(
         sql.SQL(", ").join(pg_ident(k) for k in plan.target_key),
         plan.table,
