@@ -185,11 +185,18 @@ def open_keys(
 ) -> list[tuple[str, Any]]:
     """(table, stored key as JSON) of every open dead letter, of ``tables`` when given,
     but for those of ``except_sqlstate``."""
-    query = sql.SQL(
-        "SELECT table_name, key FROM {} WHERE resolved_at IS NULL AND sqlstate IS DISTINCT FROM %s"
-    ).format(pg_ident(schema, "dead_letters"))
-    if tables is None:
-        cur.execute(query, (except_sqlstate,))
-    else:
-        cur.execute(query + sql.SQL(" AND table_name = ANY(%s)"), (except_sqlstate, list(tables)))
+    where = [sql.SQL("resolved_at IS NULL")]
+    params: list[Any] = []
+    if tables is not None:
+        where.append(sql.SQL("table_name = ANY(%s)"))
+        params.append(list(tables))
+    if except_sqlstate is not None:
+        where.append(sql.SQL("sqlstate IS DISTINCT FROM %s"))
+        params.append(except_sqlstate)
+    cur.execute(
+        sql.SQL("SELECT table_name, key FROM {} WHERE {}").format(
+            pg_ident(schema, "dead_letters"), sql.SQL(" AND ").join(where)
+        ),
+        params,
+    )
     return [(str(r[0]), r[1]) for r in cur.fetchall()]
