@@ -351,10 +351,12 @@ class Applier:
         children = set()
         for table, rows in result.written.items():
             children |= self.waiting.arrived(table, rows)
-        children |= self.waiting.unblocked({t for t, _op in result.applied})
-        if children:
-            resolved = self.waiting.retry(conn, self.source, self.schema, children)
-            result.released = self._count_resolved(resolved)
+        touched = {t for t, _op in result.applied} | {t for t, _key in children}
+        # The released rows first: they may be what held a delete back.
+        for batch in (children, self.waiting.unblocked(touched)):
+            if batch:
+                resolved = self.waiting.retry(conn, self.source, self.schema, batch)
+                result.released += self._count_resolved(resolved)
 
     def _apply_coalesced(self, conn: Connection, prepared: Prepared, result: BatchResult) -> None:
         result.dead_letters.extend(prepared.dead_letters)
