@@ -23,6 +23,7 @@ from collections.abc import Sequence
 
 from psycopg import sql
 
+from replicator.coerce import Kind
 from replicator.identifiers import pg_ident
 from replicator.plan.rows import convert_key
 from replicator.plan.tables import TablePlan
@@ -32,6 +33,8 @@ from replicator.target.connection import Connection, is_row_error
 
 Row = tuple[object, ...]
 UNIQUE_VIOLATION = "23505"
+# Target key types whose values are the source's own (integers, text; rowid is one).
+EXACT_KEYS = frozenset({Kind.SMALLINT, Kind.INTEGER, Kind.BIGINT, Kind.TEXT, Kind.VARCHAR})
 
 
 def free_unique_value(
@@ -58,10 +61,12 @@ def free_unique_value(
     values = tuple(row[targets.index(c)] for c in columns)
     if any(v is None for v in values):
         return False
+    if any(plan.columns[i].type.kind not in EXACT_KEYS for i in plan.key_positions):
+        return False  # a target key that does not read back as the source's key
     own = tuple(row[i] for i in plan.key_positions)
     holders = _holders(conn, plan, columns, values, own)
-    # The target key of each holder, read back as a source key only when it converts
-    # to the very same target key (integers, text): then the source can be asked.
+    # Each holder's target key, read back as a source key when it converts to the very
+    # same target key again: then the source can be asked for it.
     keys = [k for k in holders if convert_key(plan, k) == k]
     if not keys:
         return False
