@@ -245,10 +245,16 @@ def test_update_or_replace_and_upsert_through_a_unique_column(
             (a_email,),
         )
         conn.execute("INSERT OR IGNORE INTO beta_users (email) VALUES (?)", (a_email,))
+        # An upsert whose update moves the key: logged as the old key's delete, the new row.
+        conn.execute(
+            "INSERT INTO beta_users (email) VALUES (?) "
+            "ON CONFLICT (email) DO UPDATE SET id = 995000",
+            (a_email,),
+        )
         daemon.wait_caught_up()
         assert pg_all(
             refapp_pg_dsn, "SELECT id, status FROM beta_users WHERE email = %s", (a_email,)
-        ) == [(b, "merged")]
+        ) == [(995000, "merged")]
     assert open_dead_letters(refapp_pg_dsn) == []
     assert_replicated(refapp_db, refapp_pg_dsn)
 
@@ -330,3 +336,39 @@ def test_a_cursor_tables_waiting_child_is_written_with_its_parent(
         target.close()
         source.close()
     assert_replicated(path, pg_dsn)
+
+
+def test_a_unique_value_the_source_holds_twice_is_never_freed_by_a_guess(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    """The target has a UNIQUE the source lacks: the second row with the value is
+    dead-lettered, named, and the first stays (the source still has it). A REPLACE on
+    a table keyed by a timestamp (a key that does not read back as the source's) is
+    dead-lettered too: the old row is never deleted on a guess."""
+    path = tmp_path / "dupes.db"
+    conn = app(path)
+    conn.executescript(
+        "CREATE TABLE people (id INTEGER PRIMARY KEY, email TEXT);"
+        "CREATE TABLE events (at TEXT PRIMARY KEY, code TEXT UNIQUE);"
+        "INSERT INTO people VALUES (1, 'a@x');"
+        "INSERT INTO events VALUES ('2025-11-12 08:00:00', 'c1');"
+    )
+    with psycopg.connect(pg_dsn, autocommit=True) as pg:
+        pg.execute(
+            "CREATE TABLE people (id bigint PRIMARY KEY, email text UNIQUE);"
+            "CREATE TABLE events (at timestamp PRIMARY KEY, code text UNIQUE)"
+        )
+    with DaemonThread(daemon_config(path, pg_dsn)) as daemon:
+        daemon.wait_streaming()
+        conn.execute("INSERT INTO people VALUES (2, 'a@x')")
+        # REPLACE removes the row holding 'c1' silently; the key is a timestamp.
+        conn.execute("INSERT OR REPLACE INTO events VALUES ('2025-11-12 09:00:00', 'c1')")
+        daemon.wait_caught_up()
+        letters = open_dead_letters(pg_dsn)
+    assert [(d["table_name"], d["key"]) for d in letters] == [
+        ("people", [2]),
+        ("events", ["2025-11-12 09:00:00"]),
+    ], letters
+    assert all("duplicate key" in d["error"] for d in letters)
+    assert pg_all(pg_dsn, "SELECT id FROM people") == [(1,)]
+    assert pg_all(pg_dsn, "SELECT code FROM events") == [("c1",)]
