@@ -351,12 +351,19 @@ class Applier:
         children = set()
         for table, rows in result.written.items():
             children |= self.waiting.arrived(table, rows)
-        touched = {t for t, _op in result.applied} | {t for t, _key in children}
-        # The released rows first: they may be what held a delete back.
-        for batch in (children, self.waiting.unblocked(touched)):
-            if batch:
-                resolved = self.waiting.retry(conn, self.source, self.schema, batch)
-                result.released += self._count_resolved(resolved)
+        touched = {t for t, _op in result.applied}
+        while children:
+            resolved = self.waiting.retry(conn, self.source, self.schema, children)
+            result.released += self._count_resolved(resolved)
+            # Rows written now may be parents others wait on (grandchildren), and
+            # what held a delete back: each turn writes some, so this ends.
+            written = {t for t, n in resolved.items() if n}
+            touched |= written
+            children = self.waiting.present(conn, written) if written else set()
+        blocked = self.waiting.unblocked(touched)
+        if blocked:
+            resolved = self.waiting.retry(conn, self.source, self.schema, blocked)
+            result.released += self._count_resolved(resolved)
 
     def _apply_coalesced(self, conn: Connection, prepared: Prepared, result: BatchResult) -> None:
         result.dead_letters.extend(prepared.dead_letters)

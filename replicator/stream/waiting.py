@@ -161,10 +161,16 @@ class Waiting:
                     out |= waiting.get(tuple(row[i] for i in positions), set())
         return out
 
-    def present(self, conn: Connection) -> set[Child]:
-        """The waiting rows whose parent key is in the target now, however it got there."""
+    def present(self, conn: Connection, parents: set[str] | None = None) -> set[Child]:
+        """The waiting rows whose parent key is in the target now, however it got there;
+        only those waiting on ``parents`` (source tables) when given."""
+        targets = None
+        if parents is not None:
+            targets = {(self.plans[t].schema, self.plans[t].name) for t in parents}
         out: set[Child] = set()
         for ref, waiting in list(self.wanted.items()):
+            if targets is not None and ref[:2] not in targets:
+                continue
             values = list(waiting)
             for start in range(0, len(values), LOOKUP_CHUNK):
                 for found in _existing(conn, ref, values[start : start + LOOKUP_CHUNK]):
