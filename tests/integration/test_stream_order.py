@@ -372,3 +372,34 @@ def test_a_unique_value_the_source_holds_twice_is_never_freed_by_a_guess(
     assert all("duplicate key" in d["error"] for d in letters)
     assert pg_all(pg_dsn, "SELECT id FROM people") == [(1,)]
     assert pg_all(pg_dsn, "SELECT code FROM events") == [("c1",)]
+
+
+def test_a_grandchild_waiting_on_a_waiting_child_is_written_in_the_same_batch(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    """a <- b <- c, the target made beforehand: a's name is too long for it, so b waits
+    for a and c for b. The batch that writes a writes b, then c."""
+    path = tmp_path / "chain.db"
+    conn = app(path)
+    conn.executescript(
+        "CREATE TABLE a (id INTEGER PRIMARY KEY, name TEXT);"
+        "CREATE TABLE b (id INTEGER PRIMARY KEY, aid INTEGER REFERENCES a (id));"
+        "CREATE TABLE c (id INTEGER PRIMARY KEY, bid INTEGER REFERENCES b (id));"
+        "INSERT INTO a VALUES (1, 'far too long');"
+        "INSERT INTO b VALUES (10, 1);"
+        "INSERT INTO c VALUES (100, 10);"
+    )
+    with psycopg.connect(pg_dsn, autocommit=True) as pg:
+        pg.execute(
+            "CREATE TABLE a (id bigint PRIMARY KEY, name varchar(5));"
+            "CREATE TABLE b (id bigint PRIMARY KEY, aid bigint REFERENCES a (id));"
+            "CREATE TABLE c (id bigint PRIMARY KEY, bid bigint REFERENCES b (id))"
+        )
+    with DaemonThread(daemon_config(path, pg_dsn)) as daemon:
+        daemon.wait_streaming()
+        assert open_tables(pg_dsn) == ["a", "b", "c"]
+        conn.execute("UPDATE a SET name = 'fine'")
+        daemon.wait_caught_up()
+        assert open_dead_letters(pg_dsn) == []
+    assert resolutions(pg_dsn) == ["healed by a later change"] + ["parent arrived"] * 2
+    assert_replicated(path, pg_dsn)
