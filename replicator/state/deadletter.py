@@ -192,14 +192,26 @@ def update_error(
 
 
 def open_keys(
-    cur: psycopg.Cursor[Any], schema: str, tables: Sequence[str] | None = None
+    cur: psycopg.Cursor[Any],
+    schema: str,
+    tables: Sequence[str] | None = None,
+    *,
+    except_sqlstate: str | None = None,
 ) -> list[tuple[str, Any]]:
-    """(table, stored key as JSON) of every open dead letter, of ``tables`` when given."""
-    query = sql.SQL("SELECT table_name, key FROM {} WHERE resolved_at IS NULL").format(
-        pg_ident(schema, "dead_letters")
+    """(table, stored key as JSON) of every open dead letter, of ``tables`` when given,
+    but for those of ``except_sqlstate``."""
+    where = [sql.SQL("resolved_at IS NULL")]
+    params: list[Any] = []
+    if tables is not None:
+        where.append(sql.SQL("table_name = ANY(%s)"))
+        params.append(list(tables))
+    if except_sqlstate is not None:
+        where.append(sql.SQL("sqlstate IS DISTINCT FROM %s"))
+        params.append(except_sqlstate)
+    cur.execute(
+        sql.SQL("SELECT table_name, key FROM {} WHERE {}").format(
+            pg_ident(schema, "dead_letters"), sql.SQL(" AND ").join(where)
+        ),
+        params,
     )
-    if tables is None:
-        cur.execute(query)
-    else:
-        cur.execute(query + sql.SQL(" AND table_name = ANY(%s)"), (list(tables),))
     return [(str(r[0]), r[1]) for r in cur.fetchall()]

@@ -8,8 +8,13 @@ process, a restart re-reads exactly the changes whose effect is not committed.
 
 When the coalesced fast path hits a row-level error (a bad value, a foreign
 key or unique conflict that only the original order resolves), the batch is
-replayed change by change in log order, each in a savepoint; what still fails
-goes to the dead-letter table and the rest is applied.
+replayed change by change in log order, each in a savepoint. A change a
+constraint refuses there is tried again after the changes behind it (a source
+with foreign keys off writes a parent's new key before re-pointing its
+children), and a unique value a silent REPLACE left taken is freed from the
+source (stream/conflicts.py); what still fails goes to the dead-letter table
+and the rest is applied. Rows refused for a missing parent wait for it
+(stream/waiting.py) and are written in the batch that writes it.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from typing import Any
 from psycopg import sql
 from psycopg.abc import Transformer
 
-from replicator.coerce import decode_key, json_safe
+from replicator.coerce import json_safe
 from replicator.errors import DataError
 from replicator.identifiers import pg_ident
 from replicator.plan.ddl import target_sequences
@@ -35,11 +40,17 @@ from replicator.source.sqlite import ROWID
 from replicator.state import deadletter
 from replicator.state.deadletter import FOREIGN_KEY_VIOLATION, DeadLetter
 from replicator.state.position import save_position, save_table_stats
-from replicator.stream.repair import rewrite_keys
+from replicator.stream.conflicts import free_unique_value
+from replicator.stream.waiting import Waiting
 from replicator.target.connection import Connection, Cursor, first_line, is_row_error
-from replicator.target.writer import STAGE_THRESHOLD, RowFailure, TableWriter, copy_payload
+from replicator.target.writer import STAGE_THRESHOLD, TableWriter, copy_payload
 
 Row = tuple[object, ...]
+
+
+def _constraint(exc: BaseException) -> bool:
+    """An integrity constraint refused the row (class 23): another order may pass."""
+    return str(getattr(exc, "sqlstate", None) or "").startswith("23")
 
 
 @dataclass
@@ -54,6 +65,18 @@ class BatchResult:
     replayed: bool = False  # the fast path failed and the batch was replayed in order
     max_ids: dict[tuple[str, int], int] = field(default_factory=dict)  # for sequences
     seconds: float = 0.0
+    # Rows written to tables rows wait on (a parent's), to release its waiting children.
+    written: dict[str, list[Row]] = field(default_factory=dict)
+    waiting: list[tuple[str, tuple[Any, ...], Row]] = field(default_factory=list)  # 23503 rows
+    released: int = 0  # dead letters of waiting rows this batch wrote at last
+
+    def reset(self) -> None:
+        """Forget what a rolled-back attempt counted."""
+        self.applied.clear()
+        self.dead_letters.clear()
+        self.max_ids.clear()
+        self.written.clear()
+        self.waiting.clear()
 
     def per_table(self) -> Counter[str]:
         """Rows applied per table, whatever the operation."""
@@ -88,7 +111,10 @@ class Applier:
         self.schema = state_schema
         self.stop_on_error = stop_on_error
         self.open_dead: Counter[str] = Counter()
-        self._next_retry: dict[int, float] = {}  # dead letter id -> when to try it again
+        # The source, read when a waiting child's parent arrives (load_waiting) and to
+        # free a unique value a silent REPLACE left taken (stream/conflicts.py).
+        self.source: sqlite3.Connection | None = None
+        self.waiting = Waiting(self.plans)
         # table -> [(column position, sequence)], filled by load_sequences().
         self.sequences: dict[str, list[tuple[int, sql.Identifier]]] = {}
         # Writers for images missing columns, by (table, positions absent).
@@ -114,53 +140,24 @@ class Applier:
         with conn.cursor() as cur:
             self.open_dead = Counter(deadletter.count_open(cur, self.schema))
 
-    def children_of(self, tables: set[str]) -> set[str]:
-        """Replicated tables with a foreign key to any of ``tables`` (source names)."""
-        targets = {self.plans[t].name for t in tables if t in self.plans}
-        return {
-            name
-            for name, plan in self.plans.items()
-            if any(p in tables or p in targets for p in plan.parents)
-        }
+    def load_waiting(self, conn: Connection, source: sqlite3.Connection) -> None:
+        """Rows waiting for a parent (see stream/waiting.py), indexed from the open dead
+        letters and ``source``, which the apply reads them from when the parent arrives."""
+        self.source = source
+        self.waiting.load_links(conn)
+        self.waiting.load(conn, source, self.schema)
 
-    def retry_waiting_children(
-        self, conn: Connection, source: sqlite3.Connection, touched: set[str], limit: int = 200
-    ) -> int:
-        """Rows dead-lettered because their parent was missing (23503) are written
-        again, from the source as it is now, once a batch has written to a parent
-        table. Returns how many were resolved."""
-        children = self.children_of(touched)
-        if not children or not any(self.open_dead.get(c) for c in children):
+    def tick_waiting(self, conn: Connection) -> int:
+        """Waiting rows whose parent reached the target another way, written now (at
+        most every 30 s). Returns how many dead letters that resolved."""
+        if self.source is None:
             return 0
-        now = time.monotonic()
-        with conn.cursor() as cur:
-            waiting = [
-                x
-                for x in deadletter.fetch(
-                    cur,
-                    self.schema,
-                    tables=sorted(children),
-                    sqlstate=FOREIGN_KEY_VIOLATION,
-                    limit=limit * 5,
-                )
-                # A row whose parent is still missing is tried again at most every 30 s.
-                if self._next_retry.get(x.id, 0.0) <= now
-            ][:limit]
-        for x in waiting:
-            self._next_retry[x.id] = now + 30.0
-        resolved = 0
-        for table in sorted({x.table for x in waiting}):
-            by_key: dict[tuple[Any, ...], list[int]] = {}
-            for x in waiting:
-                if x.table == table:
-                    by_key.setdefault(decode_key(x.key), []).append(x.id)
-            results = rewrite_keys(source, conn, self.plans[table], list(by_key))
-            done = [i for r in results if r.action != "failed" for i in by_key[r.key]]
-            if done:
-                with conn.transaction(), conn.cursor() as cur:
-                    resolved += deadletter.mark(cur, self.schema, done, "parent arrived")
-                self.open_dead[table] = max(0, self.open_dead[table] - len(done))
-        return resolved
+        return self._count_resolved(self.waiting.tick(conn, self.source, self.schema))
+
+    def _count_resolved(self, resolved: Counter[str]) -> int:
+        for table, count in resolved.items():
+            self.open_dead[table] = max(0, self.open_dead[table] - count)
+        return sum(resolved.values())
 
     # -- conversion ---------------------------------------------------------
 
@@ -318,9 +315,7 @@ class Applier:
             except Exception as exc:
                 if not is_row_error(exc):
                     raise
-                result.applied.clear()
-                result.dead_letters.clear()
-                result.max_ids.clear()
+                result.reset()
                 result.replayed = True
                 self._apply_in_order(conn, relevant, result)
             if self.stop_on_error and result.dead_letters:
@@ -335,7 +330,11 @@ class Applier:
                 # fails to commit only costs a needless resolve query later.
                 for letter in result.dead_letters:
                     self.open_dead[letter.table] += 1
+                for table, key, row in result.waiting:
+                    self.waiting.add(table, key, row)
                 self._heal(cur, relevant, result)
+            self._release_waiting(conn, result)
+            with conn.cursor() as cur:
                 if save is None:
                     save_position(cur, self.schema, result.last_seq, len(changes))
                 else:
@@ -343,6 +342,28 @@ class Applier:
                 save_table_stats(cur, self.schema, result.per_table(), result.last_seq)
         result.seconds = time.monotonic() - started
         return result
+
+    def _release_waiting(self, conn: Connection, result: BatchResult) -> None:
+        """Rows waiting for a parent this batch wrote, written now in its transaction;
+        deletes a child held back, tried again once a batch changed a child table."""
+        if self.source is None:
+            return
+        children = set()
+        for table, rows in result.written.items():
+            children |= self.waiting.arrived(table, rows)
+        touched = {t for t, _op in result.applied}
+        while children:
+            resolved = self.waiting.retry(conn, self.source, self.schema, children)
+            result.released += self._count_resolved(resolved)
+            # Rows written now may be parents others wait on (grandchildren), and
+            # what held a delete back: each turn writes some, so this ends.
+            written = {t for t, n in resolved.items() if n}
+            touched |= written
+            children = self.waiting.present(conn, written) if written else set()
+        blocked = self.waiting.unblocked(touched)
+        if blocked:
+            resolved = self.waiting.retry(conn, self.source, self.schema, blocked)
+            result.released += self._count_resolved(resolved)
 
     def _apply_coalesced(self, conn: Connection, prepared: Prepared, result: BatchResult) -> None:
         result.dead_letters.extend(prepared.dead_letters)
@@ -359,44 +380,105 @@ class Applier:
                     )
                     result.applied[(table, "upsert")] += len(upserts[table])
                     self._note_ids(table, upserts[table], result)
+                    self._note_written(table, upserts[table], result)
                 for absent, rows in partial.get(table, {}).items():
                     self._upsert_partial(cur, table, absent, rows)
                     result.applied[(table, "upsert")] += len(rows)
                     self._note_ids(table, rows, result)
+                    self._note_written(table, rows, result)
 
     def _apply_in_order(
         self, conn: Connection, changes: Sequence[Change], result: BatchResult
     ) -> None:
+        """Replay change by change in log order, each in a savepoint.
+
+        A change a constraint refuses is tried again after the changes behind it
+        (a source with foreign keys off re-points a child after its parent's key
+        changed; a later change frees a unique value), for as long as that makes
+        progress; then a unique value a silent REPLACE left taken is freed from the
+        source (stream/conflicts.py). Only what still fails is dead-lettered."""
+        last = {(c.table, c.key): c.seq for c in changes}
+        failed: list[tuple[Change, Row, BaseException]] = []
         for change in changes:
             plan = self.plans[change.table]
-            writer = self.writers[change.table]
             row = self._key_row(plan, change) if change.is_delete else self._convert(plan, change)
             if isinstance(row, DeadLetter):
                 result.dead_letters.append(row)
                 continue
-            try:
-                with conn.transaction(), conn.cursor() as cur:
-                    absent = () if change.is_delete else self._absent(plan, change)
-                    if change.is_delete:
-                        writer.delete(cur, [row])
-                    elif absent:
-                        self._upsert_partial(cur, change.table, absent, [row])
-                        self._note_ids(change.table, [row], result)
-                    else:
-                        writer.upsert(cur, [row])
-                        self._note_ids(change.table, [row], result)
-            except Exception as exc:
-                if not is_row_error(exc):
-                    raise
-                failure = RowFailure(0, first_line(exc), getattr(exc, "sqlstate", None), None)
-                diag = getattr(exc, "diag", None)
-                column = diag.column_name if diag is not None else None
-                raw = (change.image or {}).get(column) if column else None
-                result.dead_letters.append(
-                    self._letter(plan, change, column, raw, failure.error, failure.sqlstate)
-                )
+            error = self._write_one(conn, change, row, result)
+            if error is not None:
+                failed.append((change, row, error))
+        freed: set[int] = set()
+        while failed:
+            still = []
+            for change, row, error in failed:
+                # Only the last change of a key decides its row: an earlier one stays failed.
+                decides = last[(change.table, change.key)] == change.seq
+                again: BaseException | None = error
+                if decides and _constraint(error):
+                    again = self._write_one(conn, change, row, result)
+                if again is not None:
+                    still.append((change, row, again))
+            progress = len(still) < len(failed)
+            failed = still
+            deciding = [f for f in failed if last[(f[0].table, f[0].key)] == f[0].seq]
+            if not progress and not self._free_unique_values(conn, deciding, freed):
+                break
+        for change, row, error in failed:
+            self._failed(change, row, error, result)
+
+    def _write_one(
+        self, conn: Connection, change: Change, row: Row, result: BatchResult
+    ) -> BaseException | None:
+        """One change in its savepoint; the row error that refused it, if one did."""
+        table = change.table
+        try:
+            with conn.transaction(), conn.cursor() as cur:
+                absent = () if change.is_delete else self._absent(self.plans[table], change)
+                if change.is_delete:
+                    self.writers[table].delete(cur, [row])
+                elif absent:
+                    self._upsert_partial(cur, table, absent, [row])
+                else:
+                    self.writers[table].upsert(cur, [row])
+        except Exception as exc:
+            if not is_row_error(exc):
+                raise
+            return exc
+        if not change.is_delete:
+            self._note_ids(table, [row], result)
+            self._note_written(table, [row], result)
+        result.applied[(table, "delete" if change.is_delete else "upsert")] += 1
+        return None
+
+    def _free_unique_values(
+        self, conn: Connection, failed: Sequence[tuple[Change, Row, BaseException]], freed: set[int]
+    ) -> bool:
+        """Free, from the source, a unique value the target holds under a key the source
+        let go of silently: for the first change in log order that can, each change at
+        most once (the rows after it may wait on the row it writes). True when freed."""
+        if self.source is None:
+            return False
+        for change, row, error in failed:
+            if change.is_delete or change.seq in freed or not _constraint(error):
                 continue
-            result.applied[(change.table, "delete" if change.is_delete else "upsert")] += 1
+            if free_unique_value(conn, self.source, self.plans[change.table], row, error):
+                freed.add(change.seq)
+                return True
+        return False
+
+    def _failed(self, change: Change, row: Row, exc: BaseException, result: BatchResult) -> None:
+        plan = self.plans[change.table]
+        state = getattr(exc, "sqlstate", None)
+        diag = getattr(exc, "diag", None)
+        column = diag.column_name if diag is not None else None
+        raw = (change.image or {}).get(column) if column else None
+        result.dead_letters.append(self._letter(plan, change, column, raw, first_line(exc), state))
+        if state == FOREIGN_KEY_VIOLATION:
+            if change.is_delete:
+                self.waiting.block((change.table, change.key))
+            else:
+                result.waiting.append((change.table, change.key, row))
 
     def _advance_sequences(self, cur: Cursor, result: BatchResult) -> None:
         for (table, column), top in result.max_ids.items():
@@ -416,6 +498,10 @@ class Applier:
             if ints:
                 key = (table, position)
                 result.max_ids[key] = max(*ints, result.max_ids.get(key, ints[0]))
+
+    def _note_written(self, table: str, rows: Sequence[Row], result: BatchResult) -> None:
+        if self.waiting.wanted and table in self.waiting.parents:
+            result.written.setdefault(table, []).extend(rows)
 
     def _heal(self, cur: Cursor, changes: Sequence[Change], result: BatchResult) -> None:
         """A later successful write of a dead-lettered key resolves its dead letters."""
@@ -439,3 +525,5 @@ class Applier:
                 cur, self.schema, table, list(table_keys), "healed by a later change"
             )
             self.open_dead[table] = max(0, self.open_dead[table] - healed)
+            for key in table_keys:
+                self.waiting.discard((table, key))

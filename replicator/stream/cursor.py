@@ -238,6 +238,7 @@ class CursorStream:
         )
         applier.load_open_dead_letters(conn)
         applier.load_sequences(conn)
+        applier.load_waiting(conn, source)
         self.applier = applier
         completed = [
             s.reconciled_at for n, s in states.items() if n in self.specs and s.reconciled_at

@@ -345,11 +345,9 @@ class Daemon:
             )
             self.position = StreamPosition(result.last_seq, self.position.snapshot_seq)
             self.heartbeat.record(result, self.log)
-            upserted = {table for (table, op), n in result.applied.items() if op == "upsert" and n}
-            if upserted:
-                healed = self.applier.retry_waiting_children(self.conn, self.source, upserted)
-                if healed:
-                    self.log.info("parent_arrived", rows=healed)
+            if result.released:
+                self.log.info("parent_arrived", rows=result.released)
+        self._release_waiting()
         busy = follow_drift(self) or busy
         now = time.monotonic()
         if self.lagger.due(now):
@@ -368,6 +366,17 @@ class Daemon:
         self.health.tick(connected=True, lag_seconds=lag, state="streaming")
         if not changes and not busy and not self.stop.is_set():
             self.waker.wait(cfg.poll_interval)
+
+    def _release_waiting(self) -> None:
+        """Rows waiting for a parent that reached the target by another way than this
+        stream's batches (an earlier run, a repair, a cursor table's apply)."""
+        assert self.conn is not None and self.applier is not None
+        appliers = [self.applier]
+        if self.cursors is not None and self.cursors.applier is not None:
+            appliers.append(self.cursors.applier)
+        released = sum(a.tick_waiting(self.conn) for a in appliers)
+        if released:
+            self.log.info("parent_arrived", rows=released)
 
     def _schema_changed(self) -> None:
         assert self.source is not None

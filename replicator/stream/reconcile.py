@@ -16,7 +16,10 @@ chunks, interleaved with the stream, so the stream never waits for a whole
 pass. Each chunk is one short SQLite read and one PostgreSQL transaction.
 
 Rows with an open dead letter are not re-copied on every pass (they would only
-fail again): they are retried once their source row has changed.
+fail again): they are retried once their source row has changed. Rows waiting
+for their parent (23503) are the exception: a pass copies them again (once per
+run while they keep failing), and the applier writes them when the parent
+arrives (stream/waiting.py).
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from replicator.source.cursor import CursorReader, to_change
 from replicator.source.reader import ChunkReader
 from replicator.source.sqlite import read_transaction
 from replicator.state import checkpoint, deadletter
+from replicator.state.deadletter import FOREIGN_KEY_VIOLATION
 from replicator.stream.apply import Applier, BatchResult
 from replicator.target.connection import Connection, Cursor
 
@@ -437,7 +441,10 @@ class Reconciler:
     def _open_dead_letters(self, conn: Connection, tables: Sequence[str]) -> dict[str, set[str]]:
         out: dict[str, set[str]] = {}
         with conn.cursor() as cur:
-            for table, key in deadletter.open_keys(cur, self.schema, tables):
+            # A row waiting for its parent is copied again: its parent may be there now.
+            for table, key in deadletter.open_keys(
+                cur, self.schema, tables, except_sqlstate=FOREIGN_KEY_VIOLATION
+            ):
                 out.setdefault(table, set()).add(_raw_key_text(decode_key(key)))
         return out
 

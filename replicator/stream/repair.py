@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,7 +59,9 @@ def rewrite_keys(
     out: list[Rewritten] = []
     with conn.transaction():
         for key in keys:
-            with read_transaction(source):
+            # Called by the apply too, maybe while the caller holds a read transaction.
+            reading = nullcontext(source) if source.in_transaction else read_transaction(source)
+            with reading:
                 raw = fetch_one(source, select, tuple(key))
             # The row to upsert, or (the source has none) the key to delete.
             converted = convert_key(plan, key) if raw is None else convert_row(plan, raw)

@@ -150,6 +150,7 @@ def setup(d: Daemon, *, startup: bool) -> None:
     applier = Applier(trigger_plans, d.schema, stop_on_error=d.config.snapshot.on_error == "stop")
     applier.load_open_dead_letters(conn)
     applier.load_sequences(conn)
+    applier.load_waiting(conn, d.source)
     d.applier = applier
     if d.cursors is not None:
         d.cursors.start(d.source, conn)

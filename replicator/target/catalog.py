@@ -92,3 +92,61 @@ def describe_target(conn: psycopg.Connection[Any], schema: str, name: str) -> Ta
         cur.execute(_PARENTS_SQL, (schema, name))
         parents = tuple(str(r[0]) for r in cur.fetchall() if r[0] != name)
     return TargetTable(schema=schema, name=name, columns=columns, primary_key=pk, parents=parents)
+
+
+@dataclass(frozen=True, slots=True)
+class ForeignKey:
+    """One foreign key of a target table: its columns and the parent's they point at."""
+
+    columns: tuple[str, ...]
+    parent_schema: str
+    parent: str
+    parent_columns: tuple[str, ...]
+
+
+_FOREIGN_KEYS_SQL = """
+SELECT pn.nspname, pc.relname,
+       ARRAY(SELECT a.attname::text FROM unnest(con.conkey) WITH ORDINALITY AS k(n, o)
+             JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.n ORDER BY k.o),
+       ARRAY(SELECT a.attname::text FROM unnest(con.confkey) WITH ORDINALITY AS k(n, o)
+             JOIN pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.n ORDER BY k.o)
+FROM pg_constraint con
+JOIN pg_class c ON c.oid = con.conrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_class pc ON pc.oid = con.confrelid
+JOIN pg_namespace pn ON pn.oid = pc.relnamespace
+WHERE con.contype = 'f' AND n.nspname = %s AND c.relname = %s
+ORDER BY con.conname
+"""
+
+
+def foreign_keys(conn: psycopg.Connection[Any], schema: str, name: str) -> list[ForeignKey]:
+    """The foreign keys PostgreSQL enforces on ``schema.name`` (the ones that refuse a row)."""
+    with conn.cursor() as cur:
+        cur.execute(_FOREIGN_KEYS_SQL, (schema, name))
+        return [ForeignKey(tuple(r[2]), str(r[0]), str(r[1]), tuple(r[3])) for r in cur.fetchall()]
+
+
+_UNIQUE_INDEX_SQL = """
+SELECT a.attname
+FROM pg_index i
+JOIN pg_class ic ON ic.oid = i.indexrelid
+JOIN pg_namespace n ON n.oid = ic.relnamespace
+JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true
+LEFT JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+WHERE n.nspname = %s AND ic.relname = %s AND i.indisunique
+ORDER BY k.ord
+"""
+
+
+def unique_index_columns(
+    conn: psycopg.Connection[Any], schema: str, index: str
+) -> tuple[str, ...] | None:
+    """The columns of a unique index (what a 23505 names as its constraint), or None
+    when it is unknown or indexes an expression."""
+    with conn.cursor() as cur:
+        cur.execute(_UNIQUE_INDEX_SQL, (schema, index))
+        names = [r[0] for r in cur.fetchall()]
+    if not names or any(n is None for n in names):
+        return None
+    return tuple(str(n) for n in names)

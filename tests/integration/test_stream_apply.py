@@ -620,16 +620,12 @@ def test_the_daemon_keeps_seeing_commits_when_other_processes_open_and_close_the
 # -- what the trigger log does not see ------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: a row REPLACE deletes through a UNIQUE constraint is not captured "
-    "(no delete trigger fires); the new row is dead-lettered and the old one stays",
-)
 def test_a_row_removed_by_insert_or_replace_is_removed_in_the_target(
     refapp_db: Path, refapp_pg_dsn: str
 ) -> None:
     """REPLACE deletes the row holding the UNIQUE email; SQLite fires delete
-    triggers for that only with PRAGMA recursive_triggers, which is off by default."""
+    triggers for that only with PRAGMA recursive_triggers, which is off by default.
+    The apply frees the email from the source: the old row is gone there."""
     conn = app(refapp_db)
     victim, email = conn.execute("SELECT id, email FROM beta_users ORDER BY id LIMIT 1").fetchone()
     with DaemonThread(daemon_config(refapp_db, refapp_pg_dsn)) as daemon:
