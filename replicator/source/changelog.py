@@ -158,6 +158,7 @@ class Installed:
     # replicator while this one was not registered): it is registered at ``head``
     # instead, and must re-sync.
     lost: bool = False
+    registered_at: int | None = None  # the position the consumer was registered at
 
 
 def install(conn: sqlite3.Connection, tables: Sequence[SourceTable]) -> list[str]:
@@ -178,6 +179,7 @@ def install_triggers(
     expect_version: int | None = None,
     consumer: consumers.Identity | None = None,
     position: int | None = None,
+    since: int | None = None,
 ) -> Installed:
     """:func:`install`, also telling where the new triggers' changes begin and the
     schema version they were installed at (a later version is someone else's change).
@@ -190,7 +192,10 @@ def install_triggers(
     so wake each other) over and over. With ``consumer``, registers it in the
     same transaction at ``position`` (its target's durable position; None for a
     new target, registered at the head), after checking no change after that
-    position was pruned (:attr:`Installed.lost` when some were).
+    position was pruned (:attr:`Installed.lost` when some were). While it is
+    registered, no other consumer prunes past its recorded position; ``since``
+    is the last position recorded for it in this run: when its registration is
+    gone, the check starts there (others may have pruned past it meanwhile).
     """
     try:
         conn.execute("BEGIN IMMEDIATE")
@@ -206,9 +211,13 @@ def install_triggers(
         consumers.ensure_table(conn)
         _replace_triggers(conn, tables, consumers.needed_tables(conn, besides=_id(consumer)))
         head = head_position(conn)
-        lost = position is not None and pruned_past(conn, position, head)
+        check = position
+        if position is not None and since is not None and not registered(conn, consumer):
+            check = min(position, since)  # unregistered since then: others may have pruned
+        lost = check is not None and pruned_past(conn, check, head)
+        at = None
         if consumer is not None:
-            at = head if position is None or lost else min(position, head)
+            at = head if check is None or lost else min(check, head)
             consumers.register(conn, consumer, at, [t.name for t in tables])
         version = int(conn.execute("PRAGMA schema_version").fetchone()[0])
         conn.execute("COMMIT")
@@ -220,11 +229,15 @@ def install_triggers(
                 'use capture = "cursor"'
             ) from exc
         raise SourceError(f"installing change-capture triggers failed: {exc}") from exc
-    return Installed(tuple(t.name for t in tables), head, version, lost)
+    return Installed(tuple(t.name for t in tables), head, version, lost, at)
 
 
 def _id(consumer: consumers.Identity | None) -> str | None:
     return consumer.consumer if consumer is not None else None
+
+
+def registered(conn: sqlite3.Connection, consumer: consumers.Identity | None) -> bool:
+    return consumer is not None and consumers.is_registered(conn, consumer.consumer)
 
 
 def _replace_triggers(

@@ -117,6 +117,15 @@ def registered(conn: sqlite3.Connection) -> list[Consumer]:
     ]
 
 
+def is_registered(conn: sqlite3.Connection, consumer: str) -> bool:
+    if not exists(conn):
+        return False
+    row = conn.execute(
+        f"SELECT 1 FROM {sqlite_ident(CONSUMERS)} WHERE consumer = ?", (consumer,)
+    ).fetchone()
+    return row is not None
+
+
 def needed_tables(conn: sqlite3.Connection, *, besides: str | None) -> set[str]:
     """The tables whose triggers the consumers other than ``besides`` capture with."""
     return {t for c in registered(conn) if c.consumer != besides for t in c.tables}

@@ -49,12 +49,6 @@ def setup(d: Daemon, *, startup: bool) -> None:
         progress = checkpoint.load_progress(cur, d.schema)
     if d.consumer is None:
         d.consumer = identity(d)
-    # What the log must still hold for this target: everything after its durable
-    # position, and after the last position it was registered at in this run (when
-    # its registration was dropped since, another target may have pruned past it).
-    needed = None if position is None else position.seq
-    if needed is not None and d.tail.confirmed is not None:
-        needed = min(needed, d.tail.confirmed)
     while True:
         found = drift.survey(source, d.config)
         later = capture_new(d, found)
@@ -79,7 +73,8 @@ def setup(d: Daemon, *, startup: bool) -> None:
                     [p.source for p in trigger_plans],
                     expect_version=found.version,
                     consumer=d.consumer,
-                    position=needed,
+                    position=position.seq if position is not None else None,
+                    since=d.tail.confirmed,
                 )
         except changelog.SchemaChanged:
             continue  # changed again while we planned: plan again
@@ -91,11 +86,9 @@ def setup(d: Daemon, *, startup: bool) -> None:
     if installed is not None:
         d.log.info("triggers_installed", tables=len(installed.tables))
         d.tail.consumer = d.consumer.consumer
-        # The position it was registered at, as install_triggers chose it.
-        lowest = installed.head if needed is None or installed.lost else needed
-        d.tail.confirmed = min(lowest, installed.head)
+        d.tail.confirmed = installed.registered_at
         if installed.lost:
-            lost(d, decision, trigger_plans, needed)
+            lost(d, decision, trigger_plans, position.seq if position is not None else None)
     elif startup and changelog.installed_triggers(source):
         d.log.warning(
             "triggers_left_installed",

@@ -31,10 +31,14 @@ def db(tmp_path: Path) -> Iterator[sqlite3.Connection]:
 
 
 def install(
-    conn: sqlite3.Connection, who: consumers.Identity, position: int | None, *tables: str
+    conn: sqlite3.Connection,
+    who: consumers.Identity,
+    position: int | None,
+    *tables: str,
+    since: int | None = None,
 ) -> changelog.Installed:
     described = [describe_table(conn, t) for t in tables]
-    return changelog.install_triggers(conn, described, consumer=who, position=position)
+    return changelog.install_triggers(conn, described, consumer=who, position=position, since=since)
 
 
 def cookie(conn: sqlite3.Connection) -> int:
@@ -114,3 +118,21 @@ def test_registration_finds_a_log_that_no_longer_holds_the_consumers_changes(
     assert consumers.registered(db) == []
     assert not install(db, A, 10, "t").lost
     assert [c.position for c in consumers.registered(db)] == [0]
+
+
+def test_a_consumer_forgotten_while_running_is_checked_from_its_last_recorded_position(
+    db: sqlite3.Connection,
+) -> None:
+    install(db, A, None, "t")
+    install(db, B, None, "t")
+    db.executemany("INSERT INTO t VALUES (?, 'x')", [(i,) for i in range(1, 11)])
+    changelog.prune(db, 4, 100, B.consumer)  # the last position recorded for B: 4
+    changelog.unregister(db, B.consumer)
+    changelog.prune(db, 10, 100, A.consumer)  # 5..10 gone, maybe before B read them
+    # B's target holds 10 durably, but only 4 was ever protected for it.
+    assert install(db, B, 10, "t", since=4).lost
+    # Registered (again), its recorded position is what the log was kept for.
+    assert changelog.prune(db, 10, 100, A.consumer) == 0
+    db.execute("INSERT INTO t VALUES (11, 'x')")
+    assert not install(db, B, 10, "t", since=4).lost
+    assert not install(db, A, 10, "t", since=0).lost  # a restart mid-prune is no loss
