@@ -133,24 +133,40 @@ def run(
 
 @main.command()
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option(
+    "--consumer",
+    metavar="ID",
+    default=None,
+    help="Only forget this other target (its id, as `status` shows it): one gone for good, "
+    "whose position holds the change log back.",
+)
+@click.option(
+    "--all",
+    "everything",
+    is_flag=True,
+    help="Remove the triggers and change log even while other targets are registered "
+    "(they stop being fed).",
+)
 @click.pass_context
-def uninstall(ctx: click.Context, yes: bool) -> None:
+def uninstall(ctx: click.Context, yes: bool, consumer: str | None, everything: bool) -> None:
     """Remove the change-capture triggers and change log from the source.
 
     The application's own tables and data are not touched. The state schema
-    in PostgreSQL is left in place (drop it yourself once cut over).
+    in PostgreSQL is left in place (drop it yourself once cut over). When other
+    targets are fed from the same source, only this target's registration is
+    removed (the triggers and log stay for them) unless --all is given.
     """
 
     def go() -> int:
-        from replicator.proof.setup import remove_capture
+        from replicator.proof.setup import describe_removal, remove_capture
 
         config = ctx.obj.config()
         path = config.require_source()
         if not yes:
-            click.confirm(f"Remove replicator triggers and change log from {path}?", abort=True)
-        triggers, had_log = remove_capture(config)
-        log_note = "and the change log" if had_log else "(no change log was present)"
-        click.echo(f"removed {triggers} trigger(s) {log_note} from {path}")
+            what = f"consumer {consumer}" if consumer else "replicator triggers and change log"
+            click.confirm(f"Remove {what} from {path}?", abort=True)
+        removal = remove_capture(config, consumer=consumer, everything=everything)
+        click.echo(describe_removal(removal, str(path)))
         return EXIT_OK
 
     run_guarded(ctx, go)

@@ -18,8 +18,9 @@ from replicator.dsn import redact_dsn
 from replicator.errors import ReplicatorError, SchemaError
 from replicator.plan.landing import Landing, render_report, schema_report
 from replicator.plan.tables import TablePlan, build_plans, unknown_includes
-from replicator.source import changelog
-from replicator.source.sqlite import journal_mode, list_tables, open_source
+from replicator.source import changelog, consumers
+from replicator.source.sqlite import journal_mode, list_tables, open_source, read_transaction
+from replicator.state.checkpoint import consumer_id
 from replicator.state.migrations import current_revision, head_revision
 from replicator.target.connection import Connection, connect, first_line
 
@@ -79,6 +80,7 @@ def run_checks(config: Config, *, integrity: bool = True) -> CheckReport:
             _check_state(config, conn, report)
             if source is not None:
                 _check_plans(config, source, conn, report)
+                _check_consumers(config, source, conn, report)
     if source is not None:
         source.close()
     return report
@@ -237,6 +239,38 @@ def _check_state(config: Config, conn: Connection, report: CheckReport) -> None:
             f"{schema!r} at revision {revision} (this replicator: {head})",
             "replicator init (applies the missing migrations)",
         )
+
+
+def _check_consumers(
+    config: Config, source: sqlite3.Connection, conn: Connection, report: CheckReport
+) -> None:
+    """The targets fed from this source: one gone for good keeps the change log growing."""
+    with read_transaction(source):
+        registered = consumers.registered(source)
+    if not registered:
+        return
+    schema = config.target.state_schema
+    me = None
+    if current_revision(conn, schema) is not None:
+        with conn.cursor() as cur:
+            me = consumer_id(cur, schema, create=False)
+    others = [c for c in registered if c.consumer != me]
+    report.add(
+        "targets fed from this source",
+        True,
+        f"{len(registered)} registered ({len(others)} besides this one); "
+        "the change log is kept down to the slowest",
+    )
+    for c in registered:
+        if c.stale():
+            report.add(
+                f"consumer {c.consumer}",
+                False,
+                f"{c.label} at position {c.position} has not been seen for "
+                f"{c.seen_ago() / 60:.0f} min: the change log is kept for it and grows",
+                f"if it is gone for good: replicator uninstall --consumer {c.consumer}",
+                severity="warning",
+            )
 
 
 def _check_plans(

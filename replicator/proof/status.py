@@ -31,9 +31,14 @@ from replicator.config import Config, parse_address
 from replicator.errors import ConfigError, ReplicatorError, SourceError
 from replicator.identifiers import pg_ident, sqlite_ident
 from replicator.plan.tables import select_tables
-from replicator.source import changelog
+from replicator.source import changelog, consumers
 from replicator.source.sqlite import list_tables, open_source, read_transaction
-from replicator.state.checkpoint import count_cursor_tables, load_cursor_states, load_progress
+from replicator.state.checkpoint import (
+    consumer_id,
+    count_cursor_tables,
+    load_cursor_states,
+    load_progress,
+)
 from replicator.state.deadletter import count_open, count_waiting
 from replicator.state.heartbeat import load_daemon, load_rates
 from replicator.state.lock import lock_holder, pair_id
@@ -78,6 +83,20 @@ class DaemonStatus:
 
 
 @dataclass
+class ConsumerStatus:
+    """A target fed from this source's change log (replicator/source/consumers.py)."""
+
+    consumer: str
+    target: str  # redacted DSN
+    state_schema: str
+    position: int
+    behind: int | None  # changes in the log after its position (the head minus it)
+    seen_ago: float  # seconds since its replicator last touched its row
+    this_target: bool
+    stale: bool  # not seen for consumers.STALE_AFTER: maybe gone for good
+
+
+@dataclass
 class Status:
     daemon: DaemonStatus
     tables: list[TableStatus] = field(default_factory=list)
@@ -90,6 +109,8 @@ class Status:
     held: int = 0  # rows in open dead letters: not in the target as the source has them
     waiting: int = 0  # of those, rows refused for a missing parent (they heal when it comes)
     unreconciled: list[str] = field(default_factory=list)  # cursor tables never reconciled
+    consumers: list[ConsumerStatus] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -147,6 +168,7 @@ def _read(conn: Connection, config: Config, schema: str) -> Status:
         dead = count_open(cur, schema)
         waiting = count_waiting(cur, schema)
         cursors = load_cursor_states(cur, schema) if count_cursor_tables(cur, schema) else {}
+        me = consumer_id(cur, schema, create=False)
     applied = position.seq if position is not None else None
     rates = load_rates(conn, schema)
     held = load_hold_states(conn, schema)
@@ -164,6 +186,7 @@ def _read(conn: Connection, config: Config, schema: str) -> Status:
     head: int | None = None
     lag: dict[str, tuple[int, float | None]] = {}
     counts: dict[str, int] = {}
+    registered: list[consumers.Consumer] = []
     try:
         source = open_source(path, readonly=True, busy_timeout_ms=config.source.busy_timeout_ms)
         try:
@@ -176,6 +199,7 @@ def _read(conn: Connection, config: Config, schema: str) -> Status:
                 head = changelog.head_position(source) if has_log else None
                 if has_log and applied is not None:
                     lag = changelog.lag_by_table(source, applied)
+                registered = consumers.registered(source)
                 counts = {
                     n: int(source.execute(f"SELECT count(*) FROM {sqlite_ident(n)}").fetchone()[0])
                     for n in names
@@ -187,6 +211,9 @@ def _read(conn: Connection, config: Config, schema: str) -> Status:
         status.source_error = f"{path}: {exc}"
     status.source_position = head
     now = time.time()
+    # A target that streams from the log has a position past 0 (one a cursor follows
+    # alone stays at 0): only such a target has something to lose by not being registered.
+    _consumers(status, registered, me, now, followed=bool(applied))
     for name in [*names, *(n for n in held if n not in names)]:
         target_rows = _target_count(
             conn, config.target.schema, config.table_config(name).target or name
@@ -220,6 +247,67 @@ def _read(conn: Connection, config: Config, schema: str) -> Status:
         )
     _verdict(status)
     return status
+
+
+def _consumers(
+    status: Status,
+    registered: list[consumers.Consumer],
+    me: str | None,
+    now: float,
+    *,
+    followed: bool,
+) -> None:
+    """The targets fed from this source, and what about them needs an operator."""
+    head = status.source_position
+    for c in registered:
+        behind = max(0, head - c.position) if head is not None else None
+        status.consumers.append(
+            ConsumerStatus(
+                c.consumer,
+                c.target,
+                c.state_schema,
+                c.position,
+                behind,
+                round(c.seen_ago(now), 1),
+                c.consumer == me,
+                c.stale(now),
+            )
+        )
+        if c.stale(now):
+            status.warnings.append(
+                f"target {c.label} (consumer {c.consumer}) has not been seen for "
+                f"{_duration(c.seen_ago(now))} and keeps {_n(behind)} change(s) in the log; "
+                f"if it is gone for good: replicator uninstall --consumer {c.consumer}"
+            )
+    if followed and registered and all(c.consumer != me for c in registered):
+        status.warnings.append(
+            "this target is not registered in the source, so other targets' replicators "
+            "may prune changes it has not applied: its next `replicator run` registers it "
+            "(and re-syncs its tables if changes were pruned meanwhile)"
+        )
+
+
+def consumer_line(c: consumers.Consumer) -> str:
+    """One registered target, as ``uninstall`` shows it."""
+    return _line(c.consumer, c.label, c.position, None, c.seen_ago(), c.stale(), this=False)
+
+
+def _line(
+    consumer: str,
+    label: str,
+    position: int,
+    behind: int | None,
+    seen_ago: float,
+    stale: bool,
+    *,
+    this: bool,
+) -> str:
+    how_far = f", {behind} behind" if behind is not None else ""
+    gone = " — NOT SEEN: gone for good?" if stale else ""
+    return (
+        f"{'*' if this else ' '} {consumer}  {label}  position {position}{how_far}, "
+        f"seen {_duration(seen_ago)} ago{gone}"
+    )
 
 
 def _target_count(conn: Connection, schema: str, table: str) -> int | None:
@@ -395,6 +483,19 @@ def render(status: Status) -> str:
     for t in status.tables:
         if t.paused is not None:
             lines.append(f"{t.mode}: {t.table} — {t.paused}")
+    if len(status.consumers) > 1:
+        lines.append(
+            f"targets fed from this source: {len(status.consumers)} "
+            "(the change log is kept down to the slowest; * is this one)"
+        )
+        for c in status.consumers:
+            label = f"{c.target} (state schema {c.state_schema!r})"
+            lines.append(
+                _line(
+                    c.consumer, label, c.position, c.behind, c.seen_ago, c.stale, this=c.this_target
+                )
+            )
+    lines += [f"warning: {w}" for w in status.warnings]
     lines.append(f"verdict: {status.verdict}")
     return "\n".join(lines)
 

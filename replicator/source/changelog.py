@@ -29,6 +29,7 @@ from typing import Any
 
 from replicator.errors import ReplicatorError, SourceError
 from replicator.identifiers import sqlite_ident
+from replicator.source import consumers
 from replicator.source.sqlite import ROWID, SourceTable
 
 CHANGELOG = "_replicator_changelog"
@@ -130,6 +131,15 @@ def installed_triggers(conn: sqlite3.Connection) -> dict[str, str]:
     return {str(r[0]): str(r[1]) for r in rows}
 
 
+def _trigger_text(conn: sqlite3.Connection) -> dict[str, str]:
+    """Our triggers' CREATE statements as SQLite keeps them (verbatim)."""
+    rows = conn.execute(
+        "SELECT name, sql FROM sqlite_schema WHERE type = 'trigger' AND name LIKE ? ESCAPE '\\'",
+        (TRIGGER_PREFIX.replace("_", "\\_") + "%",),
+    ).fetchall()
+    return {str(r[0]): str(r[1]) for r in rows}
+
+
 def changelog_exists(conn: sqlite3.Connection) -> bool:
     row = conn.execute(
         "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?", (CHANGELOG,)
@@ -144,14 +154,20 @@ class Installed:
     tables: tuple[str, ...]
     head: int  # the log's head when the new triggers took over: later changes are theirs
     schema_version: int  # the source's schema version with our own DDL in it
+    # Changes after the consumer's position were pruned already (by another target's
+    # replicator while this one was not registered): it is registered at ``head``
+    # instead, and must re-sync.
+    lost: bool = False
+    registered_at: int | None = None  # the position the consumer was registered at
 
 
 def install(conn: sqlite3.Connection, tables: Sequence[SourceTable]) -> list[str]:
     """Create the log and (re)create the triggers of ``tables`` in one write transaction.
 
     Recreating in one transaction means no change slips between the old
-    triggers and the new ones. Triggers of tables no longer replicated are
-    dropped. Returns the names of the tables whose triggers were installed.
+    triggers and the new ones. Triggers of tables no longer replicated (by this
+    or any registered consumer) are dropped. Returns the names of the tables
+    whose triggers were installed.
     """
     return list(install_triggers(conn, tables).tables)
 
@@ -161,12 +177,25 @@ def install_triggers(
     tables: Sequence[SourceTable],
     *,
     expect_version: int | None = None,
+    consumer: consumers.Identity | None = None,
+    position: int | None = None,
+    since: int | None = None,
 ) -> Installed:
     """:func:`install`, also telling where the new triggers' changes begin and the
     schema version they were installed at (a later version is someone else's change).
 
     With ``expect_version`` (the version ``tables`` were described at), raises
     :class:`SchemaChanged` and changes nothing when the schema moved since.
+
+    A trigger already there with the very statement wanted is left alone, so
+    that several replicators sharing the source do not change its schema (and
+    so wake each other) over and over. With ``consumer``, registers it in the
+    same transaction at ``position`` (its target's durable position; None for a
+    new target, registered at the head), after checking no change after that
+    position was pruned (:attr:`Installed.lost` when some were). While it is
+    registered, no other consumer prunes past its recorded position; ``since``
+    is the last position recorded for it in this run: when its registration is
+    gone, the check starts there (others may have pruned past it meanwhile).
     """
     try:
         conn.execute("BEGIN IMMEDIATE")
@@ -179,12 +208,17 @@ def install_triggers(
                 conn.execute("ROLLBACK")
                 raise SchemaChanged(now)
         conn.execute(_CREATE_LOG)
-        for trig in installed_triggers(conn):
-            conn.execute(f"DROP TRIGGER IF EXISTS {sqlite_ident(trig)}")
-        for table in tables:
-            for stmt in trigger_sql(table):
-                conn.execute(stmt)
+        consumers.ensure_table(conn)
+        _replace_triggers(conn, tables, consumers.needed_tables(conn, besides=_id(consumer)))
         head = head_position(conn)
+        check = position
+        if position is not None and since is not None and not registered(conn, consumer):
+            check = min(position, since)  # unregistered since then: others may have pruned
+        lost = check is not None and pruned_past(conn, check, head)
+        at = None
+        if consumer is not None:
+            at = head if check is None or lost else min(check, head)
+            consumers.register(conn, consumer, at, [t.name for t in tables])
         version = int(conn.execute("PRAGMA schema_version").fetchone()[0])
         conn.execute("COMMIT")
     except sqlite3.Error as exc:
@@ -195,11 +229,53 @@ def install_triggers(
                 'use capture = "cursor"'
             ) from exc
         raise SourceError(f"installing change-capture triggers failed: {exc}") from exc
-    return Installed(tuple(t.name for t in tables), head, version)
+    return Installed(tuple(t.name for t in tables), head, version, lost, at)
+
+
+def _id(consumer: consumers.Identity | None) -> str | None:
+    return consumer.consumer if consumer is not None else None
+
+
+def registered(conn: sqlite3.Connection, consumer: consumers.Identity | None) -> bool:
+    return consumer is not None and consumers.is_registered(conn, consumer.consumer)
+
+
+def _replace_triggers(
+    conn: sqlite3.Connection, tables: Sequence[SourceTable], keep: set[str]
+) -> None:
+    """Create the triggers of ``tables`` that are missing or differ; drop ours on any
+    other table but those in ``keep`` (another consumer's)."""
+    wanted = {t.name for t in tables}
+    for trig, on in installed_triggers(conn).items():
+        if on not in wanted and on not in keep:
+            conn.execute(f"DROP TRIGGER IF EXISTS {sqlite_ident(trig)}")
+    there = _trigger_text(conn)
+    for table in tables:
+        for name, stmt in zip(trigger_names(table.name).values(), trigger_sql(table), strict=True):
+            if there.get(name) != stmt:
+                conn.execute(f"DROP TRIGGER IF EXISTS {sqlite_ident(name)}")
+                conn.execute(stmt)
+
+
+def pruned_past(conn: sqlite3.Connection, position: int, head: int) -> bool:
+    """Whether changes after ``position`` were pruned from the log already.
+
+    The log is pruned from its low end only and ``seq`` never goes back, so
+    they were when its first row is past ``position + 1`` (or, empty, when its
+    head is past ``position``). A head below ``position`` is another matter (a
+    restored file, or a log removed and created again): the daemon refuses to
+    stream from it (``rewound``, replicator/stream/heartbeat.py).
+    """
+    if position >= head:
+        return False
+    row = conn.execute(f"SELECT min(seq) FROM {sqlite_ident(CHANGELOG)}").fetchone()
+    first = head + 1 if row[0] is None else int(row[0])
+    return first > position + 1
 
 
 def uninstall(conn: sqlite3.Connection) -> tuple[int, bool]:
-    """Drop every trigger of ours and the change log. Returns (triggers, log dropped)."""
+    """Drop every trigger of ours, the change log and its consumers.
+    Returns (triggers, log dropped)."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         triggers = installed_triggers(conn)
@@ -207,6 +283,7 @@ def uninstall(conn: sqlite3.Connection) -> tuple[int, bool]:
             conn.execute(f"DROP TRIGGER IF EXISTS {sqlite_ident(trig)}")
         had_log = changelog_exists(conn)
         conn.execute(f"DROP TABLE IF EXISTS {sqlite_ident(CHANGELOG)}")
+        consumers.drop_table(conn)
         if had_log:
             conn.execute("DELETE FROM sqlite_sequence WHERE name = ?", (CHANGELOG,))
         conn.execute("COMMIT")
@@ -214,6 +291,28 @@ def uninstall(conn: sqlite3.Connection) -> tuple[int, bool]:
         conn.execute("ROLLBACK")
         raise
     return len(triggers), had_log
+
+
+def unregister(conn: sqlite3.Connection, consumer: str) -> tuple[bool, int]:
+    """Forget ``consumer`` and drop the triggers only it captured with, while other
+    consumers remain (the last one's stay: a target set up with ``init`` may not
+    have registered yet; ``uninstall`` removes them). The log stays; its rows go
+    with the others' next prune. Returns (it was registered, triggers dropped)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        mine = [c for c in consumers.registered(conn) if c.consumer == consumer]
+        found = consumers.drop(conn, consumer)
+        others = consumers.registered(conn)
+        keep = {t for c in others for t in c.tables}
+        only = {t for c in mine for t in c.tables} - keep if others else set()
+        gone = [t for t, table in installed_triggers(conn).items() if table in only]
+        for trig in gone:
+            conn.execute(f"DROP TRIGGER IF EXISTS {sqlite_ident(trig)}")
+        conn.execute("COMMIT")
+    except sqlite3.Error:
+        conn.execute("ROLLBACK")
+        raise
+    return found, len(gone)
 
 
 def head_position(conn: sqlite3.Connection) -> int:
@@ -370,21 +469,34 @@ def log_bytes(conn: sqlite3.Connection) -> int | None:
     return int(row[0] or 0)
 
 
-def prune(conn: sqlite3.Connection, upto: int, batch: int) -> int:
-    """Delete log rows with seq <= ``upto`` (already durable in PostgreSQL),
-    ``batch`` rows per write transaction so the app's writers never wait long."""
+class NotRegistered(ReplicatorError):
+    """The consumer pruning the log is not registered in the source any more."""
+
+
+def prune(conn: sqlite3.Connection, upto: int, batch: int, consumer: str | None = None) -> int:
+    """Delete log rows with seq <= ``upto`` (already durable in PostgreSQL), and never
+    above the lowest registered consumer's position, ``batch`` rows per write
+    transaction so the app's writers never wait long.
+
+    With ``consumer``, first records that it has reached ``upto``; raises
+    :class:`NotRegistered` (deleting nothing) when it is not registered.
+    """
     total = 0
     while True:
         conn.execute("BEGIN IMMEDIATE")
         try:
+            if consumer is not None and total == 0 and not consumers.touch(conn, consumer, upto):
+                raise NotRegistered(f"consumer {consumer} is not registered in the source")
+            lowest = consumers.floor(conn)
+            bound = upto if lowest is None else min(upto, lowest)
             cur = conn.execute(
                 f"DELETE FROM {sqlite_ident(CHANGELOG)} WHERE seq IN ("
                 f"SELECT seq FROM {sqlite_ident(CHANGELOG)} WHERE seq <= ? ORDER BY seq LIMIT ?)",
-                (upto, batch),
+                (bound, batch),
             )
             deleted = cur.rowcount
             conn.execute("COMMIT")
-        except sqlite3.Error:
+        except (sqlite3.Error, NotRegistered):
             conn.execute("ROLLBACK")
             raise
         total += deleted

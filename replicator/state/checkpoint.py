@@ -3,6 +3,7 @@ the chunk it describes, so a crash can never separate data from position."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Self
@@ -350,3 +351,14 @@ def meta_keys(cur: psycopg.Cursor[Any], schema: str, prefix: str) -> list[str]:
 def delete_meta(cur: psycopg.Cursor[Any], schema: str, key: str) -> None:
     """Remove ``key`` from the state schema's key/value table (none there: nothing to do)."""
     cur.execute(sql.SQL("DELETE FROM {} WHERE key = %s").format(pg_ident(schema, "meta")), (key,))
+
+
+def consumer_id(cur: psycopg.Cursor[Any], schema: str, *, create: bool) -> str | None:
+    """This target's id among the consumers of the source's change log
+    (replicator/source/consumers.py), kept in the state schema so it is the same
+    for every run against this target; made on first use when ``create``."""
+    found = load_meta(cur, schema, "consumer_id")
+    if found is None and create:
+        found = uuid.uuid4().hex[:12]
+        save_meta(cur, schema, "consumer_id", found)
+    return None if found is None else str(found)

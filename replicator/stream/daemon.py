@@ -44,7 +44,7 @@ from replicator.config import Config, parse_address
 from replicator.errors import ConfigError
 from replicator.logs import get_logger
 from replicator.plan.tables import TablePlan
-from replicator.source import changelog
+from replicator.source import changelog, consumers
 from replicator.source.sqlite import SourceFileChanged, SourceGuard, abandon, schema_version
 from replicator.state import heartbeat
 from replicator.state.deadletter import count_open
@@ -122,6 +122,7 @@ class Daemon:
         self.specs: Specs = {}  # table -> its cursor, or None when triggers capture it
         self.cursors: CursorStream | None = None
         self.triggers = True  # some tables are captured by triggers
+        self.consumer: consumers.Identity | None = None  # this target, to the source's log
         self.position: StreamPosition | None = None
         # Schema drift (stream/drift.py): the schema we planned for, paused and
         # re-syncing tables, and what waits for the stream to pass the new triggers' start.
@@ -353,6 +354,15 @@ class Daemon:
         if self.lagger.due(now):
             self._sample_lag()
         self.tail.prune_if_due(self.position.seq, now)
+        if self.tail.dropped:
+            self.tail.dropped = False
+            self.log.warning(
+                "consumer_dropped",
+                consumer=self.consumer.consumer if self.consumer else None,
+                reason="this target's registration in the source was removed: registering again",
+            )
+            setup(self, startup=False)
+            return
         self.beat()
         self.notifier.watchdog()
         lag = self.lagger.lag

@@ -16,12 +16,13 @@ from typing import TYPE_CHECKING
 from psycopg import sql
 
 from replicator import metrics
-from replicator.plan.tables import require_includes
+from replicator.dsn import redact_dsn
+from replicator.plan.tables import TablePlan, require_includes
 from replicator.snapshot import Snapshotter
-from replicator.source import changelog
+from replicator.source import changelog, consumers
 from replicator.source.sqlite import list_tables, read_transaction
 from replicator.state import checkpoint
-from replicator.state.position import init_position, load_position
+from replicator.state.position import init_position, load_position, save_position
 from replicator.state.shapes import Hold
 from replicator.stream import drift
 from replicator.stream.apply import Applier
@@ -47,6 +48,11 @@ def setup(d: Daemon, *, startup: bool) -> None:
     if startup:
         with read_transaction(source):
             require_includes(list_tables(source), d.config.tables.include)
+    with conn.cursor() as cur:
+        position = load_position(cur, d.schema)
+        progress = checkpoint.load_progress(cur, d.schema)
+    if d.consumer is None:
+        d.consumer = identity(d)
     while True:
         found = drift.survey(source, d.config)
         later = capture_new(d, found)
@@ -67,7 +73,12 @@ def setup(d: Daemon, *, startup: bool) -> None:
         try:
             if trigger_plans or (not startup and d.triggers):
                 installed = changelog.install_triggers(
-                    source, [p.source for p in trigger_plans], expect_version=found.version
+                    source,
+                    [p.source for p in trigger_plans],
+                    expect_version=found.version,
+                    consumer=d.consumer,
+                    position=position.seq if position is not None else None,
+                    since=d.tail.confirmed,
                 )
         except changelog.SchemaChanged:
             continue  # changed again while we planned: plan again
@@ -76,8 +87,13 @@ def setup(d: Daemon, *, startup: bool) -> None:
     metrics.declare_tables([p.source.name for p in d.plans])
     d.triggers = bool(trigger_plans)
     d.watch.version = installed.schema_version if installed else found.version
+    d.tail.consumer = None  # not registered: prunes nothing
     if installed is not None:
         d.log.info("triggers_installed", tables=len(installed.tables))
+        d.tail.consumer = d.consumer.consumer
+        d.tail.confirmed = installed.registered_at
+        if installed.lost:
+            lost(d, decision, trigger_plans, position.seq if position is not None else None)
     elif startup and changelog.installed_triggers(source):
         d.log.warning(
             "triggers_left_installed",
@@ -96,9 +112,6 @@ def setup(d: Daemon, *, startup: bool) -> None:
                 )
     cursors = CursorStream(d.config, d.plans, d.specs)
     d.cursors = cursors if cursors.tables else None
-    with conn.cursor() as cur:
-        position = load_position(cur, d.schema)
-        progress = checkpoint.load_progress(cur, d.schema)
     restart = False
     if position is None:
         head = changelog.head_position(d.source) if d.triggers else 0
@@ -112,6 +125,11 @@ def setup(d: Daemon, *, startup: bool) -> None:
         d.log.info("position_recorded", position=head)
     d.position = position
     hold(d, decision, installed.head if installed else 0, position.seq)
+    if installed is not None and installed.lost:
+        # The lost changes are replaced by the re-sync recorded just above: the
+        # stream goes on from the head the triggers were registered at.
+        with conn.transaction(), conn.cursor() as cur:
+            save_position(cur, d.schema, installed.head, 0)
     fresh = [p for p in d.plans if p.source.name in decision.fresh]
     if fresh:
         # Created now (the stream may write to them at once), copied once the
@@ -177,6 +195,30 @@ def setup(d: Daemon, *, startup: bool) -> None:
     if not d.ready_sent:
         d.notifier.ready(f"streaming from position {d.position.seq}")
         d.ready_sent = True
+
+
+def identity(d: Daemon) -> consumers.Identity:
+    """This target as a consumer of the source's change log (its id made on first use)."""
+    assert d.conn is not None
+    with d.conn.transaction(), d.conn.cursor() as cur:
+        found = checkpoint.consumer_id(cur, d.schema, create=True)
+    assert found is not None
+    return consumers.Identity(found, redact_dsn(d.dsn), d.schema)
+
+
+def lost(
+    d: Daemon, decision: drift.Decision, trigger_plans: list[TablePlan], needed: int | None
+) -> None:
+    """The log no longer holds every change after ``needed``: re-sync every table the
+    triggers capture (compared with the source and repaired, deletes included)."""
+    reason = (
+        f"the change log no longer held the changes after position {needed}: another "
+        "target's replicator pruned them while this target was not registered (forgotten "
+        "with `replicator uninstall --consumer`)"
+    )
+    d.log.warning("changes_lost_from_log", position=needed, reason=reason, action="resync")
+    for plan in trigger_plans:
+        decision.resync.setdefault(plan.source.name, reason)
 
 
 def capture_new(d: Daemon, found: drift.Survey) -> list[str]:

@@ -25,6 +25,9 @@ from replicator.stream.apply import Applier, Prepared
 from replicator.stream.retry import transient_kind
 
 PRUNE_LOCK_WAIT_MS = 50  # pruning waits this long for SQLite's write lock, then tries later
+# An idle replicator still tells the source it is alive this often (its consumer
+# row's seen_at), so that `status` and `check` only call gone a consumer that is.
+TOUCH_EVERY = 60.0
 
 
 class LogTail:
@@ -35,9 +38,15 @@ class LogTail:
         self.writable = True  # the source takes writes (pruning); false in cursor-only mode
         self.readahead: ReadAhead | None = None
         self.pruning_upto = 0  # the position the running prune deletes up to
-        self.pruned_upto = 0  # the log holds nothing at or below this any more
+        self.pruned_upto = 0  # pruned up to here, as far as no other target holds it back
         self.deferred = False  # the last prune found the write lock taken
         self.last_prune = 0.0
+        # This target among the source's consumers (replicator/source/consumers.py):
+        # set once it is registered; no pruning before. ``confirmed`` is the last
+        # position recorded for it there; ``dropped`` that a prune found it unregistered.
+        self.consumer: str | None = None
+        self.confirmed: int | None = None
+        self.dropped = False
 
     def worker(self) -> ReadAhead:
         """The read-ahead and pruning thread. Its connections are opened on the calling
@@ -95,10 +104,15 @@ class LogTail:
 
     def prune_if_due(self, position: int, now: float) -> None:
         """Collect a finished prune; start the next when a second has passed and the
-        log holds applied rows (at most one prune runs at a time)."""
+        log holds applied rows, or a minute has (at most one prune runs at a time).
+
+        The log is only pruned below every registered consumer's position, so
+        ``pruned_upto`` is the position recorded for this target, not the log's end.
+        """
         self.collect()
         due = now - self.last_prune >= 1.0 and self.pruned_upto < position
-        if due and self.writable and not self.worker().pruning():
+        due = due or now - self.last_prune >= TOUCH_EVERY
+        if due and self.consumer is not None and self.writable and not self.worker().pruning():
             self.last_prune = now
             self.prune(position)
 
@@ -107,7 +121,8 @@ class LogTail:
         how it went."""
         batch = self.config.stream.prune_batch
         self.pruning_upto = upto
-        self.worker().prune(lambda conn: changelog.prune(conn, upto, batch))
+        consumer = self.consumer
+        self.worker().prune(lambda conn: changelog.prune(conn, upto, batch, consumer))
 
     def collect(self) -> None:
         if self.readahead is None:
@@ -115,6 +130,11 @@ class LogTail:
         try:
             if self.readahead.pruned() is None:
                 return  # still running, or none started
+        except changelog.NotRegistered:
+            # Dropped by an operator: the daemon registers again (stream/setup.py),
+            # re-syncing if another target pruned past what this one had read.
+            self.dropped = True
+            return
         except sqlite3.OperationalError as exc:
             if transient_kind(exc) != "sqlite_busy":
                 raise
@@ -127,6 +147,8 @@ class LogTail:
             self.deferred = True
             return
         self.pruned_upto = self.pruning_upto
+        if self.consumer is not None:
+            self.confirmed = self.pruning_upto
         self.deferred = False
 
     def close(self, *, release: Callable[[sqlite3.Connection], None] | None = None) -> None:
