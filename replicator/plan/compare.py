@@ -103,8 +103,8 @@ def source_row_map(
                 values.append(canonical(kind, col.convert(v)))
             except CoercionError:
                 values.append(("unconvertible", repr(v)))
-        key_text = _key_text([values[i] for i in keypos])
-        out[key_text] = (tuple(raw[i] for i in keypos), tuple(values))
+        text = key_text([values[i] for i in keypos])
+        out[text] = (tuple(raw[i] for i in keypos), tuple(values))
     return out
 
 
@@ -125,7 +125,7 @@ def target_row_map(
     """Target rows by the same key text as :func:`source_row_map`, values canonical."""
     keypos = plan.key_positions
     return {
-        _key_text([canonical(kinds[i], r[i]) for i in keypos]): tuple(
+        key_text([canonical(kinds[i], r[i]) for i in keypos]): tuple(
             canonical(k, v) for k, v in zip(kinds, r, strict=True)
         )
         for r in rows
@@ -133,12 +133,16 @@ def target_row_map(
 
 
 def key_text(values: Sequence[Any]) -> str:
-    """The comparable text of a key (canonical values), as dead letters hold keys."""
-    return _key_text(values)
+    """The comparable text of a key (canonical values), as dead letters hold keys.
+    A converted key may hold values SQLite never returns (a timestamp key's
+    datetime, a numeric's Decimal): those are written as their text."""
+    return json.dumps([_key_value(v) for v in values], default=str, sort_keys=True)
 
 
-def _key_text(values: Sequence[Any]) -> str:
-    return json.dumps([json_safe(v) for v in values], default=str, sort_keys=True)
+def _key_value(value: Any) -> Any:
+    if value is None or isinstance(value, int | float | str | bytes | bytearray):
+        return json_safe(value)
+    return value  # json.dumps writes it with str()
 
 
 # --- the rows of an application's query (query parity) ----------------------

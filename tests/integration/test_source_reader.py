@@ -140,3 +140,20 @@ def test_a_key_that_is_not_utf8_reads_back_byte_exact(tmp_path: Path) -> None:
     finally:
         conn.close()
     assert rows == [(bad_text(b"a\xff"), 1), ("b", 2)]
+
+
+def test_verify_compares_a_table_keyed_by_a_timestamp(tmp_path: Path, pg_dsn: str) -> None:
+    """A key whose target values are datetimes (not a value SQLite returns) is
+    compared by its text, not refused (it once stopped verify and a re-sync)."""
+    path = sqlite_from_script(
+        tmp_path / "ts.db",
+        "CREATE TABLE events (at TIMESTAMP PRIMARY KEY, v INTEGER);"
+        "INSERT INTO events VALUES ('2024-01-02 03:04:05', 1), ('2024-01-02T03:04:06Z', 2);",
+    )
+    config = snapshot_config(path, pg_dsn)
+    Snapshotter(config).run()
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("UPDATE events SET v = 9 WHERE v = 2")
+    report = Verifier(config).run()
+    [events] = report.tables
+    assert (events.different, events.missing, events.extra) == (1, 0, 0)
