@@ -119,6 +119,7 @@ class Snapshotter:
         summary.schema = schema_report(plans, created, summary.refused)
         metrics.SNAPSHOT_TABLES_REMAINING.set(0)
         metrics.SNAPSHOT_DURATION.set(time.monotonic() - self._started)
+        self.log.info("snapshot_summary", **summary.to_json())
         return summary
 
     @staticmethod

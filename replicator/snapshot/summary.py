@@ -47,6 +47,36 @@ class SnapshotSummary:
     def dead_letters(self) -> int:
         return sum(t.dead_letters for t in self.tables)
 
+    def to_json(self) -> dict[str, object]:
+        """The end-of-load report as one structured record (the JSON log form of
+        :meth:`render`): per table and in total, and what of the schema was skipped."""
+        return {
+            "tables": [
+                {
+                    "table": t.table,
+                    "rows_read": t.rows_read,
+                    "rows_written": t.rows_written,
+                    "dead_letters": t.dead_letters,
+                    "seconds": round(t.seconds, 3),
+                    "done_earlier": t.skipped,
+                }
+                for t in self.tables
+            ],
+            "total": {
+                "rows_read": sum(t.rows_read for t in self.tables),
+                "rows_written": sum(t.rows_written for t in self.tables),
+                "dead_letters": self.dead_letters,
+                "seconds": round(sum(t.seconds for t in self.tables), 3),
+            },
+            "schema_skipped": [
+                {"table": s.table, "kind": s.kind, "name": s.name, "reason": s.reason}
+                for s in self.schema
+                if s.outcome == "skipped"
+            ],
+            "sequences_set": self.sequences_set,
+            "warnings": list(self.warnings),
+        }
+
     def render(self) -> str:
         head = f"{'table':<28} {'read':>10} {'written':>10} {'dead':>6} {'seconds':>8}"
         lines = [head, "-" * len(head)]

@@ -8,6 +8,7 @@ operator must not read "fine": `status` says what is held (exit 7, or 1), and
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from harness import free_port, wait_until
@@ -153,3 +154,31 @@ def test_verify_repair_says_per_row_what_it_did_and_why_not(tmp_path: Path, pg_d
     assert "items: extra key [99]: deleted (not in the source)" in out
     assert "items: different key [5]: NOT repaired column qty: 'not a number'" in out
     assert done.returncode == 1, out  # row 5 still differs
+
+
+def test_the_end_of_load_report_is_one_json_record_for_snapshot_and_run(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    source = make_items_db(tmp_path / "app.db", items=12, notes=3)
+    sqlite_exec(source, "UPDATE items SET qty = 'not a number' WHERE id = 2")
+    done = cli("snapshot", source=source, dsn=pg_dsn, settings={"REPLICATOR_LOG_FORMAT": "json"})
+    assert done.returncode == 0, done.stderr
+    [summary] = [
+        record
+        for line in done.stderr.splitlines()
+        if line.startswith("{") and (record := json.loads(line))["event"] == "snapshot_summary"
+    ]
+    by_table = {t["table"]: t for t in summary["tables"]}
+    assert (by_table["items"]["rows_read"], by_table["items"]["rows_written"]) == (12, 11)
+    assert by_table["items"]["dead_letters"] == 1
+    assert summary["total"]["rows_read"] == 15 and summary["total"]["dead_letters"] == 1
+    assert isinstance(summary["schema_skipped"], list)
+    # The console form: a table with the same totals.
+    assert "total" in done.stdout and "1 row(s) went to the dead-letter table" in done.stdout
+
+    daemon = start_replicator(source, pg_dsn, tmp_path / "run.log", metrics_address="")
+    try:
+        wait_applied(daemon)
+        wait_until(lambda: "snapshot_summary" in daemon.log_text(), 30, "the run's summary")
+    finally:
+        daemon.stop()
