@@ -6,7 +6,6 @@ The ``dead-letters`` group is in :mod:`replicator.cli.letters`.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -215,22 +214,35 @@ def verify(
     default=None,
     help="Keep the sample SQLite database here (default: a temporary folder, removed).",
 )
+@click.option(
+    "--server",
+    metavar="URL",
+    envvar="REPLICATOR_DEMO_SERVER",
+    show_envvar=True,
+    default=None,
+    help="Run on this PostgreSQL server, in a database of the demo's own (needs CREATEDB; "
+    "dropped afterwards). Default: a throwaway local server.",
+)
 @click.pass_context
 def demo(
-    ctx: click.Context, artifacts: int, seconds: float, rate: float, workdir: Path | None
+    ctx: click.Context,
+    artifacts: int,
+    seconds: float,
+    rate: float,
+    workdir: Path | None,
+    server: str | None,
 ) -> None:
     """Replicate a sample reference-app database end to end, live.
 
     Builds a sample SQLite database, creates the app's PostgreSQL schema,
     replicates it while a background writer behaves like the app, shows live
-    status, then verifies. Uses DATABASE_URL's server when set (in a database
-    of its own, dropped afterwards), else a throwaway local PostgreSQL.
+    status, then verifies. Runs on a throwaway local PostgreSQL unless --server
+    names one; DATABASE_URL (the real target) is never used.
     """
 
     def go() -> int:
         from replicator.demo.run import run_demo
 
-        server = os.environ.get("DATABASE_URL") or ctx.obj.overrides.get("target.url")
         return run_demo(
             server,
             artifacts=artifacts,

@@ -4,9 +4,11 @@ Builds a reference-app SQLite database (with a sprinkling of values the
 PostgreSQL schema must refuse), creates the application's PostgreSQL schema,
 starts a background writer that behaves like the app, replicates (snapshot,
 then stream) while printing live status, stops the writer, waits for lag zero,
-runs ``verify`` and prints the verdict. Uses ``DATABASE_URL``'s server when
-set (in a database of its own, dropped afterwards), otherwise a throwaway
-PostgreSQL it starts and removes itself.
+runs ``verify`` and prints the verdict. Runs on the server given with
+``--server`` (in a database of its own, dropped afterwards), otherwise on a
+throwaway PostgreSQL it starts and removes itself. It never uses
+``DATABASE_URL``: that names the operator's real target, which a demo must
+leave alone unless asked.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import secrets
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
@@ -37,11 +39,12 @@ from replicator.config import (
 from replicator.demo import sample
 from replicator.dsn import Secret, redact_dsn
 from replicator.errors import TargetError
-from replicator.identifiers import pg_ident
+from replicator.identifiers import pg_ident, sqlite_ident
 from replicator.logs import configure
+from replicator.plan.tables import select_tables
 from replicator.proof.verify import Verifier
 from replicator.source import changelog
-from replicator.source.sqlite import open_source
+from replicator.source.sqlite import list_tables, open_source, read_transaction
 from replicator.state import deadletter
 from replicator.state.checkpoint import load_progress
 from replicator.state.deadletter import count_open
@@ -58,14 +61,19 @@ def demo_target(server_dsn: str | None, out: TextIO) -> Iterator[str]:
     if server_dsn is None:
         from replicator.demo.devdb import ThrowawayPostgres
 
-        out.write("starting a throwaway PostgreSQL (DATABASE_URL is not set) ...\n")
+        if os.environ.get("DATABASE_URL"):
+            out.write(
+                "DATABASE_URL is set: the demo leaves that server alone "
+                "(--server runs it on a server of your choice)\n"
+            )
+        out.write("starting a throwaway PostgreSQL (no --server given) ...\n")
         with ThrowawayPostgres() as pg:
             out.write(f"  listening on {redact_dsn(pg.dsn)}\n")
             with _fresh_database(pg.dsn) as dsn:
                 yield dsn
         out.write("throwaway PostgreSQL stopped and removed\n")
     else:
-        out.write(f"using the PostgreSQL server of DATABASE_URL: {redact_dsn(server_dsn)}\n")
+        out.write(f"using the PostgreSQL server given with --server: {redact_dsn(server_dsn)}\n")
         with _fresh_database(server_dsn) as dsn:
             yield dsn
 
@@ -98,10 +106,15 @@ def _fresh_database(server_dsn: str) -> Iterator[str]:
 class StatusLine:
     """Live status from the state the daemon keeps (as `replicator status` reads it)."""
 
-    def __init__(self, dsn: str, db: Path, schema: str) -> None:
+    def __init__(
+        self, dsn: str, db: Path, schema: str, total: int, phase: Callable[[], str]
+    ) -> None:
         self.dsn = dsn
         self.db = db
         self.schema = schema
+        self.total = total  # rows in the replicated tables when replication started
+        self.phase = phase  # the daemon's own state: snapshot, streaming, ...
+        self.streaming = False  # once streaming, the line never goes back to "snapshot"
         self._last: tuple[float, int] | None = None
 
     def read(self) -> dict[str, Any]:
@@ -123,10 +136,11 @@ class StatusLine:
         if self._last is not None and now > self._last[0]:
             rate = (applied - self._last[1]) / (now - self._last[0])
         self._last = (now, applied)
+        self.streaming = self.streaming or self.phase() == "streaming"
         return {
             "copied": sum(p.rows_written for p in progress),
-            "total": sum(p.rows_total or 0 for p in progress),
-            "snapshot_done": bool(progress) and all(p.done for p in progress),
+            "total": self.total,
+            "snapshot_done": self.streaming,
             "position": position.seq if position else None,
             "head": head,
             "lag_changes": head - position.seq if position else None,
@@ -139,8 +153,8 @@ class StatusLine:
     def render(self, s: dict[str, Any], elapsed: float) -> str:
         if not s["snapshot_done"]:
             return (
-                f"[{elapsed:5.1f}s] snapshot  {s['copied']:>8}/{s['total']} rows copied, "
-                f"{s['dead_letters']} dead letters"
+                f"[{elapsed:5.1f}s] snapshot  {s['copied']:>8} rows copied of the "
+                f"{s['total']} there were at the start, {s['dead_letters']} dead letters"
             )
         return (
             f"[{elapsed:5.1f}s] streaming position {s['position']:>7}  lag {s['lag_changes']:>5} "
@@ -168,13 +182,14 @@ def run_demo(
         db = workdir / "app.db"
         for suffix in ("", "-wal", "-shm"):
             Path(f"{db}{suffix}").unlink(missing_ok=True)
+        # The server first: a demo that cannot connect says so before building anything.
+        dsn = stack.enter_context(demo_target(server_dsn, out))
         out.write(f"building a sample reference-app database: {artifacts} artifacts -> {db}\n")
         report = sample.generate_reference_db(db, artifacts=artifacts, seed=7, bad_values=True)
         out.write(
             f"  {report.total_rows} rows in 11 tables, {len(report.bad_cells)} of them with a "
             "value PostgreSQL must refuse\n"
         )
-        dsn = stack.enter_context(demo_target(server_dsn, out))
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(sample.REFERENCE_PG_SCHEMA.encode())
         dbname = conninfo.conninfo_to_dict(dsn).get("dbname")
@@ -193,6 +208,20 @@ def run_demo(
     return 0  # pragma: no cover - the with block always returns
 
 
+def _replicated_rows(config: Config, db: Path) -> int:
+    """Rows in the tables the demo replicates, now (before the app writes more)."""
+    source = open_source(db, readonly=True)
+    try:
+        with read_transaction(source):
+            names = select_tables(list_tables(source), config.tables.include, config.tables.exclude)
+            return sum(
+                int(source.execute(f"SELECT count(*) FROM {sqlite_ident(n)}").fetchone()[0])
+                for n in names
+            )
+    finally:
+        source.close()
+
+
 def _replicate(
     config: Config, db: Path, dsn: str, *, seconds: float, rate: float, out: TextIO
 ) -> int:
@@ -207,7 +236,9 @@ def _replicate(
 
     thread = threading.Thread(target=run_daemon, name="daemon", daemon=True)
     thread.start()
-    status = StatusLine(dsn, db, config.target.state_schema)
+    status = StatusLine(
+        dsn, db, config.target.state_schema, _replicated_rows(config, db), lambda: daemon.state
+    )
     stop_writer = threading.Event()
     writer_stats: list[Any] = []
     started = time.monotonic()

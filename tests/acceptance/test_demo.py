@@ -1,10 +1,11 @@
 """``replicator demo`` as a newcomer runs it (``make demo``): a subprocess, a
 small sample, a few seconds of live writes, and the verdict.
 
-With ``DATABASE_URL`` the demo works on that server in a database of its own,
+With ``--server`` the demo works on that server in a database of its own,
 with a unique name (demos may run side by side), which it drops at the end.
-Without ``DATABASE_URL`` it starts a throwaway PostgreSQL of its own, which
-must be gone, processes and files, when it ends.
+Without it, it starts a throwaway PostgreSQL of its own, which must be gone,
+processes and files, when it ends; ``DATABASE_URL`` (the operator's real
+target) is never touched.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import psycopg
 import pytest
 from pgutil import database_exists
 from shiputil import clean_env, replicator_exe
@@ -34,13 +36,22 @@ def check_verdict(stdout: str) -> None:
     assert re.search(r"\] streaming position +\d+ +lag +0 changes", stdout), "reached lag zero"
     workdir = re.search(r"-> (\S+)/app\.db\n", stdout)
     assert workdir and not Path(workdir[1]).exists(), "its temporary folder is removed"
+    # The live status: snapshot lines, then streaming lines, never back; the rows
+    # copied are counted against one fixed total, the source's at the start.
+    phases = re.findall(r"\] (snapshot|streaming) ", stdout)
+    assert phases and phases == sorted(phases, key=["snapshot", "streaming"].index), phases
+    totals = set(re.findall(r"rows copied of the (\d+) there were at the start", stdout))
+    assert len(totals) <= 1, totals
+    # The per-table verdicts hold no "NO" when the rows missing are the held ones.
+    table = stdout.split("verifying:", 1)[1].split("verdict:", 1)[0]
+    assert not re.search(r"\sNO\n", table), table
 
 
 @pytest.mark.timeout(300)
-def test_demo_with_database_url(pg_admin_dsn: str, tmp_path: Path) -> None:
-    env = clean_env(DATABASE_URL=pg_admin_dsn, HOME=str(tmp_path))
+def test_demo_on_a_server_given_with_server(pg_admin_dsn: str, tmp_path: Path) -> None:
+    env = clean_env(HOME=str(tmp_path))
     result = subprocess.run(
-        [str(replicator_exe()), *DEMO_ARGS],
+        [str(replicator_exe()), *DEMO_ARGS, "--server", pg_admin_dsn],
         env=env,
         cwd=tmp_path,
         capture_output=True,
@@ -50,13 +61,18 @@ def test_demo_with_database_url(pg_admin_dsn: str, tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert result.stderr == ""
-    assert "using the PostgreSQL server of DATABASE_URL" in result.stdout
+    assert "using the PostgreSQL server given with --server" in result.stdout
     check_verdict(result.stdout)
     created = re.search(
         r"created database (replicator_demo_\w+) \(dropped at the end\)", result.stdout
     )
     assert created, result.stdout[:2000]
     assert not database_exists(pg_admin_dsn, created[1]), f"the demo left {created[1]} behind"
+
+
+def databases_on(dsn: str) -> list[str]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return [str(r[0]) for r in conn.execute("SELECT datname FROM pg_database").fetchall()]
 
 
 def postgres_children(parent: int) -> dict[int, str]:
@@ -88,13 +104,16 @@ def processes_using(data_dir: str) -> list[int]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_demo_without_database_url_cleans_up_its_server(tmp_path: Path) -> None:
+def test_demo_without_server_leaves_database_url_alone_and_cleans_up(
+    tmp_path: Path, pg_admin_dsn: str
+) -> None:
     out = tmp_path / "demo.out"
     err = tmp_path / "demo.err"
     with out.open("wb") as stdout, err.open("wb") as stderr:
         proc = subprocess.Popen(
             [str(replicator_exe()), *DEMO_ARGS],
-            env=clean_env(HOME=str(tmp_path)),  # no DATABASE_URL
+            # DATABASE_URL names the operator's real target: never used by the demo.
+            env=clean_env(HOME=str(tmp_path), DATABASE_URL=pg_admin_dsn),
             cwd=tmp_path,
             stdin=subprocess.DEVNULL,
             stdout=stdout,
@@ -112,7 +131,9 @@ def test_demo_without_database_url_cleans_up_its_server(tmp_path: Path) -> None:
             code = proc.wait()
     text = out.read_text()
     assert code == 0, text[-3000:] + err.read_text()[-3000:]
-    assert "starting a throwaway PostgreSQL (DATABASE_URL is not set)" in text
+    assert "DATABASE_URL is set: the demo leaves that server alone" in text
+    assert "starting a throwaway PostgreSQL (no --server given)" in text
+    assert "replicator_demo" not in "".join(databases_on(pg_admin_dsn))
     assert "throwaway PostgreSQL stopped and removed" in text
     check_verdict(text)
 
