@@ -12,7 +12,7 @@ import logging
 import re
 import sys
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, TextIO, cast
 
 import structlog
 
@@ -35,6 +35,48 @@ def _redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Mutabl
     return event
 
 
+class _Stream:
+    """Where log lines go: the configured stream, or, while a progress display owns
+    the terminal, its console, which prints them above the bars."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self._partial = ""  # a line written in pieces (print writes its newline apart)
+
+    def write(self, text: str) -> int:
+        console = _LIVE.console
+        if console is None and not self._partial:
+            return int(self.stream.write(text))
+        *lines, self._partial = (self._partial + text).split("\n")
+        for line in lines:
+            if console is None:
+                self.stream.write(line + "\n")
+            else:
+                console.print(line, markup=False, highlight=False, soft_wrap=True)
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+class _Live:
+    console: Any = None  # the rich Console of a progress display on screen, if any
+    json = True  # log lines are JSON (not for a person at a terminal)
+
+
+_LIVE = _Live()
+
+
+def json_lines() -> bool:
+    """Whether log lines are JSON records (else readable lines for a terminal)."""
+    return _LIVE.json
+
+
+def live_console(console: Any) -> None:
+    """Send log lines through ``console`` (None: straight to the stream again)."""
+    _LIVE.console = console
+
+
 class _Forward(logging.Handler):
     """What libraries log through the standard library (psycopg's "error ignored
     terminating Pipeline", alembic's warnings), written as our own lines are: one
@@ -54,6 +96,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: Any = None) -> Non
     stream = stream or sys.stderr
     if fmt == "auto":
         fmt = "console" if stream.isatty() else "json"
+    _LIVE.json = fmt == "json"
     renderer: Any = (
         structlog.dev.ConsoleRenderer(colors=stream.isatty())
         if fmt == "console"
@@ -71,7 +114,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: Any = None) -> Non
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        logger_factory=structlog.PrintLoggerFactory(file=cast(TextIO, _Stream(stream))),
         cache_logger_on_first_use=False,
     )
     root = logging.getLogger()

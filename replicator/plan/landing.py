@@ -77,10 +77,14 @@ def schema_report(
     return out
 
 
-def render_report(items: Sequence[Landing]) -> list[str]:
+def render_report(items: Sequence[Landing], *, only: Sequence[str] = OUTCOMES) -> list[str]:
+    """The report as indented lines, one per item whose outcome is in ``only``, and
+    the counts of every outcome."""
     lines: list[str] = []
     table = None
     for item in items:
+        if item.outcome not in only:
+            continue
         if item.table != table:
             table = item.table
             lines.append(f"  {table}:")

@@ -20,7 +20,7 @@ from psycopg import sql
 from replicator import metrics
 from replicator.coerce import json_safe
 from replicator.config import Config
-from replicator.logs import get_logger
+from replicator.logs import get_logger, json_lines
 from replicator.plan.ddl import (
     SCHEMA_REFUSALS,
     advance_sequences,
@@ -102,24 +102,30 @@ class Snapshotter:
             if restart:
                 checkpoint.reset_progress(cur, self.schema)
             progress = checkpoint.load_progress(cur, self.schema)
-        todo = [p for p in plans if not self._done(progress.get(p.source.name))]
-        metrics.declare_tables([p.source.name for p in plans])
-        metrics.SNAPSHOT_TABLES_REMAINING.set(len(todo))
-        self._started = time.monotonic()
-        workers = self.config.snapshot.parallel_tables
-        if workers <= 1 or not todo:
-            for plan in plans:
-                summary.tables.append(
-                    self.copy_table(source, conn, plan, progress.get(plan.source.name))
-                )
-        else:
-            results = copy_parallel(self, source, conn, plans, progress, workers)
-            summary.tables.extend(results[p.source.name] for p in plans)
+        try:
+            todo = [p for p in plans if not self._done(progress.get(p.source.name))]
+            metrics.declare_tables([p.source.name for p in plans])
+            metrics.SNAPSHOT_TABLES_REMAINING.set(len(todo))
+            self._started = time.monotonic()
+            workers = self.config.snapshot.parallel_tables
+            if workers <= 1 or not todo:
+                for plan in plans:
+                    summary.tables.append(
+                        self.copy_table(source, conn, plan, progress.get(plan.source.name))
+                    )
+            else:
+                results = copy_parallel(self, source, conn, plans, progress, workers)
+                summary.tables.extend(results[p.source.name] for p in plans)
+        finally:
+            self.display.close()
         self.finish(source, conn, plans, created, summary)
         summary.schema = schema_report(plans, created, summary.refused)
         metrics.SNAPSHOT_TABLES_REMAINING.set(0)
         metrics.SNAPSHOT_DURATION.set(time.monotonic() - self._started)
-        self.log.info("snapshot_summary", **summary.to_json())
+        report = summary.to_json()
+        if not json_lines():  # a person reads the table the command prints: totals here
+            report = {"total": report["total"], "tables": len(summary.tables)}
+        self.log.info("snapshot_summary", **report)
         return summary
 
     @staticmethod

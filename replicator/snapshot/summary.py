@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from replicator.logs import get_logger
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TaskProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+)
+
+from replicator.logs import get_logger, live_console
 from replicator.plan.landing import Landing, render_report
 from replicator.state.checkpoint import SnapshotProgress
 
@@ -99,43 +111,45 @@ class SnapshotSummary:
                 "see `replicator dead-letters list`."
             )
         if self.schema:
-            lines.append("schema (SQLite -> PostgreSQL):")
-            lines.extend(render_report(self.schema))
+            # What was not carried over; `replicator check` shows the whole report.
+            lines.append("schema (SQLite -> PostgreSQL), what was skipped:")
+            lines.extend(render_report(self.schema, only=("skipped",)))
         lines.extend(f"warning: {w}" for w in self.warnings)
         return "\n".join(lines)
 
 
 class ProgressDisplay:
-    """A progress line per table on a terminal; structured log lines otherwise.
-
-    While several tables are copied at once, the terminal line shows each of
-    them side by side, and a table's own line is printed when it is done.
-    """
+    """A progress bar per table on a terminal (rich, which redraws log lines above
+    the bars); structured log lines otherwise."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
         self.log = get_logger()
-        self._active: dict[str, tuple[str, str]] = {}  # table -> its progress, long and short
+        self._lock = threading.Lock()
+        self._progress: Progress | None = None
+        self._tasks: dict[str, TaskID] = {}  # table -> its bar
+
+    def _bars(self) -> Progress:
+        if self._progress is None:
+            console = Console(file=self.stream)
+            self._progress = Progress(
+                TextColumn("{task.description:<28}"),
+                BarColumn(),
+                TaskProgressColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]:>9.0f} rows/s"),
+                TimeRemainingColumn(),
+                console=console,
+            )
+            self._progress.start()
+            live_console(console)  # log lines go above the bars while they show
+        return self._progress
 
     def chunk(self, table: str, done: int, total: int | None, started: float, rows: int) -> None:
         elapsed = max(time.monotonic() - started, 1e-6)
         rate = done / elapsed
-        if self.tty:
-            pct = f"{100 * done / total:5.1f}%" if total else "   ? %"
-            eta = (total - done) / rate if total and rate > 0 else 0.0
-            self._active[table] = (
-                f"{table[:28]:<28} {pct} {done:>10}/{total or '?':<10} "
-                f"{rate:>9.0f} rows/s  ETA {eta:5.0f}s",
-                f"{table[:16]} {pct.strip()} ETA {eta:.0f}s",
-            )
-            if len(self._active) == 1:
-                line = self._active[table][0]
-            else:
-                line = " | ".join(short for _, short in self._active.values())
-            self.stream.write(f"\r{line} \x1b[K")
-            self.stream.flush()
-        else:
+        if not self.tty:
             self.log.info(
                 "snapshot_chunk",
                 table=table,
@@ -144,16 +158,34 @@ class ProgressDisplay:
                 total=total,
                 rows_per_s=round(rate),
             )
+            return
+        with self._lock:
+            bars = self._bars()
+            task = self._tasks.get(table)
+            if task is None:
+                task = bars.add_task(table[:28], total=total, rate=rate)
+                self._tasks[table] = task
+            bars.update(task, completed=done, total=total, rate=rate)
 
     def table_done(self, table: str, result: TableResult) -> None:
         if self.tty:
-            if self._active.pop(table, None) is not None or not result.skipped:
-                rate = result.rows_read / result.seconds if result.seconds > 0 else 0.0
-                self.stream.write(
-                    f"\r{table[:28]:<28} done {result.rows_read:>10} rows "
-                    f"{rate:>9.0f} rows/s  {result.seconds:6.1f}s \x1b[K\n"
-                )
-            self.stream.flush()
+            with self._lock:
+                task = self._tasks.pop(table, None)
+                if task is not None or not result.skipped:
+                    rate = result.rows_read / result.seconds if result.seconds > 0 else 0.0
+                    line = (
+                        f"{table[:28]:<28} done {result.rows_read:>10} rows "
+                        f"{rate:>9.0f} rows/s  {result.seconds:6.1f}s"
+                    )
+                    if self._progress is not None:
+                        if task is not None:
+                            self._progress.remove_task(task)
+                        self._progress.console.print(line, markup=False, highlight=False)
+                    else:
+                        self.stream.write(line + "\n")
+                        self.stream.flush()
+                if not self._tasks:
+                    self.close()
         self.log.info(
             "snapshot_table_done",
             table=table,
@@ -162,3 +194,10 @@ class ProgressDisplay:
             dead_letters=result.dead_letters,
             seconds=round(result.seconds, 3),
         )
+
+    def close(self) -> None:
+        """Take the bars off the terminal (log lines go straight to it again)."""
+        if self._progress is not None:
+            live_console(None)
+            self._progress.stop()
+            self._progress = None
