@@ -17,6 +17,7 @@ from replicator.config import Config
 from replicator.dsn import redact_dsn
 from replicator.errors import ReplicatorError, SchemaError
 from replicator.plan.tables import build_plans
+from replicator.proof import edges
 from replicator.source import changelog
 from replicator.source.sqlite import journal_mode, open_source
 from replicator.state.migrations import current_revision, head_revision
@@ -242,6 +243,9 @@ def _check_plans(
         True,
         f"{len(plans)} table(s), {columns} column(s), no name collisions",
     )
+    edges.check_null_keys(source, plans, report.add)
+    edges.check_orphans(source, plans, report.add)
+    edges.check_enforcement(conn, plans, report.add)
     missing = [p.name for p in plans if not p.exists]
     if missing:
         report.add(

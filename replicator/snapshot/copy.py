@@ -23,6 +23,7 @@ from replicator.coerce import json_safe
 from replicator.config import Config
 from replicator.logs import get_logger
 from replicator.plan.ddl import advance_sequences, create_table_sql, post_load_sql
+from replicator.plan.nullkeys import nullable_key, sync_null_keys
 from replicator.plan.tables import TablePlan, build_plans
 from replicator.snapshot import indexes
 from replicator.snapshot.chunks import ChunkWriter, Prefetcher
@@ -168,6 +169,7 @@ class Snapshotter:
             # Open dead letters of this table (an earlier run, or the stream): a key
             # copied again gets a fresh verdict, so they are superseded, never doubled.
             supersede = deadletter.count_open(cur, self.schema).get(name, 0) > 0
+        progress = self._null_keys(source, conn, plan, progress)
         if parts and not fresh:  # a split table resumed: its row gets today's count
             with conn.transaction(), conn.cursor() as cur:
                 checkpoint.save_progress(cur, self.schema, progress)
@@ -193,6 +195,36 @@ class Snapshotter:
         if progress.rows_read:
             self.log.info("snapshot_resumed", table=name, from_rows=progress.rows_read)
         return TableJob(plan, progress, parts, upper, supersede)
+
+    def _null_keys(
+        self,
+        source: sqlite3.Connection,
+        conn: Connection,
+        plan: TablePlan,
+        progress: SnapshotProgress,
+    ) -> SnapshotProgress:
+        """Rows whose key holds NULL (no key range reaches them): each a dead letter,
+        counted as read and dead-lettered with the table's progress."""
+        if not nullable_key(plan):
+            return progress
+        with conn.transaction(), conn.cursor() as cur:
+            synced = sync_null_keys(source, cur, self.schema, plan, "snapshot")
+            if synced.recorded:
+                progress = replace(
+                    progress,
+                    rows_read=progress.rows_read + synced.recorded,
+                    dead_letters=progress.dead_letters + synced.recorded,
+                )
+                checkpoint.save_progress(cur, self.schema, progress)
+        if synced.rows:
+            self.log.warning(
+                "null_key_rows",
+                table=plan.source.name,
+                rows=synced.rows,
+                columns=list(nullable_key(plan)),
+                reason="NULL in a primary-key column: dead-lettered, PostgreSQL cannot hold it",
+            )
+        return progress
 
     @staticmethod
     def _refers_to_itself(conn: Connection, plan: TablePlan) -> bool:

@@ -43,6 +43,7 @@ from replicator.plan.compare import (
     target_chunk_queries,
     target_row_map,
 )
+from replicator.plan.nullkeys import nullable_key, sync_null_keys
 from replicator.plan.rows import target_key_of
 from replicator.plan.tables import TablePlan
 from replicator.source.changelog import Change
@@ -392,6 +393,8 @@ class Reconciler:
                 if self.cfg.null_cursor == "copy":
                     tally.copied += self._copy_null_rows(source, conn, plan, reader)
         with conn.transaction(), conn.cursor() as cur:
+            if nullable_key(plan):  # rows no key range reaches: their letters follow the source
+                sync_null_keys(source, cur, self.schema, plan, "reconcile")
             checkpoint.reconcile_finished(cur, self.schema, table, tally.deleted + tally.copied)
         metrics.RECONCILE_PASSES.labels(table).inc()
         metrics.RECONCILE_LAST_PASS.labels(table).set(tally.seconds)
