@@ -324,7 +324,8 @@ class Reconciler:
         ]
         changes += [to_change(plan.layout, raw, now) for raw in upsert]
         result = self.applier.apply(conn, changes, save=_no_position)
-        failed = {_raw_key_text(d.key) for d in result.dead_letters}
+        # (Letters of other tables: children a cascade removed, see stream.orphans.)
+        failed = {_raw_key_text(d.key) for d in result.dead_letters if d.table == table}
         for raw in upsert:
             k = _raw_key_text([raw[i] for i in keypos])
             if k in failed:
