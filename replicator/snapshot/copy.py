@@ -28,6 +28,7 @@ from replicator.plan.tables import TablePlan, build_plans
 from replicator.snapshot import indexes
 from replicator.snapshot.chunks import ChunkWriter, Prefetcher
 from replicator.snapshot.jobs import ChunkHook, ChunkReport, TableJob
+from replicator.snapshot.orphans import KEPT, name_source_orphans
 from replicator.snapshot.parallel import copy_parallel
 from replicator.snapshot.summary import ProgressDisplay, SnapshotSummary, TableResult
 from replicator.source.reader import ChunkReader
@@ -284,6 +285,9 @@ class Snapshotter:
             writer.copy(part, prefetch, report)
         finally:
             prefetch.close()
+        # (After the read-ahead thread is done with the source connection.)
+        if name_source_orphans(source, conn, self.schema, job.plan):
+            self.log.warning("source_orphans", table=job.name, reason=KEPT + " is not in SQLite")
 
     def complete(self, conn: Connection, job: TableJob, *, show: bool) -> TableResult:
         """Once every range of a table is copied: mark it done, build the indexes

@@ -272,3 +272,27 @@ def test_a_parent_delete_postgresql_refuses_is_named_and_the_parent_kept(
         parents = verdict(verified, "parents")
         assert (parents.extra, parents.dead_lettered) == (1, 1)
         assert "DIFFERENT only by the 1 dead-lettered row(s)" in verified.render()
+
+
+def test_an_orphan_older_than_the_snapshot_is_named_as_one(tmp_path: Path, pg_dsn: str) -> None:
+    """A child whose parent SQLite no longer had before replication began: the
+    snapshot's letter says the source keeps it without its parent (not merely that
+    PostgreSQL refused it), and verify explains it."""
+    path = sqlite_from_script(
+        tmp_path / "app.db", FAMILY + "INSERT INTO children VALUES (13, 99, 'lost');"
+    )
+    with psycopg.connect(pg_dsn, autocommit=True) as pg:
+        pg.execute(FAMILY_PG)
+    config = daemon_config(path, pg_dsn)
+    orphans = finding(run_checks(config, integrity=False), "source orphans in children")
+    assert "1 row(s) of children point at parents" in orphans.detail
+    with DaemonThread(config) as daemon:
+        daemon.wait_streaming(120)
+        letters = letters_of(pg_dsn, "children")
+        assert [d["key"] for d in letters] == [[13]], letters
+        assert str(letters[0]["error"]).startswith(
+            "source keeps this row; its parent is not in SQLite either (parents id = 99"
+        ), letters
+        verified = Verifier(config, settle_timeout=10).run()
+        children = verdict(verified, "children")
+        assert (children.missing, children.dead_lettered) == (1, 1)
