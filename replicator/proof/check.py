@@ -18,6 +18,7 @@ from replicator.dsn import redact_dsn
 from replicator.errors import ReplicatorError, SchemaError
 from replicator.plan.landing import Landing, render_report, schema_report
 from replicator.plan.tables import TablePlan, build_plans, unknown_includes
+from replicator.proof import edges
 from replicator.source import changelog, consumers
 from replicator.source.sqlite import journal_mode, list_tables, open_source, read_transaction
 from replicator.state.checkpoint import consumer_id
@@ -293,6 +294,9 @@ def _check_plans(
         f"{len(plans)} table(s), {columns} column(s), no name collisions",
     )
     _check_landing(plans, report)
+    edges.check_null_keys(source, plans, report.add)
+    edges.check_orphans(source, plans, report.add)
+    edges.check_enforcement(conn, plans, report.add)
     missing = [p.name for p in plans if not p.exists]
     if missing:
         report.add(

@@ -9,17 +9,19 @@ source, or deleted there, resolves its dead letters.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from replicator.coerce import decode_key
 from replicator.config import Config
-from replicator.plan.tables import build_plans
+from replicator.plan.nullkeys import sync_null_keys
+from replicator.plan.tables import TablePlan, build_plans
 from replicator.source.sqlite import open_source
 from replicator.state import deadletter
 from replicator.state.deadletter import StoredLetter
 from replicator.stream.repair import rewrite_keys
-from replicator.target.connection import connect
+from replicator.target.connection import Connection, connect
 
 
 def list_letters(
@@ -97,6 +99,8 @@ def retry_letters(
                 report(Retried(name, None, "failed"))
                 failed += len(group)
                 continue
+            failed += _retry_null_keys(source, conn, schema, plans[name], group, report)
+            group = [x for x in group if not _names_source_row(x)]
             by_key: dict[tuple[object, ...], list[int]] = {}
             for x in group:
                 by_key.setdefault(decode_key(x.key), []).append(x.id)
@@ -143,3 +147,34 @@ def discard_letters(
             confirm(len(letters))
         with conn.transaction(), conn.cursor() as cur:
             return deadletter.mark(cur, schema, [x.id for x in letters], "discarded")
+
+
+def _names_source_row(letter: StoredLetter) -> bool:
+    """A letter of a row whose key holds NULL: it names the row by its rowid."""
+    return isinstance(letter.change, dict) and "source_row" in letter.change
+
+
+def _retry_null_keys(
+    source: sqlite3.Connection,
+    conn: Connection,
+    schema: str,
+    plan: TablePlan,
+    group: Sequence[StoredLetter],
+    report: Callable[[Retried], None],
+) -> int:
+    """Letters of rows whose key held NULL are not retried by key (a NULL key finds no
+    row, which would read as deleted): the table's letters are brought up to date
+    from the source, resolving those of rows that have a key now or are gone.
+    Returns how many stay open."""
+    letters = [x for x in group if _names_source_row(x)]
+    if not letters:
+        return 0
+    with conn.transaction(), conn.cursor() as cur:
+        sync_null_keys(source, cur, schema, plan, "retry")
+        still = set(deadletter.open_source_rows(cur, schema, plan.source.name).values())
+    for x in letters:
+        if x.id in still:
+            report(Retried(x.table, tuple(x.key), "failed", x.error))
+        else:
+            report(Retried(x.table, tuple(x.key), "deleted"))
+    return sum(1 for x in letters if x.id in still)

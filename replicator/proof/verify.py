@@ -39,6 +39,7 @@ from replicator.plan.compare import (
 from replicator.plan.ddl import sequence_sql, target_sequences
 from replicator.plan.rows import Refused, convert_key, target_key_of
 from replicator.plan.tables import TablePlan, build_plans
+from replicator.proof.explain import null_key_rows_named, source_orphans
 from replicator.source import changelog
 from replicator.source.reader import ChunkReader, fetch_one
 from replicator.source.sqlite import open_source, read_transaction
@@ -63,6 +64,8 @@ class TableVerdict:
     extra: int = 0  # in the target, not in the source
     different: int = 0  # in both, with different values
     dead_lettered: int = 0  # of the above, explained by an open dead letter
+    null_key: int = 0  # of the missing: rows whose key holds NULL (PostgreSQL cannot hold them)
+    orphaned: int = 0  # differing, no dead letter: source orphans (their parent is not in SQLite)
     in_flight: int = 0  # differed, then matched once the stream caught up
     repaired: int = 0
     # What --repair did per row (the first MAX_LISTED): key, problem, action, and for a
@@ -144,15 +147,16 @@ class VerifyReport:
                 "(see `replicator dead-letters list`)"
             )
         differences = sum(t.differences for t in self.tables)
-        explained = sum(t.dead_lettered for t in self.tables)
+        lettered = sum(t.dead_lettered for t in self.tables)
+        orphaned = sum(t.orphaned for t in self.tables)
         others = self.orphans or self.sequences_behind or self.json_invalid
         if self.ok:
             verdict = "IDENTICAL"
-        elif differences == explained and not others:
-            verdict = (
-                f"DIFFERENT only by the {explained} dead-lettered row(s): every other row "
-                "is identical"
-            )
+        elif differences == lettered + orphaned and not others:
+            named = f"the {lettered} dead-lettered row(s)"
+            if orphaned:
+                named += f" and {orphaned} source orphan(s) (rows whose parent SQLite deleted)"
+            verdict = f"DIFFERENT only by {named}: every other row is identical"
         else:
             verdict = "DIFFERENT"
         where = f" at stream position {self.position}" if self.position is not None else ""
@@ -300,19 +304,35 @@ class Verifier:
             last_source_key = tuple(raw_rows[-1][i] for i in keypos)
         if differing:
             differing = self._settle(source, conn, plan, kinds, differing, verdict)
+        orphans = source_orphans(source, plan, kinds) if differing else set()
         for k, (key, problem) in differing.items():
+            detail = ""
             if k in dead_keys:
                 verdict.dead_lettered += 1
+            elif k in orphans and problem != "extra":
+                verdict.orphaned += 1
+                detail = (
+                    " (source orphan: SQLite keeps this row though its parent is gone, "
+                    "PostgreSQL's foreign key removed or refused it)"
+                )
             setattr(verdict, problem, getattr(verdict, problem) + 1)
             if len(verdict.examples) < MAX_LISTED:
-                verdict.examples.append({"problem": problem, "key": list(key)})
+                verdict.examples.append({"problem": problem, "key": list(key), "detail": detail})
+        nulls = null_key_rows_named(source, conn, self.schema, plan, repair)
+        verdict.source_rows += nulls.rows
+        verdict.missing += nulls.rows
+        verdict.null_key += nulls.rows
+        verdict.dead_lettered += nulls.lettered
+        verdict.examples += nulls.examples[: max(0, MAX_LISTED - len(verdict.examples))]
         if repair and differing:
             verdict.repaired = self._repair(
                 source, conn, plan, list(differing.values()), verdict.repairs
             )
             if verdict.repaired:
                 remaining = self._recheck(source, conn, plan, kinds, differing)
-                verdict.missing = sum(1 for p in remaining.values() if p[1] == "missing")
+                verdict.missing = verdict.null_key + sum(
+                    1 for p in remaining.values() if p[1] == "missing"
+                )
                 verdict.extra = sum(1 for p in remaining.values() if p[1] == "extra")
                 verdict.different = sum(1 for p in remaining.values() if p[1] == "different")
         verdict.seconds = time.monotonic() - started

@@ -29,10 +29,12 @@ from replicator.plan.ddl import (
     post_load_sql,
 )
 from replicator.plan.landing import schema_report
+from replicator.plan.nullkeys import nullable_key, sync_null_keys
 from replicator.plan.tables import TablePlan, build_plans, require_includes
 from replicator.snapshot import indexes
 from replicator.snapshot.chunks import ChunkWriter, Prefetcher
 from replicator.snapshot.jobs import ChunkHook, ChunkReport, TableJob
+from replicator.snapshot.orphans import KEPT, name_source_orphans
 from replicator.snapshot.parallel import copy_parallel
 from replicator.snapshot.summary import ProgressDisplay, SnapshotSummary, TableResult
 from replicator.source.reader import ChunkReader
@@ -199,6 +201,7 @@ class Snapshotter:
             # Open dead letters of this table (an earlier run, or the stream): a key
             # copied again gets a fresh verdict, so they are superseded, never doubled.
             supersede = deadletter.count_open(cur, self.schema).get(name, 0) > 0
+        progress = self._null_keys(source, conn, plan, progress)
         if parts and not fresh:  # a split table resumed: its row gets today's count
             with conn.transaction(), conn.cursor() as cur:
                 checkpoint.save_progress(cur, self.schema, progress)
@@ -224,6 +227,36 @@ class Snapshotter:
         if progress.rows_read:
             self.log.info("snapshot_resumed", table=name, from_rows=progress.rows_read)
         return TableJob(plan, progress, parts, upper, supersede)
+
+    def _null_keys(
+        self,
+        source: sqlite3.Connection,
+        conn: Connection,
+        plan: TablePlan,
+        progress: SnapshotProgress,
+    ) -> SnapshotProgress:
+        """Rows whose key holds NULL (no key range reaches them): each a dead letter,
+        counted as read and dead-lettered with the table's progress."""
+        if not nullable_key(plan):
+            return progress
+        with conn.transaction(), conn.cursor() as cur:
+            synced = sync_null_keys(source, cur, self.schema, plan, "snapshot")
+            if synced.recorded:
+                progress = replace(
+                    progress,
+                    rows_read=progress.rows_read + synced.recorded,
+                    dead_letters=progress.dead_letters + synced.recorded,
+                )
+                checkpoint.save_progress(cur, self.schema, progress)
+        if synced.rows:
+            self.log.warning(
+                "null_key_rows",
+                table=plan.source.name,
+                rows=synced.rows,
+                columns=list(nullable_key(plan)),
+                reason="NULL in a primary-key column: dead-lettered, PostgreSQL cannot hold it",
+            )
+        return progress
 
     @staticmethod
     def _refers_to_itself(conn: Connection, plan: TablePlan) -> bool:
@@ -283,6 +316,9 @@ class Snapshotter:
             writer.copy(part, prefetch, report)
         finally:
             prefetch.close()
+        # (After the read-ahead thread is done with the source connection.)
+        if name_source_orphans(source, conn, self.schema, job.plan):
+            self.log.warning("source_orphans", table=job.name, reason=KEPT + " is not in SQLite")
 
     def complete(self, conn: Connection, job: TableJob, *, show: bool) -> TableResult:
         """Once every range of a table is copied: mark it done, build the indexes

@@ -181,7 +181,15 @@ class ChunkReader:
         self.count_sql = f"SELECT count(*) FROM {self.table}"
         descending = ", ".join(f"{ROWID if k == ROWID else sqlite_ident(k)} DESC" for k in plan.key)
         self.max_sql = f"SELECT {self.keys} FROM {self.table} ORDER BY {descending} LIMIT 1"
-        self.nth_sql = f"SELECT {self.keys} FROM {self.table} ORDER BY {self.keys} LIMIT 1 OFFSET ?"
+        # Rows whose key holds NULL (SQLite allows it) are never paged through, nor a
+        # range's bound: no `>` reaches them (replicator.plan.nullkeys reads them).
+        self.present = " AND ".join(
+            f"{ROWID if k == ROWID else sqlite_ident(k)} IS NOT NULL" for k in plan.key
+        )
+        self.nth_sql = (
+            f"SELECT {self.keys} FROM {self.table} WHERE {self.present} "
+            f"ORDER BY {self.keys} LIMIT 1 OFFSET ?"
+        )
         self.single = len(plan.key) == 1
         self.below_sql = f"SELECT count(*) FROM {self.table} WHERE {self.keys} <= ?"
         self.upper: tuple[Any, ...] | None = None
@@ -260,7 +268,7 @@ class ChunkReader:
         return [r[:-1] for r in rows], [r[-1] for r in rows]
 
     def _page(self, select: str, after: tuple[Any, ...] | None, limit: int) -> list[RawRow]:
-        where: list[str] = []
+        where: list[str] = [self.present]
         params: list[Any] = []
         if after is not None:
             marks, values = self._bind(after)
@@ -270,6 +278,19 @@ class ChunkReader:
             marks, values = self._bind(self.upper)
             where.append(f"({self.keys}) <= ({marks})")
             params += values
-        clause = f" WHERE {' AND '.join(where)}" if where else ""
-        query = f"SELECT {select} FROM {self.table}{clause} ORDER BY {self.keys} LIMIT ?"
+        query = (
+            f"SELECT {select} FROM {self.table} WHERE {' AND '.join(where)} "
+            f"ORDER BY {self.keys} LIMIT ?"
+        )
         return read_rows(self.conn, query, (*params, limit))
+
+
+def foreign_key_orphans(conn: sqlite3.Connection, table: str) -> list[RawRow]:
+    """``PRAGMA foreign_key_check``: (table, rowid, parent table, foreign key id) of each
+    row of ``table`` whose foreign key finds no parent. SQLite checks this whatever
+    ``PRAGMA foreign_keys`` says: the application may run with them off (SQLite's
+    default), and then deleting a parent keeps its children. Raises
+    ``sqlite3.OperationalError`` for a declaration it cannot check ("foreign key
+    mismatch")."""
+    pragma = f"PRAGMA foreign_key_check({sqlite_ident(table)})"
+    return [tuple(r) for r in conn.execute(pragma).fetchall()]

@@ -11,7 +11,7 @@ import ctypes
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +19,13 @@ from urllib.parse import quote
 
 from replicator.errors import SourceError
 from replicator.identifiers import sqlite_ident
+from replicator.source.filelocks import (
+    SHARED_FIRST,
+    SHARED_SIZE,
+    WAL_CKPT_BYTE,
+    open_quietly,
+    write_locked,
+)
 from replicator.source.sqlsyntax import SqlSyntaxError, TableText, parse_create_table
 
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -352,17 +359,29 @@ class SourceGuard:
     apply from it (deletes included) is not the application's data.
 
     Cheap enough for every loop iteration: one ``os.stat``; the 100-byte header
-    is read again only when the size or modification time moved. Size
-    problems that a WAL checkpoint in progress could also show for a moment
-    (a file shorter than its header says, or not a whole number of pages)
-    are only *suspected* until they persist for ``grace`` seconds; the caller
-    pauses meanwhile. A missing file, another inode at the path, a header that
-    is gone or changed are certain at once.
+    is read again only when the size or modification time moved. A missing
+    file, another inode at the path, a header that is gone or changed are
+    certain at once. A file shorter than its header says, or not a whole
+    number of pages, is also what SQLite itself shows for a moment while it
+    writes the file: a WAL checkpoint (or a rollback-journal commit) writes
+    page 1, with the new page count, before the pages that extend the file.
+    So such a size is first checked against the file's locks: while another
+    process holds the checkpoint lock (in rollback-journal mode, the database's
+    write lock), or this process's own pruning may be checkpointing, the file is
+    being written, and it is looked at again on the next call. Only when
+    nobody is writing and a second look still finds it short is a truncation
+    *suspected* (the caller pauses); it becomes certain once it has lasted
+    ``grace`` seconds.
     """
 
-    def __init__(self, path: Path, *, grace: float = 5.0) -> None:
+    def __init__(
+        self, path: Path, *, grace: float = 5.0, own_writes: Callable[[], bool] | None = None
+    ) -> None:
         self.path = path
         self.grace = grace
+        # Whether this process itself may be writing the file (a commit of ours can run
+        # a checkpoint on another thread): its locks never show to F_GETLK.
+        self.own_writes = own_writes
         st = self._stat()
         self.device, self.inode = st.st_dev, st.st_ino
         # One descriptor for the guard's whole life, read with pread: closing *any*
@@ -375,6 +394,7 @@ class SourceGuard:
         self.had_header = self.page_size > 0
         self._seen = (st.st_size, st.st_mtime_ns)
         self._suspect_since: float | None = None
+        self._written_at: tuple[int, float] | None = None  # (size, since) under a writer's lock
         self.suspicion: str | None = None
         # In WAL mode the -wal and -shm files live as long as any connection does
         # (ours included): one removed or swapped under us means the file was
@@ -383,6 +403,8 @@ class SourceGuard:
         self._companions = {
             suffix: found for suffix in ("-wal", "-shm") if (found := self._identity(suffix))
         }
+        # Kept open for the same reason as the file's: only to ask who holds its locks.
+        self._shm_fd = open_quietly(f"{self.path}-shm") if "-shm" in self._companions else None
 
     def _stat(self) -> os.stat_result:
         try:
@@ -418,9 +440,10 @@ class SourceGuard:
 
     def close(self) -> None:
         """Only after the SQLite connection is closed (see __init__)."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        for fd in (self._fd, self._shm_fd):
+            if fd is not None:
+                os.close(fd)
+        self._fd = self._shm_fd = None
 
     def check(self) -> str | None:
         """None when the file is still the one opened; a reason while a truncation
@@ -445,12 +468,19 @@ class SourceGuard:
                     "again",
                 )
         seen = (st.st_size, st.st_mtime_ns)
-        if seen == self._seen and self._suspect_since is None:
-            return None
-        self._seen = seen
+        if seen == self._seen:
+            return None  # as it was when last found whole
         found = self._size_problem(st.st_size)
+        for _look in range(2):
+            if found is None or found[1]:
+                break
+            if self._being_written(st.st_size):
+                return None  # SQLite is writing it: look again next time
+            st = self._stat()  # the writer may have finished (or begun) just now
+            seen, found = (st.st_size, st.st_mtime_ns), self._size_problem(st.st_size)
         if found is None:
-            self._suspect_since = None
+            self._seen = seen
+            self._suspect_since = self._written_at = None
             self.suspicion = None
             return None
         problem, certain = found
@@ -466,6 +496,25 @@ class SourceGuard:
                 "`replicator verify --repair` before starting again",
             )
         return problem
+
+    def _being_written(self, size: int) -> bool:
+        """Whether another process is writing the file right now (a WAL checkpoint, or
+        a rollback-journal commit), and making progress at it.
+
+        A writer that holds its lock while the file stays the same size for ``grace``
+        seconds is no longer taken as an excuse: the size is then judged as it is.
+        """
+        writing = (
+            write_locked(self._shm_fd, WAL_CKPT_BYTE, 1)
+            or write_locked(self._fd, SHARED_FIRST, SHARED_SIZE)
+            or (self.own_writes is not None and self.own_writes())
+        )
+        if not writing:
+            return False
+        now = time.monotonic()
+        if self._written_at is None or self._written_at[0] != size:
+            self._written_at = (size, now)  # growing: a checkpoint at work
+        return now - self._written_at[1] < self.grace
 
     def _size_problem(self, size: int) -> tuple[str, bool] | None:
         """What is wrong with the file's size, and whether that is certain."""

@@ -215,3 +215,16 @@ def open_keys(
         params,
     )
     return [(str(r[0]), r[1]) for r in cur.fetchall()]
+
+
+def open_source_rows(cur: psycopg.Cursor[Any], schema: str, table: str) -> dict[str, int]:
+    """The open dead letters of ``table`` that name a source row by its identity
+    (``change.source_row``: rows whose key holds NULL), as identity JSON text -> id."""
+    cur.execute(
+        sql.SQL(
+            "SELECT id, change -> 'source_row' FROM {} WHERE resolved_at IS NULL"
+            " AND table_name = %s AND change ? 'source_row' ORDER BY id"
+        ).format(pg_ident(schema, "dead_letters")),
+        (table,),
+    )
+    return {json.dumps(r[1]): int(r[0]) for r in cur.fetchall()}

@@ -15,6 +15,13 @@ children), and a unique value a silent REPLACE left taken is freed from the
 source (stream/conflicts.py); what still fails goes to the dead-letter table
 and the rest is applied. Rows refused for a missing parent wait for it
 (stream/waiting.py) and are written in the batch that writes it.
+
+A change of a row whose key holds NULL (SQLite allows it in a non-INTEGER
+PRIMARY KEY) is never written: PostgreSQL's key cannot hold it. It makes the
+batch bring that table's NULL-key dead letters up to date from the source
+instead (``replicator.plan.nullkeys``), in the batch's transaction. A parent
+delete that the target's ``ON DELETE CASCADE`` carries to children SQLite kept
+names those children in dead letters (``replicator.stream.orphans``).
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from replicator.coerce import json_safe
 from replicator.errors import DataError
 from replicator.identifiers import pg_ident
 from replicator.plan.ddl import target_sequences
+from replicator.plan.nullkeys import NOT_NULL_VIOLATION, nullable_key, sync_null_keys
 from replicator.plan.rows import Refused, convert_key, convert_row
 from replicator.plan.tables import TablePlan
 from replicator.source.changelog import Change
@@ -41,6 +49,7 @@ from replicator.state import deadletter
 from replicator.state.deadletter import FOREIGN_KEY_VIOLATION, DeadLetter
 from replicator.state.position import save_position, save_table_stats
 from replicator.stream.conflicts import free_unique_value
+from replicator.stream.orphans import Cascade, kept_children, load_cascades
 from replicator.stream.waiting import Waiting
 from replicator.target.connection import Connection, Cursor, first_line, is_row_error
 from replicator.target.writer import STAGE_THRESHOLD, TableWriter, copy_payload
@@ -60,6 +69,7 @@ class BatchResult:
     changes: int  # read from the log
     applied: Counter[tuple[str, str]] = field(default_factory=Counter)  # (table, op) -> rows
     dead_letters: list[DeadLetter] = field(default_factory=list)
+    null_key_letters: int = 0  # NULL-key rows newly dead-lettered (see plan.nullkeys)
     oldest_captured_at: float = 0.0
     newest_captured_at: float = 0.0
     replayed: bool = False  # the fast path failed and the batch was replayed in order
@@ -95,6 +105,7 @@ class Prepared:
     upserts: dict[str, list[Row]] = field(default_factory=dict)  # table -> rows
     partial: dict[str, dict[tuple[int, ...], list[Row]]] = field(default_factory=dict)
     dead_letters: list[DeadLetter] = field(default_factory=list)  # values that do not convert
+    null_keys: set[str] = field(default_factory=set)  # tables with a change of a NULL key
     # table -> its upserts as COPY text, formatted ahead (large upserts only)
     payloads: dict[str, bytes] = field(default_factory=dict)
 
@@ -103,20 +114,34 @@ class Applier:
     """Applies batches for a fixed set of table plans (in dependency order)."""
 
     def __init__(
-        self, plans: Sequence[TablePlan], state_schema: str, *, stop_on_error: bool = False
+        self,
+        plans: Sequence[TablePlan],
+        state_schema: str,
+        *,
+        stop_on_error: bool = False,
+        source: sqlite3.Connection | None = None,
     ):
         self.plans = {p.source.name: p for p in plans}
+        # The source: where the rows of NULL keys are read (without it, each change is
+        # a letter), read too when a waiting child's parent arrives (load_waiting) and
+        # to free a unique value a silent REPLACE left taken (stream/conflicts.py).
+        self.source = source
+        # table -> positions in its key of the columns that may hold NULL
+        self._nullable = {
+            p.source.name: tuple(p.key.index(k) for k in nullable_key(p))
+            for p in plans
+            if nullable_key(p)
+        }
         self.order = [p.source.name for p in plans]
         self.writers = {p.source.name: TableWriter(p.shape) for p in plans}
         self.schema = state_schema
         self.stop_on_error = stop_on_error
         self.open_dead: Counter[str] = Counter()
-        # The source, read when a waiting child's parent arrives (load_waiting) and to
-        # free a unique value a silent REPLACE left taken (stream/conflicts.py).
-        self.source: sqlite3.Connection | None = None
         self.waiting = Waiting(self.plans)
         # table -> [(column position, sequence)], filled by load_sequences().
         self.sequences: dict[str, list[tuple[int, sql.Identifier]]] = {}
+        # parent table -> its cascading foreign keys, filled by load_sequences().
+        self.cascades: dict[str, list[Cascade]] = {}
         # Writers for images missing columns, by (table, positions absent).
         self._partial: dict[tuple[str, tuple[int, ...]], TableWriter] = {}
         # The source columns a row image should carry, per table.
@@ -129,6 +154,8 @@ class Applier:
         """Serial/identity columns to keep ahead of the ids the stream writes, so
         an application writing to PostgreSQL (dual-write) never collides."""
         self.sequences = {}
+        # (Children a cascade removes are the same kind of target knowledge.)
+        self.cascades = load_cascades(conn, list(self.plans.values()))
         for name, plan in self.plans.items():
             targets = [c.target for c in plan.columns]
             for column, (seq_schema, seq_name) in target_sequences(conn, plan):
@@ -231,6 +258,29 @@ class Applier:
             return self._letter(plan, change, key.column, key.value, key.reason, None)
         return key
 
+    def null_key(self, change: Change) -> bool:
+        """Whether the change's row has NULL in its key (see the module docstring)."""
+        positions = self._nullable.get(change.table)
+        return bool(positions) and any(change.key[i] is None for i in positions or ())
+
+    def _sync_null_keys(self, cur: Cursor, prepared: Prepared, result: BatchResult) -> None:
+        """The NULL-key dead letters of the tables such changes came from, made equal
+        to the source's rows; without a source, a letter for each change."""
+        for table in sorted(prepared.null_keys):
+            plan = self.plans[table]
+            if self.source is not None:
+                synced = sync_null_keys(self.source, cur, self.schema, plan, "stream")
+                result.null_key_letters += synced.recorded
+                self.open_dead[table] += synced.recorded
+                continue
+            for change in prepared.relevant:
+                if change.table == table and self.null_key(change) and not change.is_delete:
+                    column = next(k for k, v in zip(plan.key, change.key, strict=True) if v is None)
+                    reason = f"NULL in key column {column!r}: a primary key cannot hold it"
+                    result.dead_letters.append(
+                        self._letter(plan, change, column, None, reason, NOT_NULL_VIOLATION)
+                    )
+
     # -- applying -------------------------------------------------------------
 
     def prepare(
@@ -259,6 +309,9 @@ class Applier:
         prepared = Prepared(relevant)
         last: dict[tuple[str, tuple[Any, ...]], Change] = {}
         for change in relevant:
+            if self.null_key(change):
+                prepared.null_keys.add(change.table)
+                continue
             last[(change.table, change.key)] = change
         for (table, _key), change in last.items():
             plan = self.plans[table]
@@ -322,6 +375,7 @@ class Applier:
                 first = result.dead_letters[0]
                 raise DataError(f'{first.describe()} (on_error = "stop")')
             with conn.cursor() as cur:
+                self._sync_null_keys(cur, prepared, result)
                 self._advance_sequences(cur, result)
                 if result.dead_letters:
                     deadletter.record(cur, self.schema, result.dead_letters)
@@ -333,6 +387,7 @@ class Applier:
                 for table, key, row in result.waiting:
                     self.waiting.add(table, key, row)
                 self._heal(cur, relevant, result)
+                self._kept_children(cur, relevant, result)
             self._release_waiting(conn, result)
             with conn.cursor() as cur:
                 if save is None:
@@ -400,6 +455,8 @@ class Applier:
         last = {(c.table, c.key): c.seq for c in changes}
         failed: list[tuple[Change, Row, BaseException]] = []
         for change in changes:
+            if self.null_key(change):
+                continue  # never written (see _sync_null_keys)
             plan = self.plans[change.table]
             row = self._key_row(plan, change) if change.is_delete else self._convert(plan, change)
             if isinstance(row, DeadLetter):
@@ -480,6 +537,26 @@ class Applier:
             else:
                 result.waiting.append((change.table, change.key, row))
 
+    def _kept_children(self, cur: Cursor, changes: Sequence[Change], result: BatchResult) -> None:
+        """Dead letters for the children SQLite keeps of the parents this batch deleted
+        where the target cascades (see ``replicator.stream.orphans``). A key deleted
+        and written again in one batch was deleted in PostgreSQL only by a replay."""
+        if not self.cascades or self.source is None:
+            return
+        last = {(c.table, c.key): c for c in changes}
+        deleted: dict[str, list[tuple[tuple[Any, ...], int]]] = {}
+        for change in changes:
+            if change.table not in self.cascades or not change.is_delete:
+                continue
+            if result.replayed or last[(change.table, change.key)] is change:
+                deleted.setdefault(change.table, []).append((change.key, change.seq))
+        letters = kept_children(self.source, self.cascades, deleted) if deleted else []
+        if letters:
+            deadletter.record(cur, self.schema, letters)
+            for letter in letters:
+                self.open_dead[letter.table] += 1
+            result.dead_letters.extend(letters)
+
     def _advance_sequences(self, cur: Cursor, result: BatchResult) -> None:
         for (table, column), top in result.max_ids.items():
             pos_seq = dict(self.sequences.get(table, []))
@@ -518,6 +595,8 @@ class Applier:
         }
         keys: dict[str, set[tuple[Any, ...]]] = {}
         for change in changes:
+            if self.null_key(change):
+                continue  # one NULL key is many rows: their letters follow the source
             if self.open_dead.get(change.table) and (change.table, change.key) not in failed:
                 keys.setdefault(change.table, set()).add(change.key)
         for table, table_keys in keys.items():

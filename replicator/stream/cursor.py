@@ -234,7 +234,10 @@ class CursorStream:
             name: CursorPosition.from_json(states[name].position) for name in self.specs
         }
         applier = Applier(
-            self.plans, self.schema, stop_on_error=self.config.snapshot.on_error == "stop"
+            self.plans,
+            self.schema,
+            stop_on_error=self.config.snapshot.on_error == "stop",
+            source=source,
         )
         applier.load_open_dead_letters(conn)
         applier.load_sequences(conn)

@@ -255,7 +255,7 @@ class Daemon:
         if self.source is None:
             # Read-only (SQLite mode=ro) when every table is followed by a cursor.
             self.source, self.specs, readonly = open_for_capture(self.config)
-            self.guard = SourceGuard(self.path)
+            self.guard = SourceGuard(self.path, own_writes=self.tail.pruning)
             self.writable = self.tail.writable = not readonly
             self.tail.worker()
             self.log.info(

@@ -84,6 +84,14 @@ class Heartbeat:
             log.warning(
                 "dead_letter", stage="stream", position=letter.position, reason=letter.describe()
             )
+        if result.null_key_letters:
+            log.warning(
+                "null_key_rows",
+                stage="stream",
+                position=result.last_seq,
+                letters=result.null_key_letters,
+                reason="rows whose primary key holds NULL, dead-lettered: PostgreSQL cannot",
+            )
         latency = max(0.0, now - result.newest_captured_at)
         metrics.APPLY_LATENCY.observe(latency)
         log.debug(

@@ -46,6 +46,7 @@ from replicator.plan.compare import (
     target_chunk_queries,
     target_row_map,
 )
+from replicator.plan.nullkeys import nullable_key, sync_null_keys
 from replicator.plan.rows import target_key_of
 from replicator.plan.tables import TablePlan
 from replicator.source.changelog import Change
@@ -327,7 +328,8 @@ class Reconciler:
         ]
         changes += [to_change(plan.layout, raw, now) for raw in upsert]
         result = self.applier.apply(conn, changes, save=_no_position)
-        failed = {_raw_key_text(d.key) for d in result.dead_letters}
+        # (Letters of other tables: children a cascade removed, see stream.orphans.)
+        failed = {_raw_key_text(d.key) for d in result.dead_letters if d.table == table}
         for raw in upsert:
             k = _raw_key_text([raw[i] for i in keypos])
             if k in failed:
@@ -396,6 +398,8 @@ class Reconciler:
                 if self.cfg.null_cursor == "copy":
                     tally.copied += self._copy_null_rows(source, conn, plan, reader)
         with conn.transaction(), conn.cursor() as cur:
+            if nullable_key(plan):  # rows no key range reaches: their letters follow the source
+                sync_null_keys(source, cur, self.schema, plan, "reconcile")
             checkpoint.reconcile_finished(cur, self.schema, table, tally.deleted + tally.copied)
         metrics.RECONCILE_PASSES.labels(table).inc()
         metrics.RECONCILE_LAST_PASS.labels(table).set(tally.seconds)

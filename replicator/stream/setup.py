@@ -165,7 +165,12 @@ def setup(d: Daemon, *, startup: bool) -> None:
         # Indexes a copy left out (snapshot.defer_indexes) and a killed run did
         # not get to build again: back before anything is streamed.
         Snapshotter(d.config, on_chunk=d.snapshot_chunk).rebuild_deferred(conn)
-    applier = Applier(trigger_plans, d.schema, stop_on_error=d.config.snapshot.on_error == "stop")
+    applier = Applier(
+        trigger_plans,
+        d.schema,
+        stop_on_error=d.config.snapshot.on_error == "stop",
+        source=d.source,
+    )
     applier.load_open_dead_letters(conn)
     applier.load_sequences(conn)
     applier.load_waiting(conn, d.source)

@@ -102,6 +102,10 @@ class LogTail:
             self.worker().start(changes[-1].seq, version, context, ahead)
         return changes, prepared
 
+    def pruning(self) -> bool:
+        """A prune (a write of ours, which may checkpoint the file) is under way."""
+        return self.readahead is not None and self.readahead.pruning()
+
     def prune_if_due(self, position: int, now: float) -> None:
         """Collect a finished prune; start the next when a second has passed and the
         log holds applied rows, or a minute has (at most one prune runs at a time).

@@ -150,3 +150,57 @@ def unique_index_columns(
     if not names or any(n is None for n in names):
         return None
     return tuple(str(n) for n in names)
+
+
+@dataclass(frozen=True, slots=True)
+class TargetForeignKey:
+    name: str
+    child: str  # table names, in the schema asked about
+    parent: str
+    columns: tuple[str, ...]  # the child's
+    ref_columns: tuple[str, ...]  # the parent's
+    on_delete: str  # CASCADE, SET NULL, SET DEFAULT, RESTRICT or NO ACTION
+
+
+_ON_DELETE = {
+    "c": "CASCADE",
+    "n": "SET NULL",
+    "d": "SET DEFAULT",
+    "r": "RESTRICT",
+    "a": "NO ACTION",
+}
+
+_DELETE_ACTIONS_SQL = """
+SELECT con.conname, c.relname, pc.relname,
+       ARRAY(SELECT a.attname::text FROM unnest(con.conkey) WITH ORDINALITY k(n, o)
+             JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.n ORDER BY k.o),
+       ARRAY(SELECT a.attname::text FROM unnest(con.confkey) WITH ORDINALITY k(n, o)
+             JOIN pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.n ORDER BY k.o),
+       con.confdeltype
+FROM pg_constraint con
+JOIN pg_class c ON c.oid = con.conrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_class pc ON pc.oid = con.confrelid
+WHERE con.contype = 'f' AND n.nspname = %s AND c.relname = ANY(%s)
+ORDER BY c.relname, con.conname
+"""
+
+
+def delete_actions(
+    conn: psycopg.Connection[Any], schema: str, tables: list[str]
+) -> list[TargetForeignKey]:
+    """The foreign keys of ``tables`` (in ``schema``), with what a parent's delete does."""
+    with conn.cursor() as cur:
+        cur.execute(_DELETE_ACTIONS_SQL, (schema, tables))
+        rows = cur.fetchall()
+    return [
+        TargetForeignKey(
+            name=str(r[0]),
+            child=str(r[1]),
+            parent=str(r[2]),
+            columns=tuple(r[3]),
+            ref_columns=tuple(r[4]),
+            on_delete=_ON_DELETE.get(str(r[5]), str(r[5])),
+        )
+        for r in rows
+    ]

@@ -8,8 +8,11 @@ and shrinks the file (a false alarm stops a healthy daemon).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -252,3 +255,86 @@ def test_status_trusts_only_the_health_endpoint_of_its_own_pair(tmp_path: Path) 
     finally:
         server.stop()
     assert ask_daemon(ours) is None  # nothing listens any more
+
+
+HOLD_LOCK = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR)
+fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, int(sys.argv[3]), int(sys.argv[2]))
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+@contextlib.contextmanager
+def lock_held(path: str, start: int, length: int) -> Iterator[None]:
+    """Another process holding a write lock, as SQLite's checkpointer (or a rollback
+    journal's writer) does while it writes the database file."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, path, str(start), str(length)], stdout=subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == b"locked"
+        yield
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
+CHECKPOINT_LOCK = 121  # WAL_CKPT_LOCK in the -shm file
+WRITE_LOCK = (0x40000002, 510)  # SQLite's SHARED range of the database file
+
+
+def test_a_short_file_while_a_checkpoint_writes_it_is_no_suspicion(
+    db: tuple[Path, sqlite3.Connection],
+) -> None:
+    """Page 1 written before the pages that grow the file: while another process holds
+    the checkpoint lock the file is being written, not cut."""
+    path, _ = db
+    guard = SourceGuard(path, grace=60)
+    try:
+        with lock_held(f"{path}-shm", CHECKPOINT_LOCK, 1):
+            os.truncate(path, path.stat().st_size - 4096)
+            assert guard.check() is None
+            assert guard.suspicion is None
+        # The writer gone and the file still short: now it is suspected.
+        reason = guard.check()
+        assert reason is not None and "its header declares" in reason
+    finally:
+        guard.close()
+
+
+def test_a_short_file_while_a_rollback_journal_commit_writes_it_is_no_suspicion(
+    tmp_path: Path,
+) -> None:
+    """The same for a database in rollback-journal mode, whose writer holds the
+    database's own write lock while it writes the file. (In WAL mode every open
+    connection keeps a shared lock there, so only the checkpoint lock tells.)"""
+    path = tmp_path / "journal.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, body TEXT)")
+    conn.executemany("INSERT INTO t (body) VALUES (?)", [("x" * 500,) for _ in range(200)])
+    conn.close()
+    guard = SourceGuard(path, grace=60)
+    try:
+        with lock_held(str(path), *WRITE_LOCK):
+            os.truncate(path, path.stat().st_size - 4096)
+            assert guard.check() is None
+        reason = guard.check()
+        assert reason is not None and "its header declares" in reason
+    finally:
+        guard.close()
+
+
+def test_a_writer_lock_held_without_progress_excuses_nothing_for_long(
+    db: tuple[Path, sqlite3.Connection],
+) -> None:
+    path, _ = db
+    guard = SourceGuard(path, grace=0.3)
+    try:
+        with lock_held(f"{path}-shm", CHECKPOINT_LOCK, 1):
+            os.truncate(path, path.stat().st_size // 3 + 517)
+            assert guard.check() is None  # a checkpoint at work, for now
+            assert lost(guard).kind == "truncated"
+    finally:
+        guard.close()
