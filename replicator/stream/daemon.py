@@ -106,6 +106,7 @@ class Daemon:
         self.server: metrics.MetricsServer | None = None
         self.state = "starting"
         self.source_lost = False  # the file is not the one opened: never touch it again
+        self.suspect_since: float | None = None  # when the file last turned suspect
         self.ready_sent = False
         self._prepared = False  # _prepare() completed on the current connection
         self._signals = 0
