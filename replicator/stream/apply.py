@@ -30,7 +30,7 @@ import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 from psycopg import sql
@@ -48,66 +48,17 @@ from replicator.source.sqlite import ROWID
 from replicator.state import deadletter
 from replicator.state.deadletter import FOREIGN_KEY_VIOLATION, DeadLetter
 from replicator.state.position import save_position, save_table_stats
+from replicator.stream.batch import BatchResult, Prepared, Row
 from replicator.stream.conflicts import free_unique_value
 from replicator.stream.orphans import Cascade, kept_children, load_cascades
 from replicator.stream.waiting import Waiting
 from replicator.target.connection import Connection, Cursor, first_line, is_row_error
 from replicator.target.writer import STAGE_THRESHOLD, TableWriter, copy_payload
 
-Row = tuple[object, ...]
-
 
 def _constraint(exc: BaseException) -> bool:
     """An integrity constraint refused the row (class 23): another order may pass."""
     return str(getattr(exc, "sqlstate", None) or "").startswith("23")
-
-
-@dataclass
-class BatchResult:
-    first_seq: int
-    last_seq: int
-    changes: int  # read from the log
-    applied: Counter[tuple[str, str]] = field(default_factory=Counter)  # (table, op) -> rows
-    dead_letters: list[DeadLetter] = field(default_factory=list)
-    null_key_letters: int = 0  # NULL-key rows newly dead-lettered (see plan.nullkeys)
-    oldest_captured_at: float = 0.0
-    newest_captured_at: float = 0.0
-    replayed: bool = False  # the fast path failed and the batch was replayed in order
-    max_ids: dict[tuple[str, int], int] = field(default_factory=dict)  # for sequences
-    seconds: float = 0.0
-    # Rows written to tables rows wait on (a parent's), to release its waiting children.
-    written: dict[str, list[Row]] = field(default_factory=dict)
-    waiting: list[tuple[str, tuple[Any, ...], Row]] = field(default_factory=list)  # 23503 rows
-    released: int = 0  # dead letters of waiting rows this batch wrote at last
-
-    def reset(self) -> None:
-        """Forget what a rolled-back attempt counted."""
-        self.applied.clear()
-        self.dead_letters.clear()
-        self.max_ids.clear()
-        self.written.clear()
-        self.waiting.clear()
-
-    def per_table(self) -> Counter[str]:
-        """Rows applied per table, whatever the operation."""
-        counts: Counter[str] = Counter()
-        for (table, _op), count in self.applied.items():
-            counts[table] += count
-        return counts
-
-
-@dataclass
-class Prepared:
-    """A batch coalesced and converted, ready to write (see :meth:`Applier.prepare`)."""
-
-    relevant: list[Change]  # the batch's changes to replicated tables, in log order
-    deletes: dict[str, list[Row]] = field(default_factory=dict)  # table -> keys
-    upserts: dict[str, list[Row]] = field(default_factory=dict)  # table -> rows
-    partial: dict[str, dict[tuple[int, ...], list[Row]]] = field(default_factory=dict)
-    dead_letters: list[DeadLetter] = field(default_factory=list)  # values that do not convert
-    null_keys: set[str] = field(default_factory=set)  # tables with a change of a NULL key
-    # table -> its upserts as COPY text, formatted ahead (large upserts only)
-    payloads: dict[str, bytes] = field(default_factory=dict)
 
 
 class Applier:

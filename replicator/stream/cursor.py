@@ -45,7 +45,8 @@ from replicator.source.sqlite import (
     read_transaction,
 )
 from replicator.state import checkpoint
-from replicator.stream.apply import Applier, BatchResult
+from replicator.stream.apply import Applier
+from replicator.stream.batch import BatchResult
 from replicator.stream.reconcile import Reconciler
 from replicator.target.connection import Connection, Cursor
 

@@ -24,7 +24,6 @@ import os
 import signal
 import sqlite3
 import threading
-import time
 from types import FrameType
 from typing import Any
 
@@ -40,39 +39,34 @@ from tenacity import (
 )
 
 from replicator import __version__, metrics
-from replicator.config import Config, parse_address
+from replicator.config import Config
 from replicator.errors import ConfigError
 from replicator.logs import get_logger
 from replicator.plan.tables import TablePlan
 from replicator.source import changelog, consumers
-from replicator.source.sqlite import SourceFileChanged, SourceGuard, abandon, schema_version
+from replicator.source.sqlite import SourceGuard, abandon, schema_version
 from replicator.state import heartbeat
-from replicator.state.deadletter import count_open
 from replicator.state.lock import PairLock, pair_id
-from replicator.state.migrations import ensure_state
 from replicator.state.position import StreamPosition
 from replicator.stream import drift
 from replicator.stream.apply import Applier
-from replicator.stream.cursor import CursorStream, Specs, open_for_capture
-from replicator.stream.heartbeat import Heartbeat, LagSampler
+from replicator.stream.cursor import CursorStream, Specs
+from replicator.stream.heartbeat import Heartbeat, LagSampler, serve_metrics
 from replicator.stream.reconcile import Reconciler
 from replicator.stream.retry import REFUSED_ATTEMPTS, ErrorLog, transient_kind
-from replicator.stream.setup import follow_drift, setup
-from replicator.stream.sourcefile import check_source, lost, source_paused
+from replicator.stream.setup import StopRequested, prepare, setup
+from replicator.stream.sourcefile import check_source, source_paused
 from replicator.stream.systemd import Notifier
 from replicator.stream.tail import LogTail
+from replicator.stream.upkeep import after_batch, beat
 from replicator.stream.waker import Waker
-from replicator.target.connection import Connection, connect
+from replicator.target.connection import Connection
 
 __all__ = ["Daemon", "SnapshotInterrupted"]
 
 
 class SnapshotInterrupted(Exception):
     """A stop request during the snapshot: the committed chunks stay, resume later."""
-
-
-class StopRequested(Exception):
-    """A stop request while waiting for the pair lock: nothing started, nothing to finish."""
 
 
 class Daemon:
@@ -112,6 +106,7 @@ class Daemon:
         self.server: metrics.MetricsServer | None = None
         self.state = "starting"
         self.source_lost = False  # the file is not the one opened: never touch it again
+        self.suspect_since: float | None = None  # when the file last turned suspect
         self.ready_sent = False
         self._prepared = False  # _prepare() completed on the current connection
         self._signals = 0
@@ -156,17 +151,7 @@ class Daemon:
         if self.install_signals:
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
-        if self.config.metrics.address:
-            host, port = parse_address(self.config.metrics.address)
-            try:
-                self.server = metrics.MetricsServer(host, port, self.health).start()
-            except OSError as exc:
-                raise ConfigError(
-                    f"metrics.address {self.config.metrics.address} cannot be listened on: "
-                    f"{exc.strerror or exc} (another address, or an empty one to turn the "
-                    "metrics and health endpoints off)"
-                ) from None
-            self.log.info("metrics_listening", address=f"{host}:{self.server.port}")
+        self.server = serve_metrics(self.config, self.health, self.log)
         self.waker = Waker(self.path, watch=self.config.stream.watch)
         self.log.info(
             "started",
@@ -198,7 +183,8 @@ class Daemon:
                 for attempt in retrying:
                     with attempt:
                         if self.conn is None:
-                            self._prepare()
+                            prepare(self)
+                            self._prepared = True
                         self._step()
             except SnapshotInterrupted as stopped:
                 self.log.info("snapshot_paused", table=str(stopped), reason="stop requested")
@@ -250,38 +236,6 @@ class Daemon:
         self.conn = None
         self._prepared = False
 
-    def _prepare(self) -> None:
-        """Connect, lock, plan, install triggers, record the position, snapshot."""
-        if self.source is None:
-            # Read-only (SQLite mode=ro) when every table is followed by a cursor.
-            self.source, self.specs, readonly = open_for_capture(self.config)
-            self.guard = SourceGuard(self.path, own_writes=self.tail.pruning)
-            self.writable = self.tail.writable = not readonly
-            self.tail.worker()
-            self.log.info(
-                "source_opened",
-                readonly=readonly,
-                cursor_tables=sum(1 for s in self.specs.values() if s is not None),
-                trigger_tables=sum(1 for s in self.specs.values() if s is None),
-            )
-        self._acquire_lock()
-        try:
-            conn = connect(
-                self.dsn, autocommit=True, connect_timeout=self.config.target.connect_timeout
-            )
-        except ConfigError as exc:
-            # The lock's connection to this very target has just succeeded: the
-            # server went away in between, which is worth a retry, not an exit.
-            raise psycopg.OperationalError(str(exc)) from exc
-        self.conn = conn
-        # A Transformer of this connection (its adapters and encoding), for the
-        # read-ahead thread's use only: it formats large upserts as COPY text.
-        self.formatter = psycopg.adapt.Transformer(conn)
-        ensure_state(conn, self.dsn, self.schema)
-        self.watch.load(conn, self.schema)
-        setup(self, startup=True)
-        self._prepared = True
-
     def snapshot_chunk(self, table: str, read: int, _written: int, total: int) -> None:
         """Keep systemd's watchdog, the heartbeat and /healthz fed during a long copy."""
         self.notifier.watchdog()
@@ -290,18 +244,6 @@ class Daemon:
         self.health.tick(connected=True, lag_seconds=float("inf"), state="snapshot")
         if self.stop.is_set():
             raise SnapshotInterrupted(table)
-
-    def _acquire_lock(self) -> None:
-        if not self.lock.alive():
-            if not self.lock.acquire(self.stop, standby=self.standby, waiting=self._standing_by):
-                raise StopRequested
-            self.log.info("lock_acquired", key=self.lock.key)
-
-    def _standing_by(self, holder: str) -> None:
-        if self.state != "standby":
-            self.log.info("standby", holder=holder)
-            self.state = "standby"
-        self.health.tick(connected=True, lag_seconds=float("inf"), state="standby")
 
     # -- the loop body ---------------------------------------------------------
 
@@ -317,7 +259,6 @@ class Daemon:
         if self.watch.changed(self.source):
             self._schema_changed()
             return
-        cfg = self.config.stream
         try:
             busy = self.cursors.step(self.source, self.conn) if self.cursors is not None else False
             changes, prepared = (
@@ -348,45 +289,7 @@ class Daemon:
             self.heartbeat.record(result, self.log)
             if result.released:
                 self.log.info("parent_arrived", rows=result.released)
-        self._release_waiting()
-        busy = follow_drift(self) or busy
-        now = time.monotonic()
-        if self.lagger.due(now):
-            self._sample_lag()
-        self.tail.prune_if_due(self.position.seq, now)
-        if self.tail.dropped:
-            self.tail.dropped = False
-            self.log.warning(
-                "consumer_dropped",
-                consumer=self.consumer.consumer if self.consumer else None,
-                reason="this target's registration in the source was removed: registering again",
-            )
-            setup(self, startup=False)
-            return
-        self.beat()
-        self.notifier.watchdog()
-        lag = self.lagger.lag
-        if changes and len(changes) >= cfg.batch_max_changes // 2:
-            # A full batch: a backlog. Still tick (or /healthz calls a busy loop stuck),
-            # but never with a lag sampled before the backlog (ready while far behind):
-            # what is pending is at most as old as the newest change just applied.
-            lag = max(lag, time.time() - max(c.captured_at for c in changes))
-        if self.watch.paused:
-            lag = float("inf")  # a paused table is not followed: never ready for cutover
-        self.health.tick(connected=True, lag_seconds=lag, state="streaming")
-        if not changes and not busy and not self.stop.is_set():
-            self.waker.wait(cfg.poll_interval)
-
-    def _release_waiting(self) -> None:
-        """Rows waiting for a parent that reached the target by another way than this
-        stream's batches (an earlier run, a repair, a cursor table's apply)."""
-        assert self.conn is not None and self.applier is not None
-        appliers = [self.applier]
-        if self.cursors is not None and self.cursors.applier is not None:
-            appliers.append(self.cursors.applier)
-        released = sum(a.tick_waiting(self.conn) for a in appliers)
-        if released:
-            self.log.info("parent_arrived", rows=released)
+        after_batch(self, changes, busy)
 
     def _schema_changed(self) -> None:
         assert self.source is not None
@@ -394,32 +297,9 @@ class Daemon:
         self.log.info("schema_changed", schema_version=was, now=schema_version(self.source))
         setup(self, startup=False)
 
-    def _sample_lag(self) -> None:
-        assert self.source is not None and self.position is not None
-        try:
-            self.lagger.sample(
-                self.source,
-                self.position.seq,
-                self.plans,
-                self.specs,
-                self.cursors,
-                triggers=self.triggers,
-            )
-        except SourceFileChanged as exc:
-            raise lost(self, exc) from None
-
     def beat(self, *, force: bool = False) -> None:
         """The heartbeat row, every couple of seconds (or now, when ``force``)."""
-        if self.conn is not None:
-            tables = [p.source.name for p in self.plans]
-            last_error = self.errors.last_error or None
-            if self.heartbeat.beat(self.conn, tables, self.state, last_error, force=force):
-                with self.conn.cursor() as cur:
-                    open_letters = count_open(cur, self.schema)
-                metrics.set_open_dead_letters(tables, open_letters)
-                held = sum(open_letters.values())
-                reconciled = self.cursors is None or self.cursors.reconciled
-                self.health.note_held(held, reconciled=reconciled)
+        beat(self, force=force)
 
     def _shutdown(self) -> None:
         if self._stop_signal is not None:

@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from replicator import metrics
+from replicator.config import Config, parse_address
+from replicator.errors import ConfigError
 from replicator.plan.tables import TablePlan
 from replicator.source import changelog
 from replicator.source.sqlite import SourceFileChanged
 from replicator.state import heartbeat
-from replicator.stream.apply import BatchResult
+from replicator.stream.batch import BatchResult
 from replicator.stream.cursor import CursorStream
 from replicator.target.connection import Connection
 
@@ -162,3 +164,20 @@ class LagSampler:
         # Keep the sampling cost under ~5% of the loop even with a big backlog.
         self._every = max(1.0, took * 20)
         return self.lag
+
+
+def serve_metrics(config: Config, health: metrics.Health, log: Any) -> metrics.MetricsServer | None:
+    """The metrics and health endpoints at ``metrics.address`` (None when it is empty)."""
+    if not config.metrics.address:
+        return None
+    host, port = parse_address(config.metrics.address)
+    try:
+        server = metrics.MetricsServer(host, port, health).start()
+    except OSError as exc:
+        raise ConfigError(
+            f"metrics.address {config.metrics.address} cannot be listened on: "
+            f"{exc.strerror or exc} (another address, or an empty one to turn the "
+            "metrics and health endpoints off)"
+        ) from None
+    log.info("metrics_listening", address=f"{host}:{server.port}")
+    return server

@@ -55,7 +55,8 @@ from replicator.source.reader import ChunkReader
 from replicator.source.sqlite import read_transaction
 from replicator.state import checkpoint, deadletter
 from replicator.state.deadletter import FOREIGN_KEY_VIOLATION
-from replicator.stream.apply import Applier, BatchResult
+from replicator.stream.apply import Applier
+from replicator.stream.batch import BatchResult
 from replicator.target.connection import Connection, Cursor
 
 Key = tuple[Any, ...]

@@ -13,21 +13,25 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+import psycopg
 from psycopg import sql
 
 from replicator import metrics
 from replicator.dsn import redact_dsn
+from replicator.errors import ConfigError
 from replicator.plan.tables import TablePlan, require_includes
 from replicator.snapshot import Snapshotter
 from replicator.source import changelog, consumers
-from replicator.source.sqlite import list_tables, read_transaction
+from replicator.source.sqlite import SourceGuard, list_tables, read_transaction
 from replicator.state import checkpoint
+from replicator.state.migrations import ensure_state
 from replicator.state.position import init_position, load_position, save_position
 from replicator.state.shapes import Hold
 from replicator.stream import drift
 from replicator.stream.apply import Applier
-from replicator.stream.cursor import CursorStream
+from replicator.stream.cursor import CursorStream, open_for_capture
 from replicator.stream.reconcile import Reconciler
+from replicator.target.connection import connect
 from replicator.target.writer import TableWriter
 
 if TYPE_CHECKING:
@@ -338,3 +342,52 @@ def follow_drift(d: Daemon) -> bool:
         d.log.info("table_resynced", table=name, deleted=tally.deleted, copied=tally.copied)
     d.skip = d.watch.skip_through()
     return bool(d.skip)
+
+
+class StopRequested(Exception):
+    """A stop request while waiting for the pair lock: nothing started, nothing to finish."""
+
+
+def prepare(d: Daemon) -> None:
+    """Connect, lock, plan, install triggers, record the position, snapshot."""
+    if d.source is None:
+        # Read-only (SQLite mode=ro) when every table is followed by a cursor.
+        d.source, d.specs, readonly = open_for_capture(d.config)
+        d.guard = SourceGuard(d.path, own_writes=d.tail.pruning)
+        d.writable = d.tail.writable = not readonly
+        d.tail.worker()
+        d.log.info(
+            "source_opened",
+            readonly=readonly,
+            cursor_tables=sum(1 for s in d.specs.values() if s is not None),
+            trigger_tables=sum(1 for s in d.specs.values() if s is None),
+        )
+    _acquire_lock(d)
+    try:
+        conn = connect(d.dsn, autocommit=True, connect_timeout=d.config.target.connect_timeout)
+    except ConfigError as exc:
+        # The lock's connection to this very target has just succeeded: the
+        # server went away in between, which is worth a retry, not an exit.
+        raise psycopg.OperationalError(str(exc)) from exc
+    d.conn = conn
+    # A Transformer of this connection (its adapters and encoding), for the
+    # read-ahead thread's use only: it formats large upserts as COPY text.
+    d.formatter = psycopg.adapt.Transformer(conn)
+    ensure_state(conn, d.dsn, d.schema)
+    d.watch.load(conn, d.schema)
+    setup(d, startup=True)
+
+
+def _acquire_lock(d: Daemon) -> None:
+    if d.lock.alive():
+        return
+
+    def standing_by(holder: str) -> None:
+        if d.state != "standby":
+            d.log.info("standby", holder=holder)
+            d.state = "standby"
+        d.health.tick(connected=True, lag_seconds=float("inf"), state="standby")
+
+    if not d.lock.acquire(d.stop, standby=d.standby, waiting=standing_by):
+        raise StopRequested
+    d.log.info("lock_acquired", key=d.lock.key)

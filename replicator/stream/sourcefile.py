@@ -10,6 +10,7 @@ looks whole again.
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import TYPE_CHECKING
 
 import psycopg
@@ -43,16 +44,30 @@ def check_source(d: Daemon) -> str | None:
         raise lost(d, exc) from None
 
 
+# A file found short for less than this is held back from quietly: a checkpoint
+# or a commit extends it within milliseconds. Nothing is read or applied either way.
+QUIET_SUSPICION = 1.0  # seconds
+
+
 def source_paused(d: Daemon) -> bool:
-    """Pause (read and apply nothing) while the source file is suspect."""
+    """Pause (read and apply nothing) while the source file is suspect. A suspicion
+    shorter than QUIET_SUSPICION is not announced (no log line, no "paused" state),
+    so status and /readyz do not flicker on every checkpoint of a busy writer."""
     assert d.guard is not None and d.waker is not None
     suspicion = check_source(d)
+    now = time.monotonic()
     if suspicion is None:
+        d.suspect_since = None
         if d.state == "paused":
             d.log.info("source_ok", path=str(d.path))
             d.state = "streaming"
             d.errors.last_error = ""
         return False
+    if d.suspect_since is None:
+        d.suspect_since = now
+    if d.state != "paused" and now - d.suspect_since < QUIET_SUSPICION:
+        d.waker.wait(min(d.config.stream.poll_interval, 0.05))
+        return True
     entering = d.state != "paused"
     if entering:
         d.log.warning("source_suspect", path=str(d.path), reason=suspicion, grace_s=d.guard.grace)

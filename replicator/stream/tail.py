@@ -21,7 +21,8 @@ from replicator.source import changelog
 from replicator.source.changelog import Change
 from replicator.source.readahead import ReadAhead
 from replicator.source.sqlite import open_source
-from replicator.stream.apply import Applier, Prepared
+from replicator.stream.apply import Applier
+from replicator.stream.batch import Prepared
 from replicator.stream.retry import transient_kind
 
 PRUNE_LOCK_WAIT_MS = 50  # pruning waits this long for SQLite's write lock, then tries later

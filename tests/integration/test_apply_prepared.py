@@ -35,7 +35,8 @@ from replicator.source.changelog import Change
 from replicator.source.sqlite import describe_table
 from replicator.state.migrations import ensure_state
 from replicator.state.position import init_position
-from replicator.stream.apply import Applier, BatchResult, Prepared
+from replicator.stream.apply import Applier
+from replicator.stream.batch import BatchResult, Prepared
 from replicator.target.writer import STAGE_THRESHOLD, copy_payload
 
 STATE = "replicator"
