@@ -17,6 +17,7 @@ from obsutil import (
     http_get,
     make_items_db,
     pg_exec,
+    scrape,
     sqlite_exec,
     start_replicator,
     status_json,
@@ -180,5 +181,41 @@ def test_the_end_of_load_report_is_one_json_record_for_snapshot_and_run(
     try:
         wait_applied(daemon)
         wait_until(lambda: "snapshot_summary" in daemon.log_text(), 30, "the run's summary")
+    finally:
+        daemon.stop()
+
+
+def test_the_metrics_a_cutover_is_decided_on(tmp_path: Path, pg_dsn: str) -> None:
+    """Through a running daemon's /metrics: every table's dead-letter counter exists
+    from the start (at 0 for a clean table), snapshot dead letters are counted, the
+    open ones are a gauge, and phase, snapshot and change-log gauges are there."""
+    source = make_items_db(tmp_path / "app.db", items=20, notes=4)
+    sqlite_exec(source, "UPDATE items SET qty = 'not a number' WHERE id = 3")
+    port = free_port()
+    daemon = start_replicator(
+        source, pg_dsn, tmp_path / "daemon.log", metrics_address=f"127.0.0.1:{port}"
+    )
+    try:
+        wait_applied(daemon)
+        wait_until(
+            lambda: scrape(port).or0("replicator_phase", phase="streaming") == 1, 30, "phase"
+        )
+        wait_until(
+            lambda: scrape(port).or0("replicator_dead_letters_open", table="items") == 1,
+            30,
+            "the open dead letters gauge",
+        )
+        m = scrape(port)
+        assert m.get("replicator_dead_letters_total", table="items") == 1  # from the snapshot
+        assert m.get("replicator_dead_letters_total", table="notes") == 0  # there, at 0
+        assert m.get("replicator_dead_letters_open", table="notes") == 0
+        assert m.get("replicator_phase", phase="snapshot") == 0
+        assert m.get("replicator_snapshot_tables_remaining") == 0
+        assert m.get("replicator_snapshot_duration_seconds") > 0
+        sqlite_exec(source, "INSERT INTO notes (body) VALUES ('one more')")
+        wait_applied(daemon)
+        wait_until(
+            lambda: scrape(port).or0("replicator_changelog_bytes") > 0, 30, "change-log bytes"
+        )
     finally:
         daemon.stop()
