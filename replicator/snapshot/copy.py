@@ -38,7 +38,7 @@ from replicator.snapshot.orphans import KEPT, name_source_orphans
 from replicator.snapshot.parallel import copy_parallel
 from replicator.snapshot.summary import ProgressDisplay, SnapshotSummary, TableResult
 from replicator.source.reader import ChunkReader
-from replicator.source.sqlite import list_tables, open_source, read_transaction
+from replicator.source.sqlite import list_tables, open_source, read_transaction, table_bytes
 from replicator.state import checkpoint, deadletter
 from replicator.state.checkpoint import PartProgress, SnapshotProgress
 from replicator.state.migrations import ensure_state
@@ -120,6 +120,8 @@ class Snapshotter:
                 summary.tables.extend(results[p.source.name] for p in plans)
         finally:
             self.display.close()
+        for table in summary.tables:  # pgloader's "bytes": what each table took at the source
+            table.bytes = table_bytes(source, table.table)
         self.finish(source, conn, plans, created, summary)
         summary.schema = schema_report(plans, created, summary.refused)
         metrics.SNAPSHOT_TABLES_REMAINING.set(0)

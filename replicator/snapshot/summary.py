@@ -32,6 +32,7 @@ class TableResult:
     dead_letters: int = 0
     seconds: float = 0.0
     skipped: bool = False  # already complete from an earlier run
+    bytes: int | None = None  # the table's size in the SQLite file (None: not measured)
 
     @classmethod
     def done_earlier(cls, progress: SnapshotProgress) -> TableResult:
@@ -59,6 +60,11 @@ class SnapshotSummary:
     def dead_letters(self) -> int:
         return sum(t.dead_letters for t in self.tables)
 
+    @property
+    def bytes(self) -> int | None:
+        sizes = [t.bytes for t in self.tables]
+        return None if any(s is None for s in sizes) else sum(s or 0 for s in sizes)
+
     def to_json(self) -> dict[str, object]:
         """The end-of-load report as one structured record (the JSON log form of
         :meth:`render`): per table and in total, and what of the schema was skipped."""
@@ -70,6 +76,7 @@ class SnapshotSummary:
                     "rows_written": t.rows_written,
                     "dead_letters": t.dead_letters,
                     "seconds": round(t.seconds, 3),
+                    "bytes": t.bytes,
                     "done_earlier": t.skipped,
                 }
                 for t in self.tables
@@ -78,6 +85,7 @@ class SnapshotSummary:
                 "rows_read": sum(t.rows_read for t in self.tables),
                 "rows_written": sum(t.rows_written for t in self.tables),
                 "dead_letters": self.dead_letters,
+                "bytes": self.bytes,
                 "seconds": round(sum(t.seconds for t in self.tables), 3),
             },
             "schema_skipped": [
@@ -90,20 +98,21 @@ class SnapshotSummary:
         }
 
     def render(self) -> str:
-        head = f"{'table':<28} {'read':>10} {'written':>10} {'dead':>6} {'seconds':>8}"
+        head = f"{'table':<28} {'read':>10} {'written':>10} {'dead':>6} {'MB':>8} {'seconds':>8}"
         lines = [head, "-" * len(head)]
         for t in self.tables:
             note = "  (done earlier)" if t.skipped else ""
             lines.append(
                 f"{t.table[:28]:<28} {t.rows_read:>10} {t.rows_written:>10} "
-                f"{t.dead_letters:>6} {t.seconds:>8.1f}{note}"
+                f"{t.dead_letters:>6} {_mb(t.bytes):>8} {t.seconds:>8.1f}{note}"
             )
         total_r = sum(t.rows_read for t in self.tables)
         total_w = sum(t.rows_written for t in self.tables)
         secs = sum(t.seconds for t in self.tables)
         lines.append("-" * len(head))
         lines.append(
-            f"{'total':<28} {total_r:>10} {total_w:>10} {self.dead_letters:>6} {secs:>8.1f}"
+            f"{'total':<28} {total_r:>10} {total_w:>10} {self.dead_letters:>6} "
+            f"{_mb(self.bytes):>8} {secs:>8.1f}"
         )
         if self.dead_letters:
             lines.append(
@@ -116,6 +125,10 @@ class SnapshotSummary:
             lines.extend(render_report(self.schema, only=("skipped",)))
         lines.extend(f"warning: {w}" for w in self.warnings)
         return "\n".join(lines)
+
+
+def _mb(size: int | None) -> str:
+    return "-" if size is None else f"{size / 1_048_576:.1f}"
 
 
 class ProgressDisplay:

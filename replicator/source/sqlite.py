@@ -179,6 +179,18 @@ class RowLayout:
         return ", ".join(sqlite_ident(c) if c != ROWID else ROWID for c in self.columns)
 
 
+def table_bytes(conn: sqlite3.Connection, name: str) -> int | None:
+    """The bytes a table's rows take in the file (its b-tree's pages, as SQLite's
+    ``dbstat`` counts them; indexes apart); None where SQLite lacks ``dbstat``."""
+    try:
+        row = conn.execute(
+            "SELECT sum(pgsize) FROM dbstat WHERE name = ? AND aggregate = 1", (name,)
+        ).fetchone()
+    except sqlite3.OperationalError:
+        return None
+    return int(row[0] or 0)
+
+
 def list_tables(conn: sqlite3.Connection) -> list[str]:
     rows = conn.execute(
         "SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name"

@@ -173,9 +173,12 @@ def test_the_end_of_load_report_is_one_json_record_for_snapshot_and_run(
     assert (by_table["items"]["rows_read"], by_table["items"]["rows_written"]) == (12, 11)
     assert by_table["items"]["dead_letters"] == 1
     assert summary["total"]["rows_read"] == 15 and summary["total"]["dead_letters"] == 1
+    assert by_table["items"]["bytes"] > 0  # the table's size in the SQLite file
+    assert summary["total"]["bytes"] == sum(t["bytes"] for t in summary["tables"])
     assert isinstance(summary["schema_skipped"], list)
     # The console form: a table with the same totals.
     assert "total" in done.stdout and "1 row(s) went to the dead-letter table" in done.stdout
+    assert " MB " in done.stdout.splitlines()[0] + " "
 
     daemon = start_replicator(source, pg_dsn, tmp_path / "run.log", metrics_address="")
     try:
