@@ -102,10 +102,19 @@ def source_row_map(
             try:
                 values.append(canonical(kind, col.convert(v)))
             except CoercionError:
-                values.append(("unconvertible", repr(v)))
-        key_text = _key_text([values[i] for i in keypos])
-        out[key_text] = (tuple(raw[i] for i in keypos), tuple(values))
+                values.append((*_UNCONVERTIBLE, repr(v)))
+        key = [raw[i] if _unconvertible(values[i]) else values[i] for i in keypos]
+        out[_key_text(key)] = (tuple(raw[i] for i in keypos), tuple(values))
     return out
+
+
+# A value that does not convert is compared as this pair (equal to no target
+# value); in a key, the raw value stands for itself, as a dead letter stores it.
+_UNCONVERTIBLE = ("unconvertible",)
+
+
+def _unconvertible(value: object) -> bool:
+    return isinstance(value, tuple) and value[:1] == _UNCONVERTIBLE
 
 
 def source_key_text(plan: TablePlan, kinds: Sequence[Kind], raw: Sequence[Any]) -> str:
@@ -115,7 +124,7 @@ def source_key_text(plan: TablePlan, kinds: Sequence[Kind], raw: Sequence[Any]) 
         try:
             values.append(canonical(kinds[i], plan.columns[i].convert(raw[i])))
         except CoercionError:
-            values.append(("unconvertible", repr(raw[i])))
+            values.append(raw[i])
     return key_text(values)
 
 

@@ -41,7 +41,7 @@ from tenacity import (
 
 from replicator import __version__, metrics
 from replicator.config import Config, parse_address
-from replicator.errors import ConfigError
+from replicator.errors import ConfigError, LockHeldError
 from replicator.logs import get_logger
 from replicator.plan.tables import TablePlan
 from replicator.source import changelog
@@ -68,6 +68,10 @@ __all__ = ["Daemon", "SnapshotInterrupted"]
 
 class SnapshotInterrupted(Exception):
     """A stop request during the snapshot: the committed chunks stay, resume later."""
+
+
+class StoppedBeforeLock(Exception):
+    """A stop request before the lock was taken: nothing was done, nothing to finish."""
 
 
 class Daemon:
@@ -189,6 +193,8 @@ class Daemon:
             except SnapshotInterrupted as stopped:
                 self.log.info("snapshot_paused", table=str(stopped), reason="stop requested")
                 break
+            except StoppedBeforeLock:
+                break
             except Exception as exc:
                 if self.stop.is_set() and transient_kind(exc) is not None:
                     break  # asked to stop during an outage: nothing in hand to finish
@@ -271,7 +277,14 @@ class Daemon:
 
     def _acquire_lock(self) -> None:
         if not self.lock.alive():
-            self.lock.acquire(self.stop, standby=self.standby, waiting=self._standing_by)
+            try:
+                self.lock.acquire(self.stop, standby=self.standby, waiting=self._standing_by)
+            except LockHeldError:
+                # Stopped at once (SIGTERM right after the start): a clean exit, not
+                # "another replicator is running" (exit 6, which systemd never restarts).
+                if self.stop.is_set() and not self.standby:
+                    raise StoppedBeforeLock from None
+                raise
             self.log.info("lock_acquired", key=self.lock.key)
 
     def _standing_by(self, holder: str) -> None:
