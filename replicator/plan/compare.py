@@ -36,8 +36,10 @@ def canonical(kind: Kind, value: Any) -> Any:
         return None
     if kind in JSON_KINDS:
         if isinstance(value, str | bytes):
-            value = json.loads(value)
-        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+            value = json.loads(value, parse_float=_json_number)
+        return json.dumps(
+            _whole_numbers(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        )
     if kind == Kind.REAL and isinstance(value, float):
         return struct.unpack("f", struct.pack("f", value))[0]
     if kind == Kind.CHAR and isinstance(value, str):
@@ -48,6 +50,24 @@ def canonical(kind: Kind, value: Any) -> Any:
         return value.normalize() if value.is_finite() else value
     if isinstance(value, memoryview):
         return bytes(value)
+    return value
+
+
+def _json_number(text: str) -> int | float:
+    """A JSON number with a fraction or exponent: jsonb keeps its exact decimal
+    value and prints a whole one as an integer (1.5e+16 as 15000000000000000)."""
+    exact = Decimal(text)
+    return int(exact) if exact == exact.to_integral_value() else float(text)
+
+
+def _whole_numbers(value: Any) -> Any:
+    """Whole floats as ints, all the way down: 2.0 and 2 are one JSON number."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_whole_numbers(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _whole_numbers(v) for k, v in value.items()}
     return value
 
 
