@@ -24,7 +24,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import psycopg
 from psycopg import sql
+from psycopg.types.string import TextLoader
 
 from replicator.coerce import JSON_KINDS, Kind
 from replicator.config import Config
@@ -154,6 +156,16 @@ class VerifyReport:
         return "\n".join(lines)
 
 
+def _rows_cursor(conn: Connection) -> psycopg.Cursor[Any]:
+    """A cursor for the target's rows that gives json and jsonb as their text, as
+    the source holds them: parsed, the JSON string "1" would come back as the
+    Python str '1', which canonical() reads as the number 1."""
+    cur = conn.cursor()
+    for json_type in ("json", "jsonb"):
+        cur.adapters.register_loader(json_type, TextLoader)
+    return cur
+
+
 class Verifier:
     def __init__(self, config: Config, *, chunk_rows: int = 5000, settle_timeout: float = 30.0):
         self.config = config
@@ -222,7 +234,7 @@ class Verifier:
         last_target_key: tuple[Any, ...] | None = None
         while True:
             raw_rows = reader.read(last_source_key, self.chunk_rows)
-            with conn.cursor() as cur:
+            with _rows_cursor(conn) as cur:
                 if not raw_rows:
                     if last_target_key is None:
                         cur.execute(
@@ -350,7 +362,7 @@ class Verifier:
             converted = convert_key(plan, key)
             trow = None  # a key that does not convert (NUL, not UTF-8, a blob) is not there
             if not isinstance(converted, Refused):
-                with conn.cursor() as cur:
+                with _rows_cursor(conn) as cur:
                     cur.execute(tgt_sql, converted)
                     trow = cur.fetchone()
             if raw is None and trow is None:

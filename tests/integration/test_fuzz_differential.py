@@ -75,8 +75,8 @@ from psycopg import sql
 from replicator.proof.verify import Verifier
 
 CI_SETTINGS = settings(
-    max_examples=8,
-    stateful_step_count=8,
+    max_examples=30,
+    stateful_step_count=10,
     deadline=None,
     derandomize=True,
     database=None,

@@ -5,7 +5,8 @@ Rows whose key the target cannot hold (a blob or text that is not UTF-8 in a
 text key, text with NUL, 1.5 or 1e20 in an integer key) are dead-lettered; the
 divergences were in what came after: ``verify`` crashed on them, a whole real
 of 1e16 or more came back from jsonb as an integer SQLite cannot bind (a
-snapshot resuming after such a key crashed), and a daemon stopped right after
+snapshot resuming after such a key crashed). Besides: ``verify`` misread JSON
+strings and numbers jsonb prints differently, and a daemon stopped right after
 its start failed as if another replicator held the lock.
 """
 
@@ -83,6 +84,24 @@ def test_verify_explains_a_dead_letter_whose_key_is_a_large_real(
         daemon.wait_streaming()
     [pair] = Verifier(snapshot_config(path, pg_dsn)).run().tables
     assert (pair.missing, pair.dead_lettered) == (1, 1)
+
+
+def test_verify_compares_json_by_value(tmp_path: Path, pg_dsn: str) -> None:
+    """A JSON string came back from jsonb as a Python str and was parsed again
+    (the string "x": JSONDecodeError; "1": the number 1, a false difference), and
+    1.5e16, which jsonb prints as 15000000000000000, differed from itself."""
+    path = sqlite_from_script(
+        tmp_path / "j.db",
+        "CREATE TABLE j (id INTEGER PRIMARY KEY, doc JSON);"
+        """INSERT INTO j VALUES (1, '"1"'), (2, '"x"'), (3, '{"a": 1.5e16, "b": [2.0]}'),"""
+        """ (4, '1e300'), (5, '{"a": 1, "a": 2}');""",
+    )
+    config = snapshot_config(path, pg_dsn)
+    with DaemonThread(daemon_config(path, pg_dsn)) as daemon:
+        daemon.wait_streaming()
+    report = Verifier(config).run()
+    assert report.ok, report.render()
+    assert compare(path, pg_dsn).equal
 
 
 def test_a_daemon_stopped_before_it_takes_its_lock_stops_cleanly(
