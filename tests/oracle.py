@@ -121,7 +121,11 @@ def parse_timestamp(text: str) -> datetime | Unreadable:
         sign = -1 if offset[0] == "-" else 1
         body = offset[1:].replace(":", "")
         delta = timedelta(hours=int(body[:2]), minutes=int(body[2:] or 0))
-        value = value.replace(tzinfo=timezone(sign * delta)).astimezone(UTC).replace(tzinfo=None)
+        try:
+            value = value.replace(tzinfo=timezone(sign * delta)).astimezone(UTC)
+        except OverflowError:  # e.g. 9999-12-31T23:59-01:00: past year 9999 in UTC
+            return Unreadable(text, "outside years 1..9999 in UTC")
+        value = value.replace(tzinfo=None)
     return value
 
 
@@ -320,6 +324,29 @@ def open_dead_letters(dsn: str, state_schema: str = STATE_SCHEMA) -> list[dict[s
         return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
 
+def raw_key(key: object) -> object:
+    """A dead letter's key with each part that JSON could not hold as itself
+    (stored as ``{"type": ..., "value": ...}``, docs/type-mapping.md) read back
+    as the SQLite value it describes."""
+    if not isinstance(key, list):
+        return key
+    out: list[object] = []
+    for part in key:
+        if not (isinstance(part, dict) and "type" in part):
+            out.append(part)
+            continue
+        kind, body = part["type"], str(part.get("value", ""))
+        if kind in ("invalid-utf8-text", "text-with-nul"):
+            out.append(bytes.fromhex(body).decode("utf-8", errors="surrogateescape"))
+        elif kind == "blob":
+            out.append(bytes.fromhex(body))
+        elif kind in ("integer", "real"):
+            out.append(int(body) if kind == "integer" else float(body))
+        else:
+            out.append(None if kind == "null" else body)
+    return out
+
+
 # --------------------------------------------------------------------------
 # The comparison.
 
@@ -375,7 +402,7 @@ def compare(
     result = Comparison()
     dead: dict[str, list[list[Any]]] = {}
     for letter in open_dead_letters(dsn, state_schema):
-        dead.setdefault(letter["table_name"], []).append(letter["key"])
+        dead.setdefault(letter["table_name"], []).append(raw_key(letter["key"]))
     src = _sqlite(source)
     try:
         with psycopg.connect(dsn, autocommit=True) as conn:

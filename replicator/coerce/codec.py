@@ -59,7 +59,9 @@ def json_safe(value: object) -> Any:
     else its :func:`encode_raw` description (blobs, NUL, invalid UTF-8, inf)."""
     if value is None or isinstance(value, bool | int):
         return value
-    if isinstance(value, float) and math.isfinite(value):
+    if isinstance(value, float) and math.isfinite(value) and "e+" not in repr(value):
+        # Not 1e+20: jsonb stores that as the integer 100000000000000000000, which
+        # would come back an int SQLite cannot bind (a snapshot's checkpoint key).
         return value
     if isinstance(value, dict | list):
         return json.loads(json.dumps(value, default=str))  # already JSON-shaped

@@ -36,8 +36,10 @@ def canonical(kind: Kind, value: Any) -> Any:
         return None
     if kind in JSON_KINDS:
         if isinstance(value, str | bytes):
-            value = json.loads(value)
-        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+            value = json.loads(value, parse_float=_json_number)
+        return json.dumps(
+            _whole_numbers(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        )
     if kind == Kind.REAL and isinstance(value, float):
         return struct.unpack("f", struct.pack("f", value))[0]
     if kind == Kind.CHAR and isinstance(value, str):
@@ -48,6 +50,24 @@ def canonical(kind: Kind, value: Any) -> Any:
         return value.normalize() if value.is_finite() else value
     if isinstance(value, memoryview):
         return bytes(value)
+    return value
+
+
+def _json_number(text: str) -> int | float:
+    """A JSON number with a fraction or exponent: jsonb keeps its exact decimal
+    value and prints a whole one as an integer (1.5e+16 as 15000000000000000)."""
+    exact = Decimal(text)
+    return int(exact) if exact == exact.to_integral_value() else float(text)
+
+
+def _whole_numbers(value: Any) -> Any:
+    """Whole floats as ints, all the way down: 2.0 and 2 are one JSON number."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_whole_numbers(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _whole_numbers(v) for k, v in value.items()}
     return value
 
 
@@ -102,10 +122,19 @@ def source_row_map(
             try:
                 values.append(canonical(kind, col.convert(v)))
             except CoercionError:
-                values.append(("unconvertible", repr(v)))
-        text = key_text([values[i] for i in keypos])
-        out[text] = (tuple(raw[i] for i in keypos), tuple(values))
+                values.append((*_UNCONVERTIBLE, repr(v)))
+        key = [raw[i] if _unconvertible(values[i]) else values[i] for i in keypos]
+        out[key_text(key)] = (tuple(raw[i] for i in keypos), tuple(values))
     return out
+
+
+# A value that does not convert is compared as this pair (equal to no target
+# value); in a key, the raw value stands for itself, as a dead letter stores it.
+_UNCONVERTIBLE = ("unconvertible",)
+
+
+def _unconvertible(value: object) -> bool:
+    return isinstance(value, tuple) and value[:1] == _UNCONVERTIBLE
 
 
 def source_key_text(plan: TablePlan, kinds: Sequence[Kind], raw: Sequence[Any]) -> str:
@@ -115,7 +144,7 @@ def source_key_text(plan: TablePlan, kinds: Sequence[Kind], raw: Sequence[Any]) 
         try:
             values.append(canonical(kinds[i], plan.columns[i].convert(raw[i])))
         except CoercionError:
-            values.append(("unconvertible", repr(raw[i])))
+            values.append(raw[i])
     return key_text(values)
 
 

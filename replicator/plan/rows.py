@@ -3,7 +3,7 @@
 This is the one place a source row, or a source key, turns into the values
 written to PostgreSQL (each column by its plan's converter): the snapshot
 (:func:`convert_rows`, a chunk at a time), the stream's apply, repairs and
-verification (:func:`convert_row`, :func:`convert_key`, :func:`target_key_of`).
+verification (:func:`convert_row`, :func:`convert_key`, :func:`chunk_upper_key`).
 A value a converter refuses comes back as :class:`Refused`, naming the column,
 the value and the reason; a row that cannot be converted, or that PostgreSQL
 refused, becomes a dead letter describing it.
@@ -59,13 +59,16 @@ def convert_key(plan: TablePlan, key: Sequence[object]) -> Row | Refused:
     return tuple(out)
 
 
-def target_key_of(plan: TablePlan, raw: Sequence[object]) -> Row:
-    """The target key of a source row; raises :class:`CoercionError` when the key's
-    values do not convert (such a row is never in the target)."""
-    key = convert_key(plan, [raw[i] for i in plan.key_positions])
-    if isinstance(key, Refused):
-        raise CoercionError(key.reason)
-    return key
+def chunk_upper_key(plan: TablePlan, raw_rows: Sequence[Sequence[object]]) -> Row | None:
+    """A chunk's upper bound in the target: the target key of its last row whose
+    key converts (None when none does). A key that does not (a blob, or text that
+    is not UTF-8, in a text key) is never in the target and sorts among the
+    source's keys only, so it cannot bound a range of the target's."""
+    for raw in reversed(raw_rows):
+        key = convert_key(plan, [raw[i] for i in plan.key_positions])
+        if not isinstance(key, Refused):
+            return key
+    return None
 
 
 def row_image(plan: TablePlan, raw: RawRow) -> dict[str, Any]:

@@ -24,7 +24,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import psycopg
 from psycopg import sql
+from psycopg.types.string import TextLoader
 
 from replicator.coerce import JSON_KINDS, Kind
 from replicator.config import Config
@@ -37,16 +39,16 @@ from replicator.plan.compare import (
     target_chunk_queries,
 )
 from replicator.plan.ddl import sequence_sql, target_sequences
-from replicator.plan.rows import Refused, convert_key, target_key_of
+from replicator.plan.rows import Refused, chunk_upper_key, convert_key
 from replicator.plan.tables import TablePlan, build_plans
 from replicator.proof.explain import null_key_rows_named, source_orphans
 from replicator.source import changelog
-from replicator.source.reader import ChunkReader, fetch_one
+from replicator.source.reader import ChunkReader
 from replicator.source.sqlite import open_source, read_transaction
 from replicator.state import deadletter
 from replicator.state.migrations import ensure_state
 from replicator.state.position import load_position
-from replicator.stream.repair import rewrite_keys, source_by_key_sql, target_by_key_sql
+from replicator.stream.repair import rewrite_keys, source_row_by_key, target_by_key_sql
 from replicator.target.connection import Connection, connect
 
 Key = tuple[Any, ...]
@@ -188,6 +190,16 @@ def _repair_lines(t: TableVerdict) -> list[str]:
     return lines
 
 
+def _rows_cursor(conn: Connection) -> psycopg.Cursor[Any]:
+    """A cursor for the target's rows that gives json and jsonb as their text, as
+    the source holds them: parsed, the JSON string "1" would come back as the
+    Python str '1', which canonical() reads as the number 1."""
+    cur = conn.cursor()
+    for json_type in ("json", "jsonb"):
+        cur.adapters.register_loader(json_type, TextLoader)
+    return cur
+
+
 class Verifier:
     def __init__(self, config: Config, *, chunk_rows: int = 5000, settle_timeout: float = 30.0):
         self.config = config
@@ -256,7 +268,7 @@ class Verifier:
         last_target_key: tuple[Any, ...] | None = None
         while True:
             raw_rows = reader.read(last_source_key, self.chunk_rows)
-            with conn.cursor() as cur:
+            with _rows_cursor(conn) as cur:
                 if not raw_rows:
                     if last_target_key is None:
                         cur.execute(
@@ -268,13 +280,16 @@ class Verifier:
                         cur.execute(tail_sql, last_target_key)
                     target_rows = cur.fetchall()
                 else:
-                    upper = self._target_key(plan, raw_rows[-1])
-                    if last_target_key is None:
+                    upper = chunk_upper_key(plan, raw_rows)
+                    if upper is None:  # no key of this chunk can be in the target
+                        target_rows = []
+                    elif last_target_key is None:
                         cur.execute(first_sql, upper)
+                        target_rows = cur.fetchall()
                     else:
                         cur.execute(between_sql, (*last_target_key, *upper))
-                    target_rows = cur.fetchall()
-                    last_target_key = upper
+                        target_rows = cur.fetchall()
+                    last_target_key = upper or last_target_key
             verdict.source_rows += len(raw_rows)
             verdict.target_rows += len(target_rows)
             if not raw_rows and not target_rows:
@@ -338,9 +353,6 @@ class Verifier:
         verdict.seconds = time.monotonic() - started
         return verdict
 
-    def _target_key(self, plan: TablePlan, raw: tuple[Any, ...]) -> tuple[Any, ...]:
-        return target_key_of(plan, raw)
-
     def _source_map(
         self, plan: TablePlan, raw_rows: Sequence[tuple[Any, ...]], kinds: Sequence[Kind]
     ) -> dict[str, tuple[Key, tuple[Any, ...]]]:
@@ -396,15 +408,15 @@ class Verifier:
         differing: dict[str, tuple[Key, str]],
     ) -> dict[str, tuple[Key, str]]:
         still: dict[str, tuple[Key, str]] = {}
-        src_sql, tgt_sql = source_by_key_sql(plan), target_by_key_sql(plan)
+        tgt_sql = target_by_key_sql(plan)
         for k, (key, _problem) in differing.items():
-            with read_transaction(source):
-                raw = fetch_one(source, src_sql, key)
+            raw = source_row_by_key(source, plan, key)
             converted = convert_key(plan, key)
-            target_key = tuple(key) if isinstance(converted, Refused) else converted
-            with conn.cursor() as cur:
-                cur.execute(tgt_sql, target_key)
-                trow = cur.fetchone()
+            trow = None  # a key that does not convert (NUL, not UTF-8, a blob) is not there
+            if not isinstance(converted, Refused):
+                with _rows_cursor(conn) as cur:
+                    cur.execute(tgt_sql, converted)
+                    trow = cur.fetchone()
             if raw is None and trow is None:
                 continue
             if raw is None:

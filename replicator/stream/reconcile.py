@@ -47,7 +47,7 @@ from replicator.plan.compare import (
     target_row_map,
 )
 from replicator.plan.nullkeys import nullable_key, sync_null_keys
-from replicator.plan.rows import target_key_of
+from replicator.plan.rows import chunk_upper_key
 from replicator.plan.tables import TablePlan
 from replicator.source.changelog import Change
 from replicator.source.cursor import CursorReader, to_change
@@ -270,14 +270,14 @@ class Reconciler:
                         )
                     else:
                         cur.execute(tail_sql, last_target)
-                else:
-                    upper = target_key_of(plan, raw_rows[-1])
+                elif (upper := chunk_upper_key(plan, raw_rows)) is not None:
                     if last_target is None:
                         cur.execute(first_sql, upper)
                     else:
                         cur.execute(between_sql, (*last_target, *upper))
                     last_target = upper
-                target_rows = [tuple(r) for r in cur.fetchall()]
+                # else: no key of this chunk can be in the target; nothing to read there
+                target_rows = [tuple(r) for r in cur.fetchall()] if cur.description else []
             if not raw_rows:
                 if target_rows:
                     yield _Chunk(raw_rows, target_rows, None)

@@ -28,9 +28,33 @@ from replicator.target.writer import TableWriter
 Key = tuple[Any, ...]
 
 
-def source_by_key_sql(plan: TablePlan) -> str:
-    where = " AND ".join(f"{ROWID if k == ROWID else sqlite_ident(k)} = ?" for k in plan.key)
-    return f"SELECT {plan.source_select_list()} FROM {sqlite_ident(plan.source.name)} WHERE {where}"
+def _key_part(value: object) -> tuple[str, object]:
+    """(placeholder, parameter) for one part of a source key. Text that is not
+    UTF-8 comes from the reader with lone surrogates, which SQLite cannot bind:
+    its original bytes are bound and cast back to the text they are stored as."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "CAST(? AS TEXT)", value.encode("utf-8", "surrogateescape")
+    return "?", value
+
+
+def source_row_by_key(
+    source: sqlite3.Connection, plan: TablePlan, key: Sequence[Any]
+) -> tuple[Any, ...] | None:
+    """The source row of ``key`` (raw values, as the reader gives them), or None."""
+    parts = [_key_part(v) for v in key]
+    where = " AND ".join(
+        f"{ROWID if k == ROWID else sqlite_ident(k)} = {holder}"
+        for k, (holder, _) in zip(plan.key, parts, strict=True)
+    )
+    select = f"SELECT {plan.source_select_list()} FROM {sqlite_ident(plan.source.name)}"
+    # Called by the apply too, maybe while the caller holds a read transaction.
+    reading = nullcontext(source) if source.in_transaction else read_transaction(source)
+    with reading:
+        row = fetch_one(source, f"{select} WHERE {where}", tuple(p for _, p in parts))
+    return None if row is None else tuple(row)
 
 
 def target_by_key_sql(plan: TablePlan) -> sql.Composed:
@@ -55,14 +79,10 @@ def rewrite_keys(
 ) -> list[Rewritten]:
     """Make the target's rows for ``keys`` equal to the source's, one savepoint each."""
     writer = TableWriter(plan.shape)
-    select = source_by_key_sql(plan)
     out: list[Rewritten] = []
     with conn.transaction():
         for key in keys:
-            # Called by the apply too, maybe while the caller holds a read transaction.
-            reading = nullcontext(source) if source.in_transaction else read_transaction(source)
-            with reading:
-                raw = fetch_one(source, select, tuple(key))
+            raw = source_row_by_key(source, plan, key)
             # The row to upsert, or (the source has none) the key to delete.
             converted = convert_key(plan, key) if raw is None else convert_row(plan, raw)
             if isinstance(converted, Refused):

@@ -362,7 +362,7 @@ def prepare(d: Daemon) -> None:
             cursor_tables=sum(1 for s in d.specs.values() if s is not None),
             trigger_tables=sum(1 for s in d.specs.values() if s is None),
         )
-    _acquire_lock(d)
+    acquire_lock(d)
     try:
         conn = connect(d.dsn, autocommit=True, connect_timeout=d.config.target.connect_timeout)
     except ConfigError as exc:
@@ -378,7 +378,8 @@ def prepare(d: Daemon) -> None:
     setup(d, startup=True)
 
 
-def _acquire_lock(d: Daemon) -> None:
+def acquire_lock(d: Daemon) -> None:
+    """The pair lock, waited for as a standby; StopRequested when asked to stop first."""
     if d.lock.alive():
         return
 

@@ -29,11 +29,10 @@ from replicator.coerce import decode_key
 from replicator.identifiers import pg_ident
 from replicator.plan.rows import Refused, convert_row
 from replicator.plan.tables import TablePlan
-from replicator.source.reader import fetch_one
 from replicator.source.sqlite import read_transaction
 from replicator.state import deadletter
 from replicator.state.deadletter import FOREIGN_KEY_VIOLATION
-from replicator.stream.repair import rewrite_keys, source_by_key_sql
+from replicator.stream.repair import rewrite_keys, source_row_by_key
 from replicator.target.catalog import foreign_keys
 from replicator.target.connection import Connection, is_row_error
 
@@ -107,7 +106,7 @@ class Waiting:
         with reading:
             for table, key in sorted(keys, key=repr):
                 plan = self.plans[table]
-                raw = fetch_one(source, source_by_key_sql(plan), key)
+                raw = source_row_by_key(source, plan, key)
                 row = convert_row(plan, raw) if raw is not None else None
                 if row is None or isinstance(row, Refused):
                     self.unlinked.add((table, key))  # gone or changed: one try tells
