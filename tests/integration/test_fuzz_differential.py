@@ -429,6 +429,8 @@ class FuzzMachine(RuleBasedStateMachine):
         row = conn.execute(f'SELECT {names} FROM "{table.name}" WHERE {cond}', params).fetchone()
         if row is None:
             return "gone"
+        if any(k != "rowid" and v is None for k, v in zip(table.key_or_rowid, key, strict=True)):
+            return "NULL in its key"  # PostgreSQL's key cannot hold it: documented, a letter
         for col, value in zip(table.columns, row, strict=True):
             if not clean_value(col, value):
                 return f"{col.name} holds {value!r}"
