@@ -203,11 +203,12 @@ class Applier:
             return self._letter(plan, change, row.column, row.value, row.reason, None)
         return row
 
-    def _key_row(self, plan: TablePlan, change: Change) -> Row | DeadLetter:
+    def _key_row(self, plan: TablePlan, change: Change) -> Row | None:
+        """The target key a delete removes; None when the target cannot hold the key
+        (a blob, a NUL in a text key...): it holds no such row, there is nothing to
+        delete, and the row's own dead letters are resolved with the batch (_heal)."""
         key = convert_key(plan, change.key)
-        if isinstance(key, Refused):
-            return self._letter(plan, change, key.column, key.value, key.reason, None)
-        return key
+        return None if isinstance(key, Refused) else key
 
     def null_key(self, change: Change) -> bool:
         """Whether the change's row has NULL in its key (see the module docstring)."""
@@ -267,6 +268,8 @@ class Applier:
         for (table, _key), change in last.items():
             plan = self.plans[table]
             row = self._key_row(plan, change) if change.is_delete else self._convert(plan, change)
+            if row is None:
+                continue  # a delete of a row the target cannot have held
             if isinstance(row, DeadLetter):
                 prepared.dead_letters.append(row)
                 continue
@@ -410,6 +413,8 @@ class Applier:
                 continue  # never written (see _sync_null_keys)
             plan = self.plans[change.table]
             row = self._key_row(plan, change) if change.is_delete else self._convert(plan, change)
+            if row is None:
+                continue  # a delete of a row the target cannot have held
             if isinstance(row, DeadLetter):
                 result.dead_letters.append(row)
                 continue

@@ -122,11 +122,6 @@ def test_a_daemon_stopped_before_it_takes_its_lock_stops_cleanly(
         thread.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a delete of a row whose key the target cannot hold is dead-lettered too, "
-    "and the row's letters stay open after it is gone: verify never says IDENTICAL again",
-)
 def test_deleting_a_row_whose_key_the_target_cannot_hold_closes_its_dead_letter(
     tmp_path: Path, pg_dsn: str
 ) -> None:
