@@ -56,9 +56,10 @@ BASE_FEATURES = frozenset(
 #: test_fuzz_findings.py): off in CI too.
 FOUND_GAPS = frozenset(
     {
-        # A delete of a row whose key the target cannot hold leaves its dead letters
-        # open; and with stops at random moments such a row can end up missing with
-        # no open dead letter (timing-dependent: seen, not yet shrunk).
+        # Keys the target cannot hold. The delete that left their dead letters open is
+        # fixed (test_fuzz_findings.py); a row ending up missing with no open dead
+        # letter under stops at random moments was seen once, not yet shrunk: off in
+        # CI until longer runs (bench/fuzz.py --features all) stay clean.
         "hostile_keys",
     }
 )
