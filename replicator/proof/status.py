@@ -44,7 +44,7 @@ from replicator.state.heartbeat import load_daemon, load_rates
 from replicator.state.lock import lock_holder, pair_id
 from replicator.state.migrations import current_revision, head_revision
 from replicator.state.position import load_position, load_table_stats
-from replicator.state.shapes import load_hold_states
+from replicator.state.shapes import load_holds
 from replicator.target.connection import Connection, connect, first_line
 
 STALE_AFTER = 15.0  # seconds without a heartbeat before a "running" daemon is called stale
@@ -171,7 +171,7 @@ def _read(conn: Connection, config: Config, schema: str) -> Status:
         me = consumer_id(cur, schema, create=False)
     applied = position.seq if position is not None else None
     rates = load_rates(conn, schema)
-    held = load_hold_states(conn, schema)
+    held = dict(sorted(load_holds(conn, schema).items()))
     status = Status(
         daemon=daemon,
         applied_position=applied,
@@ -229,7 +229,7 @@ def _read(conn: Connection, config: Config, schema: str) -> Status:
         count, oldest = lag.get(name, (0, None))
         mode = "triggers" if name in triggers else "cursor" if name in cursors else "none"
         if name in held:
-            mode = held[name][0]  # "paused", or "resync" while it is compared and repaired
+            mode = held[name].state  # "paused", or "resync" while it is compared and repaired
         status.tables.append(
             TableStatus(
                 table=name,
@@ -242,7 +242,7 @@ def _read(conn: Connection, config: Config, schema: str) -> Status:
                 last_applied_at=stats.get(name, (0, None))[1],
                 per_second=float(rates.get(name, 0.0)),
                 dead_letters=dead.get(name, 0),
-                paused=held[name][1] if name in held else None,
+                paused=held[name].reason if name in held else None,
             )
         )
     _verdict(status)

@@ -50,16 +50,6 @@ def load_holds(conn: Connection, schema: str) -> dict[str, Hold]:
     }
 
 
-def load_hold_states(conn: Connection, schema: str) -> dict[str, tuple[str, str]]:
-    """Table -> (state, reason) of every held table, for ``replicator status``."""
-    rows = conn.execute(
-        sql.SQL("SELECT table_name, state, reason FROM {} ORDER BY 1").format(
-            pg_ident(schema, "paused_tables")
-        )
-    ).fetchall()
-    return {str(r[0]): (str(r[1]), str(r[2])) for r in rows}
-
-
 def save_shapes(cur: Cursor, schema: str, shapes: Mapping[str, Any]) -> None:
     """Replace the stored shapes with these (table -> JSON), in the caller's transaction."""
     table = pg_ident(schema, "source_shapes")
