@@ -90,12 +90,14 @@ def validate_dsn(dsn: str) -> None:
         raise ConfigError(f"target URL {shown} is malformed: {reason}") from None
 
 
-_KV_PASSWORD = re.compile(r"password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+# A password in key=value form (quoted, or up to the next blank): what a message or
+# a log line must never show. Group 2 is the value as written.
+KV_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
 
 
 def _secrets_of(dsn: str) -> list[str]:
     """The password parts of a DSN as written (before any decoding), wherever they are."""
-    found = [m.strip("'") for m in _KV_PASSWORD.findall(dsn)] if "://" not in dsn else []
+    found = [m[2].strip("'") for m in KV_PASSWORD.finditer(dsn)] if "://" not in dsn else []
     if "://" in dsn:
         rest = dsn.split("://", 1)[1]
         cut = next((i for i, ch in enumerate(rest) if ch in "@/"), len(rest))

@@ -16,16 +16,15 @@ from typing import Any, TextIO, cast
 
 import structlog
 
-from replicator.dsn import redact_dsn
+from replicator.dsn import KV_PASSWORD, redact_dsn
 
 _DSN = re.compile(r"postgres(?:ql)?://[^\s'\"]+")
-_KV_PASSWORD = re.compile(r"(password\s*=\s*)(\S+)", re.IGNORECASE)
 
 
 def scrub(text: str) -> str:
     """Redact passwords in any DSN-looking part of ``text``."""
     text = _DSN.sub(lambda m: redact_dsn(m.group(0)), text)
-    return _KV_PASSWORD.sub(r"\1***", text)
+    return KV_PASSWORD.sub(r"\1***", text)
 
 
 def _redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
