@@ -181,6 +181,11 @@ def set_open_dead_letters(tables: Sequence[str], open_by_table: Mapping[str, int
         DEAD_LETTERS_OPEN.labels(table).set(open_by_table.get(table, 0))
 
 
+def _show_phase(state: str) -> None:
+    for phase in PHASES:
+        PHASE.labels(phase).set(1 if phase == state else 0)
+
+
 class Health:
     """What the health endpoints report; updated by the daemon loop."""
 
@@ -198,15 +203,16 @@ class Health:
         self.failures = 0  # consecutive failed attempts, while retrying
         self.pair: str | None = None  # state.lock.pair_id(): whose health this is
         self._lock = threading.Lock()
+        _show_phase(self.state)
 
     def tick(self, *, connected: bool, lag_seconds: float, state: str) -> None:
         with self._lock:
             self.last_tick = time.monotonic()
             self.connected = connected
             self.lag_seconds = lag_seconds
-            self.state = state
-        for phase in PHASES:
-            PHASE.labels(phase).set(1 if phase == state else 0)
+            changed, self.state = state != self.state, state
+        if changed:  # ticks come every loop turn: the gauges move with the phase only
+            _show_phase(state)
 
     def note_error(self, error: str | None, failures: int = 0) -> None:
         """The error the daemon is retrying (None once it has recovered): during an
