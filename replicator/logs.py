@@ -43,7 +43,7 @@ class _Stream:
         self._partial = ""  # a line written in pieces (print writes its newline apart)
 
     def write(self, text: str) -> int:
-        console = _LIVE.console
+        console = _OUTPUT.console
         if console is None and not self._partial:
             return int(self.stream.write(text))
         *lines, self._partial = (self._partial + text).split("\n")
@@ -58,22 +58,24 @@ class _Stream:
         self.stream.flush()
 
 
-class _Live:
+class _Output:
+    """Where and how log lines are written, as configure() and a progress display set it."""
+
     console: Any = None  # the rich Console of a progress display on screen, if any
     json = True  # log lines are JSON (not for a person at a terminal)
 
 
-_LIVE = _Live()
+_OUTPUT = _Output()
 
 
 def json_lines() -> bool:
     """Whether log lines are JSON records (else readable lines for a terminal)."""
-    return _LIVE.json
+    return _OUTPUT.json
 
 
 def live_console(console: Any) -> None:
     """Send log lines through ``console`` (None: straight to the stream again)."""
-    _LIVE.console = console
+    _OUTPUT.console = console
 
 
 class _Forward(logging.Handler):
@@ -95,7 +97,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: Any = None) -> Non
     stream = stream or sys.stderr
     if fmt == "auto":
         fmt = "console" if stream.isatty() else "json"
-    _LIVE.json = fmt == "json"
+    _OUTPUT.json = fmt == "json"
     renderer: Any = (
         structlog.dev.ConsoleRenderer(colors=stream.isatty())
         if fmt == "console"
