@@ -7,8 +7,10 @@ way the app wrote it. Each column's form is detected from values already in it
 (:func:`detect`), and :func:`to_sqlite` writes a value in that form.
 
 What is not kept: a timestamp with a zone is written in UTC (the instant is
-kept, the offset the app once wrote is not); JSON is jsonb's text (its key order
-and spacing, not the app's original text).
+kept, the offset the app once wrote is not); a timestamp more precise than the
+column's fraction (microseconds where the app wrote milliseconds) keeps all its
+digits rather than lose some; JSON is jsonb's text (its key order and spacing,
+not the app's original text).
 """
 
 from __future__ import annotations
@@ -43,11 +45,14 @@ class TimeText:
         if self.date_only:
             return dt.date().isoformat()
         text = f"{dt.date().isoformat()}{self.sep}{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}"
-        if self.fraction and not (self.trim_zero_fraction and dt.microsecond == 0):
-            text += "." + f"{dt.microsecond:06d}"[: self.fraction].ljust(self.fraction, "0")
-        elif dt.microsecond and not self.fraction:
-            # A value more precise than the column's form: keep it rather than drop it.
-            text += "." + f"{dt.microsecond:06d}".rstrip("0")
+        micros = f"{dt.microsecond:06d}"
+        digits = self.fraction
+        if micros[digits:].strip("0"):
+            # More precise than the column's form (PostgreSQL's now() has microseconds
+            # where the app wrote milliseconds): every digit is kept, never cut.
+            digits = len(micros.rstrip("0"))
+        if digits and not (self.trim_zero_fraction and dt.microsecond == 0):
+            text += "." + micros[:digits]
         return text + self.offset
 
 

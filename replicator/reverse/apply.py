@@ -18,6 +18,7 @@ SQLite cannot hold) is not written: it becomes a dead letter with
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import time
 from collections import Counter
@@ -27,7 +28,6 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from replicator.coerce import json_safe
 from replicator.plan.reverse import (
     ReversePlan,
     SqliteRow,
@@ -68,12 +68,24 @@ class ReverseBatch:
         self.keys.setdefault(table, []).append(key)
 
 
+def _pg_json(value: object) -> object:
+    """A PostgreSQL value as JSON for a dead letter (its text when JSON has no type
+    for it: timestamps, numerics, NaN)."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, bytes | memoryview):
+        return bytes(value).hex()
+    return str(value)
+
+
 def _letter_dict(d: DeadLetter) -> dict[str, Any]:
     return {
         "table": d.table,
-        "key": [json_safe(k) for k in d.key],
+        "key": [_pg_json(k) for k in d.key],
         "column": d.column,
-        "raw_value": json_safe(d.raw_value),
+        "raw_value": _pg_json(d.raw_value),
         "error": d.error,
         "sqlstate": d.sqlstate,
         "change": d.change,
@@ -263,7 +275,7 @@ class ReverseApplier:
             table=rplan.name,
             key=tuple(key),
             column=refused.column,
-            raw_value=refused.value,
+            raw_value=_pg_json(refused.value),
             error=refused.reason,
             sqlstate=None,
             stage=STAGE,
@@ -273,7 +285,7 @@ class ReverseApplier:
 
     @staticmethod
     def _image(rplan: ReversePlan, values: Sequence[object]) -> dict[str, Any]:
-        return {c.source: json_safe(v) for c, v in zip(rplan.columns, values, strict=True)}
+        return {c.source: _pg_json(v) for c, v in zip(rplan.columns, values, strict=True)}
 
     def heal(self, conn: Connection, batch: ReverseBatch) -> int:
         """Resolve open reverse letters of keys this batch wrote (after :meth:`finish`;

@@ -1,0 +1,436 @@
+"""The reverse direction (issue 18): PostgreSQL's changes back into the SQLite file.
+
+After a forward replication (snapshot and stream by the daemon), the app writes
+to PostgreSQL directly (psycopg sessions of its own, not the replicator's): the
+reverse apply must leave SQLite identical to PostgreSQL by the independent
+comparison of :mod:`oracle`, with every value in the text the SQLite column
+used before (the tests read the stored text and its ``typeof``, not only the
+value). Capture must work for a role that owns the tables and is no superuser,
+must not capture the replicator's own writes (dual writes: both daemons
+running converge without echo), and each change must be consumed exactly once
+whatever point the process is killed at.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import sqlite3
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from harness import REPLICATOR, DaemonThread, daemon_config, daemon_env, wait_until
+from obsutil import pg_exec, pg_rows, sqlite_exec
+from oracle import assert_replicated
+
+from replicator.config import Config
+from replicator.plan.reverse import build_reverse_plans
+from replicator.proof.rollback import Rollback
+from replicator.reverse import position as rpos
+from replicator.reverse.apply import ReverseApplier
+from replicator.reverse.daemon import ReverseDaemon
+from replicator.reverse.setup import plan_tables, read_reverse_status, reverse_init
+from replicator.source.sqlite import open_source
+from replicator.target.connection import connect
+
+SCHEMA = """
+PRAGMA journal_mode = WAL;
+CREATE TABLE accounts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    email TEXT NOT NULL UNIQUE,
+    active BOOLEAN NOT NULL,
+    created_at DATETIME NOT NULL,
+    seen_at TIMESTAMP,
+    settings JSON,
+    balance NUMERIC(10,2),
+    score REAL
+);
+CREATE TABLE tags (
+    account_id INTEGER NOT NULL REFERENCES accounts(id),
+    tag TEXT NOT NULL,
+    pinned BOOLEAN,
+    PRIMARY KEY (account_id, tag)
+);
+"""
+
+
+def make_app_db(path: Path, accounts: int = 20) -> Path:
+    """Timestamps in two styles (SQLite's ``datetime('now')`` and an API's ``...T...Z``
+    with milliseconds), booleans as 0/1 in one table and as 'true'/'false' in the other."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.executescript(SCHEMA)
+        conn.execute("BEGIN")
+        for i in range(1, accounts + 1):
+            conn.execute(
+                "INSERT INTO accounts VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    i,
+                    f"user{i}@example.com",
+                    i % 2,
+                    f"2025-01-{i % 28 + 1:02d} 10:00:00",
+                    f"2025-02-{i % 28 + 1:02d}T08:15:30.{i % 1000:03d}Z",
+                    f'{{"theme": "dark", "n": {i}}}',
+                    i + 0.5,
+                    i / 4,
+                ),
+            )
+            conn.execute(
+                "INSERT INTO tags VALUES (?, ?, ?)", (i, "t" + str(i), "true" if i % 2 else "false")
+            )
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+    return path
+
+
+def forward(source: Path, dsn: str) -> Config:
+    """Snapshot and stream forward until PostgreSQL holds the file (the state before
+    cutover), then stop the forward daemon; the config for the reverse direction."""
+    config = daemon_config(source, dsn)
+    with DaemonThread(config) as daemon:
+        daemon.wait_streaming(timeout=120)
+    assert_replicated(source, dsn)
+    return config
+
+
+def reverse_once(config: Config) -> None:
+    ReverseDaemon(config, once=True, install_signals=False, batch_size=50).run()
+
+
+def rows(path: Path, query: str) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(query).fetchall()
+    finally:
+        conn.close()
+
+
+def app_writes(dsn: str) -> None:
+    """What an application does after cutover: inserts, updates, deletes, a key change,
+    JSON and timestamps; each statement its own transaction."""
+    pg_exec(
+        dsn,
+        "INSERT INTO accounts (email, active, created_at, seen_at, settings, balance, score) "
+        "VALUES ('new@example.com', true, '2026-03-04 05:06:07+00', "
+        '\'2026-03-04 05:06:07.25+00\', \'{"b": [1, 2], "a": {"z": null}}\', 19.90, 0.1)',
+        "UPDATE accounts SET active = NOT active, balance = 7, seen_at = NULL WHERE id = 3",
+        'UPDATE accounts SET settings = \'{"theme": "light"}\' WHERE id = 4',
+        "UPDATE tags SET tag = 'renamed', pinned = false WHERE account_id = 5",
+        "UPDATE tags SET account_id = 21 WHERE account_id = 6",
+        "DELETE FROM tags WHERE account_id = 7",
+        "DELETE FROM accounts WHERE id = 7",
+        "INSERT INTO tags VALUES (21, 'fresh', true)",
+        "INSERT INTO accounts (email, active, created_at) "
+        "VALUES ('gone@example.com', false, now())",
+        "DELETE FROM accounts WHERE email = 'gone@example.com'",
+    )
+
+
+# -- values back in the app's own forms ----------------------------------------------
+
+
+def test_app_writes_in_postgresql_come_back_in_the_columns_own_text(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    source = make_app_db(tmp_path / "app.db")
+    config = forward(source, pg_dsn)
+    reverse_init(config, out=lambda _line: None)
+    app_writes(pg_dsn)
+    reverse_once(config)
+
+    assert_replicated(source, pg_dsn)
+    new = rows(
+        source,
+        "SELECT id, active, typeof(active), created_at, seen_at, settings, balance, "
+        "typeof(balance), score FROM accounts WHERE email = 'new@example.com'",
+    )
+    assert new == [
+        (
+            21,
+            1,
+            "integer",
+            "2026-03-04 05:06:07",  # the column's datetime('now') style
+            "2026-03-04T05:06:07.250Z",  # the column's API style, milliseconds kept
+            '{"a": {"z": null}, "b": [1, 2]}',  # jsonb's text: keys sorted, its spacing
+            19.9,
+            "real",
+            0.1,
+        )
+    ]
+    assert rows(
+        source, "SELECT active, balance, typeof(balance), seen_at FROM accounts WHERE id=3"
+    ) == [(0, 7, "integer", None)]
+    assert rows(source, "SELECT settings FROM accounts WHERE id = 4") == [('{"theme": "light"}',)]
+    assert rows(source, "SELECT count(*) FROM accounts WHERE id = 7 OR email LIKE 'gone%'") == [
+        (0,)
+    ]
+    tags = dict(((a, t), p) for a, t, p in rows(source, "SELECT * FROM tags"))
+    assert tags[(5, "renamed")] == "false"  # the column's 'true'/'false' spelling
+    assert tags[(21, "fresh")] == "true"
+    assert (21, "t6") in tags and (6, "t6") not in tags and (5, "t5") not in tags
+    assert rows(source, "SELECT seq FROM sqlite_sequence WHERE name = 'accounts'") == [(21,)]
+    # Nothing the reverse apply wrote went into the forward change log.
+    assert rows(source, "SELECT count(*) FROM _replicator_changelog") == [(0,)]
+    assert read_reverse_status(config).in_sync
+
+    report = Rollback(config, out=lambda _line: None).run()
+    assert report.go, report.render()
+    recorded = pg_rows(pg_dsn, "SELECT value->>'go' FROM replicator.meta WHERE key = 'rollback'")
+    assert recorded == [("true",)]
+    # Rollback moved SQLite's AUTOINCREMENT mark past id 22, which PostgreSQL handed
+    # out (and the app deleted): SQLite never gives that id to a new row.
+    assert rows(source, "SELECT seq FROM sqlite_sequence WHERE name = 'accounts'") == [(22,)]
+
+
+def test_rollback_is_no_go_while_changes_wait_or_a_row_is_refused(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    source = make_app_db(tmp_path / "app.db", accounts=5)
+    config = forward(source, pg_dsn)
+    reverse_init(config, out=lambda _line: None)
+    pg_exec(pg_dsn, "UPDATE accounts SET score = 'NaN' WHERE id = 2")
+    report = Rollback(config, out=lambda _line: None, timeout=1).run()
+    failed = {c.name for c in report.checks if not c.ok}
+    assert not report.go and "reverse lag zero" in failed, report.render()
+
+    reverse_once(config)  # SQLite cannot hold NaN: a dead letter, the rest applied
+    letters = pg_rows(
+        pg_dsn,
+        "SELECT table_name, key, column_name FROM replicator.dead_letters "
+        "WHERE direction = 'reverse' AND resolved_at IS NULL",
+    )
+    assert letters == [("accounts", [2], "score")]
+    report = Rollback(config, out=lambda _line: None, timeout=1).run()
+    failed = {c.name for c in report.checks if not c.ok}
+    assert failed == {"verify", "no reverse dead letters"}, report.render()
+
+    pg_exec(pg_dsn, "UPDATE accounts SET score = 2.5 WHERE id = 2")
+    reverse_once(config)  # the next change of the row heals it
+    report = Rollback(config, out=lambda _line: None).run()
+    assert report.go, report.render()
+
+
+# -- capture without superuser -------------------------------------------------------
+
+
+@pytest.fixture
+def owner_dsn(pg_dsn: str) -> Iterator[str]:
+    """A login role that is no superuser and owns the database (so it can create the
+    state schema and the tables), and a second role the app writes with."""
+    suffix = random.randrange(1 << 30)
+    owner, writer = f"rv_owner_{suffix}", f"rv_app_{suffix}"
+    dbname = psycopg.conninfo.conninfo_to_dict(pg_dsn)["dbname"]
+    pg_exec(
+        pg_dsn,
+        f"CREATE ROLE {owner} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE",
+        f"CREATE ROLE {writer} LOGIN NOSUPERUSER",
+        f'ALTER DATABASE "{dbname}" OWNER TO {owner}',
+        f"ALTER SCHEMA public OWNER TO {owner}",
+    )
+    yield psycopg.conninfo.make_conninfo(pg_dsn, user=owner)
+    pg_exec(
+        pg_dsn,
+        f'ALTER DATABASE "{dbname}" OWNER TO postgres',
+        f"REASSIGN OWNED BY {owner}, {writer} TO postgres",
+        f"DROP OWNED BY {owner}, {writer}",
+        f"DROP ROLE {owner}",
+        f"DROP ROLE {writer}",
+    )
+
+
+def test_capture_needs_no_superuser_and_no_privilege_of_the_app_on_the_state_schema(
+    tmp_path: Path, pg_dsn: str, owner_dsn: str
+) -> None:
+    source = make_app_db(tmp_path / "app.db", accounts=5)
+    config = forward(source, owner_dsn)  # the tables are created by (so owned by) the owner
+    owner = psycopg.conninfo.conninfo_to_dict(owner_dsn)["user"]
+    assert pg_rows(pg_dsn, "SELECT rolsuper FROM pg_roles WHERE rolname = %s", (owner,)) == [
+        (False,)
+    ]
+    reverse_init(config, out=lambda _line: None)
+    writer = owner.replace("rv_owner_", "rv_app_")
+    pg_exec(
+        owner_dsn,
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON accounts, tags TO {writer}",
+        f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {writer}",
+    )
+    app_dsn = psycopg.conninfo.make_conninfo(pg_dsn, user=writer)
+    pg_exec(app_dsn, "UPDATE accounts SET email = 'changed@example.com' WHERE id = 1")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        pg_exec(app_dsn, "SELECT * FROM replicator.reverse_changes")
+    reverse_once(config)
+    assert rows(source, "SELECT email FROM accounts WHERE id = 1") == [("changed@example.com",)]
+    assert_replicated(source, pg_dsn)
+
+
+# -- exactly once --------------------------------------------------------------------
+
+
+def test_a_batch_committed_in_sqlite_but_not_deleted_in_postgresql_is_not_applied_again(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    source = make_app_db(tmp_path / "app.db", accounts=5)
+    config = forward(source, pg_dsn)
+    reverse_init(config, out=lambda _line: None)
+    pg_exec(pg_dsn, "UPDATE accounts SET balance = balance + 1 WHERE id <= 3")
+    # A process that dies right after the SQLite commit: changes still in PostgreSQL.
+    sqlite = open_source(source)
+    with connect(pg_dsn, autocommit=True) as conn:
+        applier = ReverseApplier(
+            build_reverse_plans(sqlite, plan_tables(config, conn, sqlite)), "replicator"
+        )
+        changes = applier.read(conn, 100)
+        applier.apply(conn, sqlite, changes)
+    sqlite.close()
+    assert pg_rows(pg_dsn, "SELECT count(*) FROM replicator.reverse_changes") == [(3,)]
+
+    reverse_once(config)
+    assert pg_rows(pg_dsn, "SELECT count(*) FROM replicator.reverse_changes") == [(0,)]
+    sqlite = open_source(source, readonly=True)
+    position = rpos.load(sqlite)
+    sqlite.close()
+    assert (position.batches, position.changes) == (1, 3)  # the restart applied nothing again
+    assert_replicated(source, pg_dsn)
+
+
+def _pg_writer(dsn: str, stop: threading.Event, count: list[int]) -> None:
+    rng = random.Random(7)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while not stop.is_set():
+            i = rng.randrange(1, 40)
+            op = rng.random()
+            with conn.transaction():
+                if op < 0.4:
+                    conn.execute(
+                        "INSERT INTO accounts"
+                        " (email, active, created_at, seen_at, settings, balance)"
+                        " VALUES (%s, %s, now(), clock_timestamp(), %s, %s)"
+                        " ON CONFLICT (email) DO UPDATE SET balance = accounts.balance + 1",
+                        (f"w{i}@example.com", i % 2 == 0, f'{{"i": {i}}}', i / 8),
+                    )
+                elif op < 0.8:
+                    conn.execute(
+                        "UPDATE accounts SET seen_at = clock_timestamp(), active = NOT active,"
+                        " settings = jsonb_build_object('k', %s) WHERE id = %s",
+                        (i, i),
+                    )
+                else:
+                    conn.execute("DELETE FROM tags WHERE account_id = %s", (i,))
+                    conn.execute("DELETE FROM accounts WHERE email = %s", (f"w{i}@example.com",))
+            count[0] += 1
+            time.sleep(0.002)
+
+
+def test_the_reverse_daemon_killed_at_random_points_applies_every_change_once(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    source = make_app_db(tmp_path / "app.db")
+    config = forward(source, pg_dsn)
+    reverse_init(config, out=lambda _line: None)
+    env = daemon_env(source, pg_dsn)
+    stop, count = threading.Event(), [0]
+    writer = threading.Thread(target=_pg_writer, args=(pg_dsn, stop, count), daemon=True)
+    writer.start()
+    rng = random.Random(18)
+    kills = 0
+    try:
+        for _ in range(8):
+            proc = subprocess.Popen(
+                [str(REPLICATOR), "reverse", "run", "--batch-size", "7", "--poll-interval", "0.1"],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            time.sleep(rng.uniform(0.3, 1.5))
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(30)
+            kills += 1
+    finally:
+        stop.set()
+        writer.join(30)
+    assert count[0] > 50 and kills == 8
+    reverse_once(config)  # then a clean run finishes what is left
+
+    captured = pg_rows(
+        pg_dsn,
+        "SELECT last_value FROM pg_sequences WHERE schemaname || '.' || sequencename = "
+        "pg_get_serial_sequence('replicator.reverse_changes', 'seq')",
+    )[0][0]
+    assert pg_rows(pg_dsn, "SELECT count(*) FROM replicator.reverse_changes") == [(0,)]
+    sqlite = open_source(source, readonly=True)
+    position = rpos.load(sqlite)
+    sqlite.close()
+    # Every change captured was consumed once: none twice (a batch applied again
+    # after a kill would count twice), none lost.
+    assert position.changes == captured
+    assert_replicated(source, pg_dsn)
+    assert rows(source, "SELECT count(*) FROM _replicator_changelog") == [(0,)]
+    report = Rollback(config, out=lambda _line: None).run()
+    assert report.go, report.render()
+
+
+# -- dual writes ---------------------------------------------------------------------
+
+
+def test_both_daemons_running_converge_without_echo(tmp_path: Path, pg_dsn: str) -> None:
+    source = make_app_db(tmp_path / "app.db")
+    config = forward(source, pg_dsn)
+    reverse_init(config, out=lambda _line: None)
+    reverse = ReverseDaemon(config, install_signals=False, poll_interval=0.1)
+    thread = threading.Thread(target=reverse.run, daemon=True)
+    with DaemonThread(config) as daemon:
+        daemon.wait_streaming(timeout=120)
+        thread.start()
+        # The app writes both sides during a migration's dual-write window: SQLite
+        # rows 1-10, PostgreSQL rows 11-20 (disjoint rows, as dual writes must be).
+        for n in range(30):
+            sqlite_exec(
+                source,
+                (
+                    "UPDATE accounts SET balance = balance + 1, seen_at = ? WHERE id = ?",
+                    (f"2026-05-01T00:00:{n:02d}.000Z", n % 10 + 1),
+                ),
+            )
+            pg_exec(
+                pg_dsn,
+                f"UPDATE accounts SET score = score + 1, settings = '{{\"n\": {n}}}' "
+                f"WHERE id = {n % 10 + 11}",
+            )
+        pg_exec(pg_dsn, "INSERT INTO tags VALUES (11, 'from-pg', true)")
+        sqlite_exec(source, "INSERT INTO tags VALUES (1, 'from-sqlite', 'true')")
+
+        def settled() -> bool:
+            status = read_reverse_status(config)
+            applied = pg_rows(pg_dsn, "SELECT seq FROM replicator.stream_position")[0][0]
+            head = rows(
+                source, "SELECT seq FROM sqlite_sequence WHERE name = '_replicator_changelog'"
+            )[0][0]
+            return status.pending == 0 and applied >= head
+
+        wait_until(settled, 60, "both directions to settle")
+        time.sleep(1.0)  # an echo, if any, would show up as new changes now
+        assert settled()
+        applied_forward = pg_rows(pg_dsn, "SELECT changes_applied FROM replicator.stream_position")
+    reverse.stop.set()
+    thread.join(30)
+    assert not thread.is_alive()
+
+    # Forward carried exactly the 31 SQLite writes; reverse exactly the 31 PostgreSQL ones.
+    assert applied_forward == [(31,)]
+    sqlite = open_source(source, readonly=True)
+    assert rpos.load(sqlite).changes == 31
+    sqlite.close()
+    assert rows(source, "SELECT balance, seen_at FROM accounts WHERE id = 1") == [
+        (4.5, "2026-05-01T00:00:20.000Z")
+    ]
+    assert rows(source, "SELECT score, settings FROM accounts WHERE id = 11") == [
+        (5.75, '{"n": 20}')
+    ]
+    assert_replicated(source, pg_dsn)
