@@ -69,13 +69,14 @@ def record(cur: psycopg.Cursor[Any], schema: str, letters: Iterable[DeadLetter])
 def resolve_keys(
     cur: psycopg.Cursor[Any], schema: str, table: str, keys: Sequence[Sequence[object]], how: str
 ) -> int:
-    """Mark open dead letters of these keys resolved (a later write healed them)."""
+    """Mark open dead letters of these keys resolved (a later write healed them).
+    Only the forward direction's: a reverse letter is healed by a reverse write."""
     if not keys:
         return 0
     cur.execute(
         sql.SQL(
-            "UPDATE {} SET resolved_at = now(), resolution = %s "
-            "WHERE resolved_at IS NULL AND table_name = %s AND key = ANY(%s::jsonb[])"
+            "UPDATE {} SET resolved_at = now(), resolution = %s WHERE resolved_at IS NULL"
+            " AND direction = 'forward' AND table_name = %s AND key = ANY(%s::jsonb[])"
         ).format(pg_ident(schema, "dead_letters")),
         (how, table, [Jsonb(json_key(k)) for k in keys]),
     )
