@@ -46,8 +46,17 @@ def reverse_init(ctx: click.Context) -> None:
     help="Seconds between looks at the change table when no notification arrives.",
 )
 @click.option("--once", is_flag=True, help="Apply what is captured now, then exit.")
+@click.option(
+    "--metrics-address",
+    default="",
+    metavar="HOST:PORT",
+    help="Serve /metrics, /healthz and /readyz here (default: off; the forward daemon "
+    "may hold metrics.address).",
+)
 @click.pass_context
-def reverse_run(ctx: click.Context, batch_size: int, poll_interval: float, once: bool) -> None:
+def reverse_run(
+    ctx: click.Context, batch_size: int, poll_interval: float, once: bool, metrics_address: str
+) -> None:
     """Apply PostgreSQL's changes to SQLite until stopped (SIGTERM finishes the batch).
 
     Each batch commits in SQLite together with its position, so a restart
@@ -60,7 +69,11 @@ def reverse_run(ctx: click.Context, batch_size: int, poll_interval: float, once:
         if batch_size < 1:
             raise click.UsageError("--batch-size must be at least 1")
         return run_reverse(
-            ctx.obj.config(), batch_size=batch_size, poll_interval=poll_interval, once=once
+            ctx.obj.config(),
+            batch_size=batch_size,
+            poll_interval=poll_interval,
+            once=once,
+            metrics_address=metrics_address,
         )
 
     run_guarded(ctx, go)

@@ -28,8 +28,8 @@ from tenacity import (
 )
 
 from replicator import metrics
-from replicator.config import Config
-from replicator.errors import LockHeldError, SourceError
+from replicator.config import Config, parse_address
+from replicator.errors import ConfigError, LockHeldError, SourceError
 from replicator.logs import get_logger
 from replicator.plan.reverse import build_reverse_plans
 from replicator.reverse import position as rpos
@@ -65,6 +65,7 @@ class ReverseDaemon:
         poll_interval: float = 1.0,
         once: bool = False,
         install_signals: bool = True,
+        metrics_address: str = "",
     ) -> None:
         self.config = config
         self.schema = config.target.state_schema
@@ -78,6 +79,14 @@ class ReverseDaemon:
         self.source: sqlite3.Connection | None = None
         self.applier: ReverseApplier | None = None
         self.open_letters = 0
+        # /metrics (the replicator_reverse_* series), /healthz and /readyz of this
+        # process; its own address, since a forward daemon may hold the default one.
+        self.metrics_address = metrics_address
+        self.health = metrics.Health(
+            stuck_after=max(60.0, poll_interval * 10),
+            lag_ready=config.metrics.lag_ready_seconds,
+        )
+        self.server: metrics.MetricsServer | None = None
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         if self.stop.is_set():
@@ -88,6 +97,16 @@ class ReverseDaemon:
         if self.install_signals:
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
+        if self.metrics_address:
+            host, port = parse_address(self.metrics_address)
+            try:
+                self.server = metrics.MetricsServer(host, port, self.health).start()
+            except OSError as exc:
+                raise ConfigError(
+                    f"--metrics-address {self.metrics_address} cannot be listened on: "
+                    f"{exc.strerror or exc}"
+                ) from None
+            self.log.info("metrics_listening", address=f"{host}:{self.server.port}")
         retrying = Retrying(
             retry=retry_if_exception(lambda exc: transient(exc) is not None),
             wait=wait_exponential(multiplier=0.5, max=30.0) + wait_random(0, 0.5),
@@ -102,6 +121,8 @@ class ReverseDaemon:
                     self._run_once_connected()
         finally:
             self._close()
+            if self.server is not None:
+                self.server.stop()
         self.log.info("stopped")
         return 0
 
@@ -112,6 +133,8 @@ class ReverseDaemon:
         exc = rs.outcome.exception() if rs.outcome else None
         kind = transient(exc) if exc else None
         metrics.RETRIES.labels(kind=f"reverse_{kind}").inc()
+        self.health.note_error(str(exc).splitlines()[0] if exc else None)
+        self.health.tick(connected=False, lag_seconds=float("inf"), state="retrying")
         self.log.warning("retrying", kind=kind, error=str(exc).splitlines()[0] if exc else None)
         if kind == "connection":
             self._close()
@@ -186,6 +209,7 @@ class ReverseDaemon:
     def _idle(self, conn: Connection) -> None:
         metrics.REVERSE_LAG_SECONDS.set(0)
         metrics.REVERSE_LAG_CHANGES.set(0)
+        self.health.tick(connected=True, lag_seconds=0.0, state="streaming")
         if self.once:
             return
         # Woken by the trigger's notification at the next commit, or the poll.
@@ -216,7 +240,9 @@ class ReverseDaemon:
         with conn.cursor() as cur:
             pending, oldest = state.depth(cur, self.schema)
         metrics.REVERSE_LAG_CHANGES.set(pending)
-        metrics.REVERSE_LAG_SECONDS.set(max(0.0, now - oldest.timestamp()) if oldest else 0.0)
+        lag = max(0.0, now - oldest.timestamp()) if oldest else 0.0
+        metrics.REVERSE_LAG_SECONDS.set(lag)
+        self.health.tick(connected=True, lag_seconds=lag, state="streaming")
         self.log.info(
             "reverse_batch",
             position=str(applier.position),
