@@ -15,19 +15,18 @@ from __future__ import annotations
 
 import random
 import signal
-import sqlite3
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
 from harness import REPLICATOR, DaemonThread, daemon_config, daemon_env, wait_until
 from obsutil import pg_exec, pg_rows, sqlite_exec
 from oracle import assert_replicated
+from reverseutil import make_app_db, rows
 
 from replicator.config import Config
 from replicator.plan.reverse import build_reverse_plans
@@ -38,56 +37,6 @@ from replicator.reverse.daemon import ReverseDaemon
 from replicator.reverse.setup import plan_tables, read_reverse_status, reverse_init
 from replicator.source.sqlite import open_source
 from replicator.target.connection import connect
-
-SCHEMA = """
-PRAGMA journal_mode = WAL;
-CREATE TABLE accounts (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    email TEXT NOT NULL UNIQUE,
-    active BOOLEAN NOT NULL,
-    created_at DATETIME NOT NULL,
-    seen_at TIMESTAMP,
-    settings JSON,
-    balance NUMERIC(10,2),
-    score REAL
-);
-CREATE TABLE tags (
-    account_id INTEGER NOT NULL REFERENCES accounts(id),
-    tag TEXT NOT NULL,
-    pinned BOOLEAN,
-    PRIMARY KEY (account_id, tag)
-);
-"""
-
-
-def make_app_db(path: Path, accounts: int = 20) -> Path:
-    """Timestamps in two styles (SQLite's ``datetime('now')`` and an API's ``...T...Z``
-    with milliseconds), booleans as 0/1 in one table and as 'true'/'false' in the other."""
-    conn = sqlite3.connect(path, isolation_level=None)
-    try:
-        conn.executescript(SCHEMA)
-        conn.execute("BEGIN")
-        for i in range(1, accounts + 1):
-            conn.execute(
-                "INSERT INTO accounts VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    i,
-                    f"user{i}@example.com",
-                    i % 2,
-                    f"2025-01-{i % 28 + 1:02d} 10:00:00",
-                    f"2025-02-{i % 28 + 1:02d}T08:15:30.{i % 1000:03d}Z",
-                    f'{{"theme": "dark", "n": {i}}}',
-                    i + 0.5,
-                    i / 4,
-                ),
-            )
-            conn.execute(
-                "INSERT INTO tags VALUES (?, ?, ?)", (i, "t" + str(i), "true" if i % 2 else "false")
-            )
-        conn.execute("COMMIT")
-    finally:
-        conn.close()
-    return path
 
 
 def forward(source: Path, dsn: str) -> Config:
@@ -102,14 +51,6 @@ def forward(source: Path, dsn: str) -> Config:
 
 def reverse_once(config: Config) -> None:
     ReverseDaemon(config, once=True, install_signals=False, batch_size=50).run()
-
-
-def rows(path: Path, query: str) -> list[tuple[Any, ...]]:
-    conn = sqlite3.connect(path)
-    try:
-        return conn.execute(query).fetchall()
-    finally:
-        conn.close()
 
 
 def app_writes(dsn: str) -> None:
