@@ -122,6 +122,7 @@ class StoredLetter:
     created_at: Any
     resolved_at: Any
     resolution: str | None
+    direction: str = "forward"  # or "reverse": a row SQLite refused (PostgreSQL -> SQLite)
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> StoredLetter:
@@ -130,7 +131,7 @@ class StoredLetter:
 
 _COLUMNS = (
     "id, table_name, key, column_name, raw_value, error, sqlstate, stage, change, position,"
-    " created_at, resolved_at, resolution"
+    " created_at, resolved_at, resolution, direction"
 )
 
 
@@ -144,9 +145,13 @@ def fetch(
     limit: int | None = None,
     sqlstate: str | None = None,
     tables: Sequence[str] = (),
+    direction: str | None = None,
 ) -> list[StoredLetter]:
     where = [sql.SQL("true")]
     params: list[Any] = []
+    if direction:
+        where.append(sql.SQL("direction = %s"))
+        params.append(direction)
     if sqlstate:
         where.append(sql.SQL("sqlstate = %s"))
         params.append(sqlstate)

@@ -29,7 +29,9 @@ from oracle import assert_replicated
 from reverseutil import make_app_db, rows
 
 from replicator.config import Config
+from replicator.errors import DataError
 from replicator.plan.reverse import build_reverse_plans
+from replicator.proof.letters import retry_letters
 from replicator.proof.rollback import Rollback
 from replicator.reverse import position as rpos
 from replicator.reverse.apply import ReverseApplier
@@ -148,6 +150,10 @@ def test_rollback_is_no_go_while_changes_wait_or_a_row_is_refused(
         "WHERE direction = 'reverse' AND resolved_at IS NULL",
     )
     assert letters == [("accounts", [2], "score")]
+    # Re-copying it from SQLite would overwrite PostgreSQL's newer row: refused.
+    (letter_id,) = pg_rows(pg_dsn, "SELECT id FROM replicator.dead_letters")[0]
+    with pytest.raises(DataError, match="reverse direction"):
+        retry_letters(config, ids=[letter_id], report=lambda _r: None)
     report = Rollback(config, out=lambda _line: None, timeout=1).run()
     failed = {c.name for c in report.checks if not c.ok}
     assert failed == {"verify", "no reverse dead letters"}, report.render()
