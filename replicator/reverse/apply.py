@@ -194,8 +194,8 @@ class ReverseApplier:
         return batch
 
     def _table_order(self, rows: dict[str, Any]) -> list[str]:
-        """Parents first (the plans' order), so that SQLite's foreign keys, when the
-        application left them on in the file's connection defaults, see parents."""
+        """Parents first (the plans' order): the order a reader of the file expects,
+        though the apply's connection leaves SQLite's foreign keys off."""
         return [t for t in self.plans if t in rows]
 
     def _write_table(

@@ -168,6 +168,10 @@ class ReverseDaemon:
             self.config.require_source(), busy_timeout_ms=self.config.source.busy_timeout_ms
         )
         self.source = source
+        # PostgreSQL enforced the foreign keys already, and its cascades arrive as
+        # captured deletes of their own: SQLite must not refuse a batch's order nor
+        # cascade a second time.
+        source.execute("PRAGMA foreign_keys = OFF")
         require_guarded_source(source)
         with conn.cursor() as cur:
             if not state.captured_tables(cur):

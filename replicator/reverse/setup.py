@@ -55,6 +55,11 @@ def reverse_init(config: Config, *, out: Callable[[str], None]) -> int:
             plans = plan_tables(config, conn, source)
             with conn.transaction(), conn.cursor() as cur:
                 count = state.install_capture(cur, schema, captured(plans))
+        # The position table now, not at the first batch: a schema change of the file
+        # while a forward daemon runs (dual writes) is one it would have to look at.
+        source.execute("BEGIN IMMEDIATE")
+        rpos.ensure(source)
+        source.execute("COMMIT")
     finally:
         source.close()
     out(f"reverse capture installed on {count} PostgreSQL table(s) (state schema {schema!r})")
