@@ -34,8 +34,10 @@ class TimeText:
     """How a column writes a timestamp as text."""
 
     sep: str = " "  # between date and time: " " or "T"
-    fraction: int = 0  # fractional digits written (0: none)
-    trim_zero_fraction: bool = False  # Python's isoformat(): no fraction when it is zero
+    # The numbers of fractional digits the column's values have (0: none), e.g.
+    # (3,) for milliseconds always, (0, 6) for Python's isoformat(), which leaves
+    # out a zero fraction.
+    fractions: tuple[int, ...] = (0,)
     offset: str = ""  # "", "Z" or "+00:00" (after UTC conversion)
     date_only: bool = False
 
@@ -46,12 +48,12 @@ class TimeText:
             return dt.date().isoformat()
         text = f"{dt.date().isoformat()}{self.sep}{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}"
         micros = f"{dt.microsecond:06d}"
-        digits = self.fraction
-        if micros[digits:].strip("0"):
-            # More precise than the column's form (PostgreSQL's now() has microseconds
-            # where the app wrote milliseconds): every digit is kept, never cut.
-            digits = len(micros.rstrip("0"))
-        if digits and not (self.trim_zero_fraction and dt.microsecond == 0):
+        needed = len(micros.rstrip("0"))
+        # The fewest digits the column uses that hold the value; more precise than
+        # every form the column has (PostgreSQL's now() has microseconds where the app
+        # wrote milliseconds): every digit is kept, never cut.
+        digits = min((c for c in self.fractions if c >= needed), default=needed)
+        if digits:
             text += "." + micros[:digits]
         return text + self.offset
 
@@ -81,8 +83,6 @@ def _time_text(samples: list[str]) -> TimeText:
             body = body[1 + len(digits) :]
         fractions.append(len(digits))
         offsets.append(body)
-    fraction = max(fractions, default=0)
-    trim = fraction > 0 and 0 in fractions
     # Most common kind of offset; an explicit one is written as UTC in its style.
     zulu = sum(1 for o in offsets if o in ("Z", "z"))
     numeric = sum(1 for o in offsets if o[:1] in ("+", "-"))
@@ -93,7 +93,7 @@ def _time_text(samples: list[str]) -> TimeText:
     elif numeric > plain:
         offset = "+00:00"
     date_only = bool(samples) and all(len(s) == 10 for s in samples)
-    return TimeText(sep, fraction, trim, offset, date_only)
+    return TimeText(sep, tuple(sorted(set(fractions))) or (0,), offset, date_only)
 
 
 _BOOL_SPELLINGS = (

@@ -14,7 +14,9 @@ whatever point the process is killed at.
 from __future__ import annotations
 
 import random
+import re
 import signal
+import sqlite3
 import subprocess
 import threading
 import time
@@ -29,6 +31,7 @@ from oracle import assert_replicated
 from reverseutil import make_app_db, rows
 
 from replicator.config import Config
+from replicator.demo.sample import generate_reference_db
 from replicator.errors import DataError
 from replicator.plan.reverse import build_reverse_plans
 from replicator.proof.letters import retry_letters
@@ -381,3 +384,44 @@ def test_both_daemons_running_converge_without_echo(tmp_path: Path, pg_dsn: str)
         (5.75, '{"n": 20}')
     ]
     assert_replicated(source, pg_dsn)
+
+
+# -- the reference application ---------------------------------------------------------
+
+
+def test_reference_app_writes_in_postgresql_come_back_in_its_own_styles(
+    tmp_path: Path, refapp_pg_dsn: str
+) -> None:
+    """The reference app's real schemas (its PostgreSQL schema made by its own
+    migrations): ``tweets.created_at`` holds the X API's ``...T...Z`` style,
+    ``tweets.updated_at`` SQLite's ``datetime('now')`` style; both come back so."""
+    source = tmp_path / "app.db"
+    generate_reference_db(source, artifacts=300, seed=5, bad_values=False)
+    config = forward(source, refapp_pg_dsn)
+    reverse_init(config, out=lambda _line: None)
+    keys = [r[0] for r in pg_rows(refapp_pg_dsn, "SELECT tweet_id FROM tweets ORDER BY 1 LIMIT 20")]
+    pg_exec(
+        refapp_pg_dsn,
+        "UPDATE tweets SET created_at = created_at + interval '1.5 seconds', updated_at = now(), "
+        'like_count = like_count + 1, tags = \'["edited", "pg"]\' WHERE tweet_id IN ('
+        + ", ".join(f"'{k}'" for k in keys)
+        + ")",
+        "DELETE FROM discovery_labels WHERE id IN (SELECT id FROM discovery_labels LIMIT 5)",
+    )
+    reverse_once(config)
+    assert_replicated(source, refapp_pg_dsn)
+    marks = ", ".join("?" for _ in keys)
+    conn = sqlite3.connect(source)
+    try:
+        changed = conn.execute(
+            f"SELECT created_at, updated_at, tags FROM tweets WHERE tweet_id IN ({marks})", keys
+        ).fetchall()
+    finally:
+        conn.close()
+    assert len(changed) == 20
+    for created_at, updated_at, tags in changed:
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z", created_at), created_at
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d+)?", updated_at), updated_at
+        assert tags == '["edited", "pg"]'
+    report = Rollback(config, out=lambda _line: None).run()
+    assert report.go, report.render()

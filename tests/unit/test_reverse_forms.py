@@ -46,9 +46,19 @@ def test_whole_seconds_follow_the_columns_fraction_and_pythons_isoformat_trims_i
     ms = detect(Kind.TIMESTAMPTZ, ["2025-11-12T08:15:30.123Z"])
     assert to_sqlite(TSTZ, ms, whole) == "2026-03-04T05:06:07.000Z"
     iso = detect(Kind.TIMESTAMP, ["2025-11-12T08:15:30.123456", "2025-11-12T08:15:31"])
-    assert iso.time_text == TimeText("T", 6, True, "", False)
+    assert iso.time_text == TimeText("T", (0, 6), "", False)
     assert to_sqlite(TS, iso, whole.replace(tzinfo=None)) == "2026-03-04T05:06:07"
     assert to_sqlite(TS, iso, MOMENT.replace(tzinfo=None)) == "2026-03-04T05:06:07.250000"
+
+
+def test_a_column_mixing_fraction_lengths_gets_the_shortest_that_holds_the_value() -> None:
+    mixed = detect(
+        Kind.TIMESTAMPTZ,
+        ["2025-11-12T08:15:30Z", "2025-11-12T08:15:30.123Z", "2025-11-12T08:15:30.123456Z"],
+    )
+    assert to_sqlite(TSTZ, mixed, MOMENT) == "2026-03-04T05:06:07.250Z"
+    assert to_sqlite(TSTZ, mixed, MOMENT.replace(microsecond=0)) == "2026-03-04T05:06:07Z"
+    assert to_sqlite(TSTZ, mixed, MOMENT.replace(microsecond=1)) == "2026-03-04T05:06:07.000001Z"
 
 
 def test_an_aware_timestamp_in_another_zone_is_written_as_the_same_instant_in_utc() -> None:
