@@ -26,7 +26,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from harness import REPLICATOR, DaemonThread, daemon_config, daemon_env, wait_until
-from obsutil import pg_exec, pg_rows, sqlite_exec
+from obsutil import http_get, pg_exec, pg_rows, scrape, sqlite_exec
 from oracle import assert_replicated
 from reverseutil import make_app_db, rows
 
@@ -425,3 +425,39 @@ def test_reference_app_writes_in_postgresql_come_back_in_its_own_styles(
         assert tags == '["edited", "pg"]'
     report = Rollback(config, out=lambda _line: None).run()
     assert report.go, report.render()
+
+
+def test_reverse_metrics_and_health_are_served_on_their_own_address(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    source = make_app_db(tmp_path / "app.db", accounts=5)
+    config = forward(source, pg_dsn)
+    reverse_init(config, out=lambda _line: None)
+    daemon = ReverseDaemon(
+        config, install_signals=False, poll_interval=0.1, metrics_address="127.0.0.1:0"
+    )
+    thread = threading.Thread(target=daemon.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: daemon.server is not None and daemon.applier is not None, 30, "start")
+        assert daemon.server is not None
+        port = daemon.server.port
+        before = scrape(port).or0("replicator_reverse_changes_applied_total", table="accounts")
+        pg_exec(pg_dsn, "UPDATE accounts SET score = score * 2 WHERE id <= 4")
+        wait_until(lambda: read_reverse_status(config).pending == 0, 30, "the changes applied")
+        wait_until(
+            lambda: (
+                scrape(port).or0("replicator_reverse_changes_applied_total", table="accounts")
+                == before + 4
+            ),
+            30,
+            "the counter to move",
+        )
+        now = scrape(port)
+        assert now.get("replicator_reverse_lag_changes") == 0
+        assert now.get("replicator_reverse_batches_total") >= 1
+        assert http_get(port, "/healthz").status == 200
+    finally:
+        daemon.stop.set()
+        thread.join(30)
+    assert not thread.is_alive()
