@@ -58,6 +58,7 @@ class ReverseBatch:
     seconds: float = 0.0
 
     keys: dict[str, list[SqliteRow]] = field(default_factory=dict)
+    by_table: Counter[str] = field(default_factory=Counter)  # changes consumed per table
 
     @property
     def per_table(self) -> Counter[str]:
@@ -167,7 +168,7 @@ class ReverseApplier:
         """Apply ``changes`` to SQLite in one write transaction with the position.
         The caller calls :meth:`finish` next."""
         started = time.monotonic()
-        batch = ReverseBatch(changes=len(changes))
+        batch = ReverseBatch(changes=len(changes), by_table=Counter(c.table for c in changes))
         if changes:
             batch.oldest_captured = min(c.captured_at.timestamp() for c in changes)
         rows = self._current_rows(conn, changes)

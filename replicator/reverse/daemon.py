@@ -228,7 +228,7 @@ class ReverseDaemon:
     def _after(self, conn: Connection, applier: ReverseApplier, batch: ReverseBatch) -> None:
         now = time.time()
         metrics.REVERSE_BATCHES.inc()
-        for table, count in batch.per_table.items():
+        for table, count in batch.by_table.items():
             metrics.REVERSE_CHANGES_APPLIED.labels(table=table).inc(count)
         for letter in batch.letters:
             metrics.REVERSE_DEAD_LETTERS.labels(table=letter.table).inc()
@@ -238,7 +238,7 @@ class ReverseDaemon:
             self.open_letters += len(batch.letters)
             for letter in batch.letters:
                 self.log.warning("reverse_dead_letter", reason=letter.describe())
-        elif self.open_letters:
+        if self.open_letters:
             healed = applier.heal(conn, batch)
             self.open_letters = max(0, self.open_letters - healed)
         with conn.cursor() as cur:
