@@ -28,6 +28,7 @@ import pytest
 from harness import REPLICATOR, DaemonThread, daemon_config, daemon_env, wait_until
 from obsutil import http_get, pg_exec, pg_rows, scrape, sqlite_exec
 from oracle import assert_replicated
+from prometheus_client import REGISTRY
 from reverseutil import make_app_db, rows
 
 from replicator.config import Config
@@ -41,6 +42,7 @@ from replicator.reverse.apply import ReverseApplier
 from replicator.reverse.daemon import ReverseDaemon
 from replicator.reverse.setup import plan_tables, read_reverse_status, reverse_init
 from replicator.source.sqlite import open_source
+from replicator.state.reverse import lock_key
 from replicator.target.connection import connect
 
 
@@ -461,3 +463,57 @@ def test_reverse_metrics_and_health_are_served_on_their_own_address(
         daemon.stop.set()
         thread.join(30)
     assert not thread.is_alive()
+
+
+# -- retries -------------------------------------------------------------------------
+
+
+def _start_reverse(config: Config) -> tuple[ReverseDaemon, threading.Thread]:
+    daemon = ReverseDaemon(config, install_signals=False, poll_interval=0.1)
+    thread = threading.Thread(target=daemon.run, daemon=True)
+    thread.start()
+    wait_until(lambda: daemon.applier is not None, 30, "the reverse daemon to start")
+    return daemon, thread
+
+
+def _retries(kind: str) -> float:
+    return REGISTRY.get_sample_value("replicator_retries_total", {"kind": kind}) or 0.0
+
+
+def test_a_locked_sqlite_file_and_a_killed_session_are_retried_not_fatal(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    source = make_app_db(tmp_path / "app.db", accounts=5)
+    forward(source, pg_dsn)
+    config = daemon_config(source, pg_dsn, source__busy_timeout_ms=100)
+    reverse_init(config, out=lambda _line: None)
+    busy_before = _retries("reverse_sqlite_busy")
+    lost_before = _retries("reverse_connection")
+    daemon, thread = _start_reverse(config)
+    try:
+        # The application holds SQLite's write lock longer than the busy timeout.
+        app = sqlite3.connect(source, isolation_level=None)
+        app.execute("BEGIN IMMEDIATE")
+        pg_exec(pg_dsn, "UPDATE accounts SET email = 'locked@example.com' WHERE id = 1")
+        wait_until(lambda: _retries("reverse_sqlite_busy") > busy_before, 30, "a busy retry")
+        app.execute("COMMIT")
+        app.close()
+        wait_until(lambda: read_reverse_status(config).pending == 0, 60, "the change applied")
+        assert rows(source, "SELECT email FROM accounts WHERE id = 1") == [("locked@example.com",)]
+
+        # Its PostgreSQL session is terminated (a failover, an admin): it reconnects.
+        pg_exec(
+            pg_dsn,
+            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
+            f"AND objid = ({lock_key('replicator')}::bigint & 4294967295)::oid "
+            "AND pid <> pg_backend_pid()",
+        )
+        pg_exec(pg_dsn, "UPDATE accounts SET email = 'reconnected@example.com' WHERE id = 2")
+        wait_until(lambda: read_reverse_status(config).pending == 0, 60, "applied after it")
+        assert _retries("reverse_connection") > lost_before
+        assert thread.is_alive()
+    finally:
+        daemon.stop.set()
+        thread.join(30)
+    assert rows(source, "SELECT email FROM accounts WHERE id = 2") == [("reconnected@example.com",)]
+    assert_replicated(source, pg_dsn)
