@@ -98,11 +98,16 @@ def count_waiting(cur: psycopg.Cursor[Any], schema: str) -> int:
     return int(row[0]) if row else 0
 
 
-def count_open(cur: psycopg.Cursor[Any], schema: str) -> dict[str, int]:
+def count_open(
+    cur: psycopg.Cursor[Any], schema: str, direction: str | None = None
+) -> dict[str, int]:
+    """Open dead letters per table (of one direction when given)."""
     cur.execute(
         sql.SQL(
-            "SELECT table_name, count(*) FROM {} WHERE resolved_at IS NULL GROUP BY table_name"
-        ).format(pg_ident(schema, "dead_letters"))
+            "SELECT table_name, count(*) FROM {} WHERE resolved_at IS NULL"
+            " AND direction = coalesce(%s, direction) GROUP BY table_name"
+        ).format(pg_ident(schema, "dead_letters")),
+        (direction,),
     )
     return {str(r[0]): int(r[1]) for r in cur.fetchall()}
 

@@ -34,6 +34,8 @@ def test_cutover_then_rollback_through_the_cli_loses_no_write(tmp_path: Path, pg
     )
     code, status = cli_json("reverse", "status", source=source, dsn=pg_dsn)
     assert code == 1 and status["pending"] == 3 and not status["in_sync"], status
+    shown = cli("status", source=source, dsn=pg_dsn).stdout
+    assert "reverse: 3 change(s) made in PostgreSQL not yet in SQLite" in shown, shown
     code, report = cli_json("rollback", "--timeout", "1", source=source, dsn=pg_dsn)
     assert code == 1 and not report["go"], report
 

@@ -37,6 +37,7 @@ from replicator.errors import DataError
 from replicator.plan.reverse import build_reverse_plans
 from replicator.proof.letters import retry_letters
 from replicator.proof.rollback import Rollback
+from replicator.proof.status import read_status
 from replicator.reverse import position as rpos
 from replicator.reverse.apply import ReverseApplier
 from replicator.reverse.daemon import ReverseDaemon
@@ -155,6 +156,11 @@ def test_rollback_is_no_go_while_changes_wait_or_a_row_is_refused(
         "WHERE direction = 'reverse' AND resolved_at IS NULL",
     )
     assert letters == [("accounts", [2], "score")]
+    # A row SQLite refused is not a row held from PostgreSQL: the forward status
+    # does not count it; its reverse line does.
+    status = read_status(config)
+    assert status.held == 0 and status.reverse is not None
+    assert "1 open reverse dead letter(s)" in status.reverse
     # Re-copying it from SQLite would overwrite PostgreSQL's newer row: refused.
     (letter_id,) = pg_rows(pg_dsn, "SELECT id FROM replicator.dead_letters")[0]
     with pytest.raises(DataError, match="reverse direction"):
