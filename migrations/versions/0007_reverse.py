@@ -38,7 +38,8 @@ def upgrade() -> None:
             nullable=False,
             server_default=sa.text("clock_timestamp()"),
         ),
-        sa.CheckConstraint("op IN ('I', 'U', 'D')", name="reverse_changes_op"),
+        # 'T': a TRUNCATE of the table (its key is the empty array).
+        sa.CheckConstraint("op IN ('I', 'U', 'D', 'T')", name="reverse_changes_op"),
         schema=schema,
     )
     # 'forward' (SQLite -> PostgreSQL, every letter before this revision) or

@@ -28,6 +28,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
+from replicator.identifiers import sqlite_ident
 from replicator.plan.reverse import (
     ReversePlan,
     SqliteRow,
@@ -144,7 +145,7 @@ class ReverseApplier:
         (row present, key as target values, row as target values)."""
         keys: dict[str, dict[str, tuple[Any, ...]]] = {}
         for ch in changes:
-            if ch.table not in self.plans:
+            if ch.table not in self.plans or ch.op == "T":
                 continue
             per = keys.setdefault(ch.table, {})
             text = json.dumps(list(ch.key))
@@ -177,6 +178,11 @@ class ReverseApplier:
         try:
             changelog.begin_foreign_write(source)
             rpos.ensure(source)
+            # A TRUNCATE empties the table first; every key the batch names is then
+            # written as PostgreSQL has it now (a row there now was inserted after it).
+            for table in sorted({c.table for c in changes if c.op == "T"} & set(self.plans)):
+                cur = source.execute(f"DELETE FROM {sqlite_ident(table)}")
+                batch.deleted[table] += max(cur.rowcount, 0)
             for table in self._table_order(rows):
                 self._write_table(source, self.plans[table], rows[table], batch, last)
             changelog.end_foreign_write(source)

@@ -38,6 +38,7 @@ from replicator.state.deadletter import DeadLetter
 CHANGES = "reverse_changes"
 FUNCTION = "capture_reverse"
 TRIGGER = "_replicator_reverse"
+TRUNCATE_TRIGGER = "_replicator_reverse_truncate"
 ORIGIN_SETTING = "replicator.origin"
 ORIGIN = "replicator"
 
@@ -64,6 +65,11 @@ DECLARE
     old_key jsonb;
 BEGIN
     IF current_setting({origin_setting}, true) = {origin} THEN
+        RETURN NULL;
+    END IF;
+    IF TG_OP = 'TRUNCATE' THEN
+        INSERT INTO {changes} (table_name, op, key) VALUES (TG_ARGV[0], 'T', '[]');
+        PERFORM pg_notify({channel}, '');
         RETURN NULL;
     END IF;
     IF TG_OP <> 'DELETE' THEN
@@ -124,6 +130,21 @@ def install_capture(cur: psycopg.Cursor[Any], schema: str, tables: Sequence[Capt
                 pg_ident(TRIGGER), pg_ident(t.schema, t.name), pg_ident(schema, FUNCTION), args
             )
         )
+        cur.execute(
+            sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
+                pg_ident(TRUNCATE_TRIGGER), pg_ident(t.schema, t.name)
+            )
+        )
+        cur.execute(
+            sql.SQL(
+                "CREATE TRIGGER {} AFTER TRUNCATE ON {} FOR EACH STATEMENT EXECUTE FUNCTION {}({})"
+            ).format(
+                pg_ident(TRUNCATE_TRIGGER),
+                pg_ident(t.schema, t.name),
+                pg_ident(schema, FUNCTION),
+                args,
+            )
+        )
     return len(tables)
 
 
@@ -142,9 +163,12 @@ def remove_capture(cur: psycopg.Cursor[Any], schema: str) -> int:
     migration owns it) but is emptied."""
     tables = captured_tables(cur)
     for nsp, rel in tables:
-        cur.execute(
-            sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(pg_ident(TRIGGER), pg_ident(nsp, rel))
-        )
+        for name in (TRIGGER, TRUNCATE_TRIGGER):
+            cur.execute(
+                sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
+                    pg_ident(name), pg_ident(nsp, rel)
+                )
+            )
     cur.execute(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(pg_ident(schema, FUNCTION)))
     if _has_changes_table(cur, schema):
         cur.execute(sql.SQL("DELETE FROM {}").format(pg_ident(schema, CHANGES)))
@@ -164,7 +188,7 @@ class ReverseChange:
 
     seq: int
     table: str  # source table name
-    op: str  # "I", "U" or "D"
+    op: str  # "I", "U", "D", or "T" (TRUNCATE: every row of the table)
     key: tuple[Any, ...]  # the key as the target's JSON values
     captured_at: datetime
 

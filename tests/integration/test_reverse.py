@@ -523,3 +523,20 @@ def test_a_locked_sqlite_file_and_a_killed_session_are_retried_not_fatal(
         thread.join(30)
     assert rows(source, "SELECT email FROM accounts WHERE id = 2") == [("reconnected@example.com",)]
     assert_replicated(source, pg_dsn)
+
+
+def test_a_truncate_in_postgresql_empties_the_sqlite_table_before_later_rows(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    source = make_app_db(tmp_path / "app.db", accounts=6)
+    config = forward(source, pg_dsn)
+    reverse_init(config, out=lambda _line: None)
+    pg_exec(
+        pg_dsn,
+        "UPDATE tags SET pinned = false WHERE account_id = 1",
+        "TRUNCATE tags",
+        "INSERT INTO tags VALUES (2, 'after', true)",
+    )
+    reverse_once(config)
+    assert rows(source, "SELECT * FROM tags") == [(2, "after", "true")]
+    assert_replicated(source, pg_dsn)
