@@ -540,3 +540,41 @@ def test_a_truncate_in_postgresql_empties_the_sqlite_table_before_later_rows(
     reverse_once(config)
     assert rows(source, "SELECT * FROM tags") == [(2, "after", "true")]
     assert_replicated(source, pg_dsn)
+
+
+def test_a_table_keyed_by_its_rowid_and_a_text_key_come_back(tmp_path: Path, pg_dsn: str) -> None:
+    source = tmp_path / "app.db"
+    conn = sqlite3.connect(source, isolation_level=None)
+    conn.executescript(
+        """
+        PRAGMA journal_mode = WAL;
+        CREATE TABLE notes (body TEXT, at DATETIME);
+        CREATE TABLE settings (name TEXT PRIMARY KEY, value JSON, enabled BOOLEAN)
+            WITHOUT ROWID;
+        INSERT INTO notes VALUES ('one', '2025-01-01T00:00:00+00:00'),
+                                 ('two', '2025-01-02T00:00:00+00:00');
+        INSERT INTO settings VALUES ('theme', '{"dark":true}', 't'), ('lang', '"en"', 'f');
+        """
+    )
+    conn.close()
+    config = forward(source, pg_dsn)
+    reverse_init(config, out=lambda _line: None)
+    pg_exec(
+        pg_dsn,
+        "INSERT INTO notes (body, at) VALUES ('three', '2026-01-03 04:05:06+00')",
+        "UPDATE notes SET body = 'ONE' WHERE body = 'one'",
+        "DELETE FROM notes WHERE body = 'two'",
+        "UPDATE settings SET name = 'locale', enabled = true WHERE name = 'lang'",
+        "INSERT INTO settings VALUES ('beta', '[1, 2.50]', false)",
+    )
+    reverse_once(config)
+    assert rows(source, "SELECT rowid, body, at FROM notes ORDER BY rowid") == [
+        (1, "ONE", "2025-01-01T00:00:00+00:00"),
+        (3, "three", "2026-01-03T04:05:06+00:00"),
+    ]
+    assert rows(source, "SELECT name, value, enabled FROM settings ORDER BY name") == [
+        ("beta", "[1, 2.50]", "f"),
+        ("locale", '"en"', "t"),
+        ("theme", '{"dark":true}', "t"),
+    ]
+    assert_replicated(source, pg_dsn)
