@@ -216,7 +216,7 @@ def normalise_sqlite(
     """SQLite values typed like the PostgreSQL result column, then made canonical."""
     out = []
     for raw in raw_rows:
-        values = []
+        values: list[Any] = []
         for col, v in zip(columns, raw, strict=True):
             if isinstance(v, float) and col.kind in _TEXT_KINDS:
                 values.append(_number_text(v))

@@ -19,7 +19,6 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
-
 __all__ = ["TypeDrift", "find_type_drift", "merge_drift", "python_type"]
 
 # Python types psycopg and sqlite3 return, under the name a reader knows them by.
@@ -120,7 +119,9 @@ def find_type_drift(
     return out
 
 
-def merge_drift(per_case: Sequence[Sequence[TypeDrift]], accept: Collection[str]) -> list[TypeDrift]:
+def merge_drift(
+    per_case: Sequence[Sequence[TypeDrift]], accept: Collection[str]
+) -> list[TypeDrift]:
     """One drift per column over all parameter sets, marked accepted per ``accept``
     (``type_drift`` for every column, ``type_drift:<column>`` for one)."""
     merged: dict[str, TypeDrift] = {}

@@ -44,11 +44,15 @@ _REFUSED = (
 )
 
 
-def apply_session(conn: psycopg.Connection[Any], settings: Sequence[tuple[str, str]]) -> dict[str, str]:
+def apply_session(
+    conn: psycopg.Connection[Any], settings: Sequence[tuple[str, str]]
+) -> dict[str, str]:
     """Set the query file's ``[session]`` settings; return those in force (TimeZone always)."""
     for name, value in settings:
         if name.lower() in _REFUSED:
-            raise ConfigError(f"query file [session]: {name} cannot be set (the check is read-only)")
+            raise ConfigError(
+                f"query file [session]: {name} cannot be set (the check is read-only)"
+            )
         try:
             conn.execute("SELECT set_config(%s, %s, false)", (name, value))
         except psycopg.Error as exc:
@@ -134,6 +138,4 @@ def judge_case(
                 names, lite_rows, keys=_table_keys(checker, spec), first=first
             )
     if case.difference is not None and checker.letters:
-        checker.letters.annotate(
-            case.difference, f"{spec.sqlite_sql}\n{spec.postgres_text}", names
-        )
+        checker.letters.annotate(case.difference, f"{spec.sqlite_sql}\n{spec.postgres_text}", names)

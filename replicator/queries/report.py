@@ -301,11 +301,11 @@ def _details(q: QueryResult) -> list[str]:
             f"{q.name}: vacuous{accepted}: no rows on either side for any parameter set; "
             "the sample data does not exercise this query"
         )
-    for d in q.type_drift:
+    for drift in q.type_drift:
         out.append(
-            f"{q.name}: type drift{' (accepted)' if d.accepted else ''} in column {d.column}: "
-            f"SQLite returns {d.sqlite_type} ({d.sqlite_example}), "
-            f"PostgreSQL {d.postgres_type} ({d.postgres_example})"
+            f"{q.name}: type drift{' (accepted)' if drift.accepted else ''} in column "
+            f"{drift.column}: SQLite returns {drift.sqlite_type} ({drift.sqlite_example}), "
+            f"PostgreSQL {drift.postgres_type} ({drift.postgres_example})"
         )
     if q.slow and q.postgres is not None:
         out.append(

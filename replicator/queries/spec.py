@@ -36,7 +36,6 @@ from typing import Any
 
 from replicator.errors import ConfigError
 from replicator.queries.params import Param, build_param, did_you_mean
-from replicator.queries.verdicts import EXTRA_QUERY_KEYS, parse_accept, parse_session
 from replicator.queries.sqltext import (
     Dialect,
     clean_sql,
@@ -44,6 +43,7 @@ from replicator.queries.sqltext import (
     has_top_level,
     to_postgres_placeholders,
 )
+from replicator.queries.verdicts import EXTRA_QUERY_KEYS, parse_accept, parse_session
 
 __all__ = [
     "ParamSet",

@@ -159,7 +159,8 @@ def implied_order_key(text: str, names: Sequence[str]) -> list[int] | None:
         return None
     lowered = [n.lower() for n in names]
     out: list[int] = []
-    for item in _split_top_level(body):
+    for written in _split_top_level(body):
+        item = written
         while (m := _ITEM_TAIL.search(item)) is not None:
             item = item[: m.start()].rstrip()
         if item.isdigit() and 1 <= int(item) <= len(names):
