@@ -201,7 +201,7 @@ def _match_within_tolerance(
     return rest_a, sorted(rest_b, key=_row_key)
 
 
-def _groups(rows: Sequence[Row], key_idx: Sequence[int], tol: float) -> list[list[Row]]:
+def group_rows(rows: Sequence[Row], key_idx: Sequence[int], tol: float) -> list[list[Row]]:
     out: list[list[Row]] = []
     for row in rows:
         if out and all(same_value(out[-1][0].canon[k], row.canon[k], tol) for k in key_idx):
@@ -246,8 +246,8 @@ def compare_rows(
             postgres_rows=_shown(postgres_rows[i:]),
         )
     if ordered:
-        ga = _groups(sqlite_rows, key_idx, tolerance)
-        gb = _groups(postgres_rows, key_idx, tolerance)
+        ga = group_rows(sqlite_rows, key_idx, tolerance)
+        gb = group_rows(postgres_rows, key_idx, tolerance)
         position = 0
         for group_a, group_b in zip(ga, gb, strict=False):
             only_a, only_b = _multiset_diff(group_a, group_b, tolerance)

@@ -19,12 +19,15 @@ from replicator.errors import ConfigError, SourceError
 from replicator.queries.compare import (
     ResultColumn,
     compare_rows,
+    group_rows,
     normalise_postgres,
     normalise_sqlite,
+    same_value,
 )
 from replicator.queries.drift import find_type_drift
 from replicator.queries.report import CaseResult
 from replicator.queries.spec import QuerySpec
+from replicator.queries.sqltext import has_top_level
 from replicator.queries.verdicts import implied_order_key, same_sequence, suggest_order_by
 from replicator.source.sqlite import describe_table, list_tables
 from replicator.target.connection import first_line
@@ -79,21 +82,34 @@ def ties_only(
     pg_rows: Sequence[Sequence[Any]],
     tolerance: float,
 ) -> bool:
-    """An ordered query whose rows differ only in the order of rows that tie on
-    its ORDER BY columns: both engines honour the ORDER BY, neither fixes the rest."""
+    """An ordered query whose rows differ only among rows that tie on its ORDER
+    BY columns: both engines honour the ORDER BY, neither fixes the rest.
+
+    Under a top-level LIMIT the last group of tied rows is cut by the limit,
+    so which of them make the page is up to each engine too: it counts as a
+    tie when every earlier group matches and the last has the same keys and
+    size. Its values cannot be compared then; the verdict "order not
+    guaranteed" still fails the check, so nothing passes unseen.
+    """
     if not spec.ordered or spec.order_key:
         return False
     implied = implied_order_key(spec.sqlite_sql, names)
     if not implied:
         return False
-    diff = compare_rows(
-        normalise_sqlite(columns, lite_rows),
-        normalise_postgres(columns, pg_rows),
-        ordered=True,
-        key_idx=implied,
-        tolerance=tolerance,
+    a = normalise_sqlite(columns, lite_rows)
+    b = normalise_postgres(columns, pg_rows)
+    if compare_rows(a, b, ordered=True, key_idx=implied, tolerance=tolerance) is None:
+        return True
+    if len(a) != len(b) or not has_top_level(spec.sqlite_sql, "sqlite", "limit"):
+        return False
+    ga, gb = group_rows(a, implied, tolerance), group_rows(b, implied, tolerance)
+    if len(ga) != len(gb):
+        return False
+    head = len(a) - len(ga[-1])
+    return len(ga[-1]) == len(gb[-1]) and (
+        compare_rows(a[:head], b[:head], ordered=True, key_idx=implied, tolerance=tolerance) is None
+        and all(same_value(ga[-1][0].canon[k], gb[-1][0].canon[k], tolerance) for k in implied)
     )
-    return diff is None
 
 
 def _table_keys(checker: QueryChecker, spec: QuerySpec) -> list[str]:
@@ -128,6 +144,12 @@ def judge_case(
         a = normalise_sqlite(columns, lite_rows)
         b = normalise_postgres(columns, pg_rows)
         if not same_sequence(a, b, tolerance):
+            case.order_detail = (
+                "the same rows come back in a different order on the two sides"
+                if compare_rows(a, b, ordered=False, tolerance=tolerance) is None
+                else "the LIMIT cuts through rows that tie on the ORDER BY, and the two "
+                "sides keep different ones of them"
+            )
             first: list[int] = []
             if spec.ordered:
                 first = order_key_positions(spec, names) or list(

@@ -87,6 +87,7 @@ class CaseResult:
     vacuous: bool = False  # no rows on either side
     order_differs: bool = False  # same rows, in an order nothing in the query fixes
     order_hint: str | None = None  # the ORDER BY that would fix it
+    order_detail: str | None = None  # how the order differs
 
 
 @dataclass
@@ -289,10 +290,7 @@ def _details(q: QueryResult) -> list[str]:
         if c.order_differs:
             fix = f"; {c.order_hint} would make it deterministic" if c.order_hint else ""
             accepted = " (accepted)" if "order" in q.accept else ""
-            out.append(
-                f"{where}: order not guaranteed{accepted}: the same rows come back in a "
-                f"different order on the two sides{fix}"
-            )
+            out.append(f"{where}: order not guaranteed{accepted}: {c.order_detail}{fix}")
         if c.vacuous and len(q.cases) > 1 and not q.vacuous:
             out.append(f"{where}: no rows on either side (this set exercises nothing)")
     if q.vacuous:

@@ -200,6 +200,11 @@ sqlite = "SELECT id, grp FROM items ORDER BY grp"
 postgres = "SELECT id, grp FROM items ORDER BY grp, id DESC"
 
 [[query]]
+name = "ties_cut_by_the_limit"
+sqlite = "SELECT id, grp FROM items ORDER BY grp LIMIT 3"
+postgres = "SELECT id, grp FROM items ORDER BY grp, id DESC LIMIT 3"
+
+[[query]]
 name = "same_order_by_chance"
 sql = "SELECT id, code FROM items"
 
@@ -224,6 +229,10 @@ def test_an_order_nothing_fixes_is_flagged_with_the_order_by_that_would(sides: S
     ties = only(report, "ties_on_the_order_by")
     assert ties.equal and ties.verdict == "order_not_guaranteed"
     assert ties.cases[0].order_hint == "ORDER BY grp, id"
+    # Which of the rows tied at the LIMIT make the page is up to each engine.
+    cut = only(report, "ties_cut_by_the_limit")
+    assert cut.verdict == "order_not_guaranteed"
+    assert cut.cases[0].order_detail is not None and "LIMIT" in cut.cases[0].order_detail
     chance = only(report, "same_order_by_chance")
     assert chance.verdict == "same" and not chance.order_differs and not chance.ordered
     assert only(report, "order_accepted").verdict == "same"
