@@ -401,6 +401,8 @@ def parse_sql_file(text: str, path: Path) -> QueryFile:
             elif line.strip() and not line.strip().startswith("--"):
                 raise ConfigError(f"{where}: SQL before the first '-- name:' line")
             continue
+        if m and key == "session":
+            raise ConfigError(f"{where}: '-- session:' lines go before the first '-- name:' line")
         if m and key in _MARKERS:
             if value:
                 raise ConfigError(f"{where}: '-- {key}:' stands alone on its line")

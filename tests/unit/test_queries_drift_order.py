@@ -95,3 +95,8 @@ def test_accept_and_session_keys() -> None:
         parse_toml_file(
             '[session]\n"Time Zone" = "UTC"\n[[query]]\nname="q"\nsql="SELECT 1"\n', Path("q.toml")
         )
+
+
+def test_a_session_line_inside_a_query_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="go before the first"):
+        parse_sql_file("-- name: q\n-- session: TimeZone = 'UTC'\nSELECT 1\n", Path("q.sql"))
