@@ -144,14 +144,25 @@ class QueryChecker:
             with self.conn.cursor() as cur:
                 self.has_position = position_kept(cur, self.state_schema)
             self.cursor_tables = self._cursor_tables()
-            with self.conn.cursor() as cur:
-                self.letters = LetterIndex.load(cur, self.source, self.state_schema)
         except psycopg.Error as exc:
             self.close()
             raise TargetError(f"cannot prepare the target session: {first_line(exc)}") from exc
         except BaseException:
             self.close()
             raise
+
+    _letters: LetterIndex | None = None
+
+    @property
+    def letters(self) -> LetterIndex:
+        """The open dead letters, read when the first difference needs them."""
+        if self._letters is None:
+            try:
+                with self.conn.cursor() as cur:
+                    self._letters = LetterIndex.load(cur, self.source, self.state_schema)
+            except psycopg.Error as exc:
+                raise TargetError(f"cannot read the dead letters: {first_line(exc)}") from exc
+        return self._letters
 
     def close(self) -> None:
         self.conn.close()
