@@ -68,6 +68,7 @@ WHERE a.published_at >= :since AND a.published_at < :until
 ORDER BY s.discovery_score DESC NULLS LAST, a.id
 LIMIT :limit
 '''
+accept = ["type_drift:published_at"]  # as in the reference file
 [query.params]
 since.type = "timestamp"
 since.values = ["2025-10-01T00:00:00Z", "2025-06-01 00:00:00", "2024-01-01T00:00:00Z"]

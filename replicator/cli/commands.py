@@ -386,8 +386,10 @@ def queries_check(
     """Run each query in FILE on SQLite and PostgreSQL; compare answers and latency.
 
     FILE is TOML or SQL with `-- name:` markers (see docs/queries.md). Both
-    sides are read-only. Exit 0 when every query returns the same answer and
-    meets its p95 target, 1 otherwise.
+    sides are read-only. Each query gets a verdict: same, different, type
+    drift, order not guaranteed, vacuous, slow or error. Exit 0 when every
+    query is "same" (or its finding is accepted in FILE), 1 otherwise, 2 for a
+    mistake in FILE.
     """
 
     def go() -> int:

@@ -51,6 +51,8 @@ from replicator.queries.compare import (
     normalise_postgres,
     normalise_sqlite,
 )
+from replicator.queries.judge import apply_session, judge_case, ties_only
+from replicator.queries.letters import LetterIndex
 from replicator.queries.plans import PlanAdvisor, explain_postgres
 from replicator.queries.report import (
     CaseResult,
@@ -98,7 +100,14 @@ class _Pair:
 class QueryChecker:
     """Runs query specs against one source and one target; one instance per check."""
 
-    def __init__(self, config: Config, settings: QuerySettings, *, measure: bool = True) -> None:
+    def __init__(
+        self,
+        config: Config,
+        settings: QuerySettings,
+        *,
+        measure: bool = True,
+        session: Sequence[tuple[str, str]] = (),
+    ) -> None:
         self.config = config
         self.settings = settings
         self.measure = measure
@@ -120,7 +129,9 @@ class QueryChecker:
         self._types: dict[int, PgType] = {}
         try:
             self.conn.execute("SET default_transaction_read_only = on")
-            self.conn.execute("SET TIME ZONE 'UTC'")
+            # The application's own session: the server's defaults (and the
+            # DSN's options), then the query file's [session] settings.
+            self.session = apply_session(self.conn, session)
             self.conn.execute(
                 sql.SQL("SET statement_timeout = {}").format(
                     sql.Literal(int(settings.statement_timeout_ms))
@@ -139,6 +150,19 @@ class QueryChecker:
         except BaseException:
             self.close()
             raise
+
+    _letters: LetterIndex | None = None
+
+    @property
+    def letters(self) -> LetterIndex:
+        """The open dead letters, read when the first difference needs them."""
+        if self._letters is None:
+            try:
+                with self.conn.cursor() as cur:
+                    self._letters = LetterIndex.load(cur, self.source, self.state_schema)
+            except psycopg.Error as exc:
+                raise TargetError(f"cannot read the dead letters: {first_line(exc)}") from exc
+        return self._letters
 
     def close(self) -> None:
         self.conn.close()
@@ -292,12 +316,29 @@ class QueryChecker:
                     f"({', '.join(pair.sqlite.names)})"
                 )
             key_idx.append(lowered.index(key.lower()))
-        return compare_rows(
+        diff = compare_rows(
             normalise_sqlite(pair.columns, pair.sqlite.rows),
             normalise_postgres(pair.columns, pair.postgres.rows),
             ordered=spec.ordered,
             key_idx=key_idx,
-            tolerance=self.settings.float_tolerance,
+            tolerance=self.tolerance(spec),
+        )
+        if diff is not None and ties_only(
+            spec,
+            pair.sqlite.names,
+            pair.columns,
+            pair.sqlite.rows,
+            pair.postgres.rows,
+            self.tolerance(spec),
+        ):
+            return None  # rows tied on the ORDER BY came in another order: judge_case says so
+        return diff
+
+    def tolerance(self, spec: QuerySpec) -> float:
+        return (
+            spec.float_tolerance
+            if spec.float_tolerance is not None
+            else self.settings.float_tolerance
         )
 
     def check_case(self, spec: QuerySpec, ps: ParamSet, notes: list[str]) -> CaseResult:
@@ -336,6 +377,9 @@ class QueryChecker:
                 "result columns are named differently (" + ", ".join(renamed) + "): "
                 "code that reads columns by name needs an alias"
             )
+        judge_case(
+            self, spec, pair.sqlite.names, pair.sqlite.rows, pair.postgres.rows, pair.columns, case
+        )
         return case
 
     # -- latency -------------------------------------------------------------------
@@ -414,6 +458,7 @@ class QueryChecker:
             ordered=spec.ordered,
             target_p95_ms=target,
             notes=list(spec.notes),
+            accept=sorted(spec.accept),
         )
         sets = spec.param_sets()
         for ps in sets:
@@ -463,7 +508,8 @@ def check_queries(
     )
     specs = qfile.select(only)
     report = QueryReport(path=str(path), settings=asdict(settings))
-    with QueryChecker(config, settings, measure=measure) as checker:
+    with QueryChecker(config, settings, measure=measure, session=qfile.session) as checker:
+        report.session = dict(checker.session)
         report.streaming = checker.streaming
         report.source_position, report.target_position = checker.positions()
         for spec in specs:
