@@ -12,9 +12,15 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from replicator.queries.compare import Difference
+
+if TYPE_CHECKING:  # these modules build on this one; their results are held here
+    from replicator.queries.advice import Advice
+    from replicator.queries.latency import LatencyProfile
+    from replicator.queries.load import LoadResult
+    from replicator.queries.port import PortResult
 
 __all__ = [
     "CaseResult",
@@ -103,6 +109,10 @@ class QueryResult:
     plan: PlanSummary | None = None
     notes: list[str] = field(default_factory=list)
     error: str | None = None
+    latency: LatencyProfile | None = None  # per parameter set, in rounds
+    load: LoadResult | None = None  # under concurrent clients
+    advice: list[Advice] = field(default_factory=list)
+    port: PortResult | None = None  # sqlglot's form, when the file gives no PostgreSQL form
 
     @property
     def equal(self) -> bool:
@@ -110,7 +120,17 @@ class QueryResult:
 
     @property
     def slow(self) -> bool:
+        """Its worst parameter set missed the target in every round, or it did under load."""
+        if self.load is not None and self.load.over_target:
+            return True
+        if self.latency is not None:
+            return self.latency.band == "slow"
         return self.postgres is not None and self.postgres.p95 > self.target_p95_ms
+
+    @property
+    def near_target(self) -> bool:
+        """Its worst set's per-round p95 straddles the target: neither a pass nor a miss."""
+        return self.latency is not None and self.latency.band == "near" and not self.slow
 
     @property
     def verdict(self) -> str:
@@ -120,6 +140,8 @@ class QueryResult:
             return "different"
         if self.slow:
             return "slow"
+        if self.near_target:
+            return "near target"
         return "ok"
 
     @property
@@ -146,7 +168,7 @@ class QueryReport:
         return bool(self.queries) and all(q.ok for q in self.queries)
 
     def counts(self) -> dict[str, int]:
-        out = {"ok": 0, "different": 0, "slow": 0, "error": 0}
+        out = {"ok": 0, "different": 0, "slow": 0, "near target": 0, "error": 0}
         for q in self.queries:
             out[q.verdict] += 1
         return out
@@ -155,7 +177,7 @@ class QueryReport:
         c = self.counts()
         return (
             f"{len(self.queries)} queries: {c['ok']} ok, {c['different']} different, "
-            f"{c['slow']} slow, {c['error']} failed"
+            f"{c['slow']} slow, {c['near target']} near the target, {c['error']} failed"
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -167,6 +189,11 @@ class QueryReport:
             q["equal"] = result.equal
             q["slow"] = result.slow
             q["rows"] = {"sqlite": result.rows[0], "postgres": result.rows[1]}
+            q["near_target"] = result.near_target
+            if result.latency is not None:
+                q["latency"] = {**q["latency"], **result.latency.to_json()}
+            if result.port is not None:
+                q["port"]["verdict"] = result.port.verdict
         return out
 
     def render(self) -> str:
@@ -181,7 +208,7 @@ class QueryReport:
             equal = "yes" if q.equal else ("-" if q.verdict == "error" else "NO")
             lines.append(
                 f"{q.name[:34]:<34} {rows:>13} {equal:>5} {_ms(q.sqlite):>11} "
-                f"{_ms(q.postgres):>10} {q.target_p95_ms:>6.0f}ms  "
+                f"{_worst_ms(q):>10} {q.target_p95_ms:>6.0f}ms  "
                 f"{q.verdict if q.ok else q.verdict.upper()}"
             )
         for q in self.queries:
@@ -197,6 +224,13 @@ class QueryReport:
             where = "; compared while streaming (cursor capture: no single position)"
         lines.append(f"verdict: {verdict}: {self.summary()}{where} ({self.seconds:.1f} s)")
         return "\n".join(lines)
+
+
+def _worst_ms(q: QueryResult) -> str:
+    """The worst parameter set's PostgreSQL p95: a pooled p95 hides a slow set."""
+    if q.latency is None:
+        return _ms(q.postgres)
+    return _ms(q.latency.worst.postgres)
 
 
 def _ms(lat: Latency | None) -> str:
@@ -230,20 +264,28 @@ def _details(q: QueryResult) -> list[str]:
             out.append(f"    PostgreSQL: {_rows_text(d.postgres_rows)}")
         elif c.in_flight:
             out.append(f"{where}: equal once in-flight changes were applied")
-    if q.slow and q.postgres is not None:
+    if q.latency is not None and (q.slow or q.near_target or len(q.latency.sets) > 1):
+        out.extend(q.latency.lines(q.name))
+    elif q.slow and q.postgres is not None:
         out.append(
             f"{q.name}: PostgreSQL p95 {q.postgres.p95:.1f} ms is over the target "
             f"{q.target_p95_ms:g} ms (p50 {q.postgres.p50:.1f}, p99 {q.postgres.p99:.1f}, "
             f"n={q.postgres.n}); SQLite p95 {_ms(q.sqlite)}"
         )
-        if q.plan is not None:
-            p = q.plan
-            out.append(
-                f"    plan for [{_params_text(p.params)}]: execution "
-                f"{p.execution_ms or 0:.1f} ms, planning {p.planning_ms or 0:.1f} ms"
-            )
-            out.extend(f"      {line}" for line in p.lines)
-            out.extend(f"    hint: {h}" for h in p.hints)
+    if q.load is not None:
+        out.extend(q.load.lines(q.name))
+    if q.plan is not None:
+        p = q.plan
+        out.append(
+            f"    plan for [{_params_text(p.params)}]: execution "
+            f"{p.execution_ms or 0:.1f} ms, planning {p.planning_ms or 0:.1f} ms"
+        )
+        out.extend(f"      {line}" for line in p.lines)
+        out.extend(f"    hint: {h}" for h in p.hints)
+    for advice in q.advice:
+        out.extend(advice.lines(q.name))
+    if q.port is not None:
+        out.extend(q.port.lines(q.name))
     for note in q.notes:
         out.append(f"{q.name}: note: {note}")
     return out
