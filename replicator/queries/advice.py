@@ -152,8 +152,7 @@ class PlanAdvice:
                 Advice(
                     "jsonb_expression",
                     relation,
-                    f"{relation}: the filter compares {col} ->> '{key}'"
-                    f"{'::' + cast if cast else ''} on every row it reads; an expression "
+                    f"{relation}: the filter compares {flat} on every row it reads; an expression "
                     "index on exactly that expression lets the planner use it",
                     [
                         self._render(
