@@ -467,6 +467,7 @@ def check_queries(
     max_seconds: float | None = None,
     clients: int | None = None,
     rounds: int | None = None,
+    load_runs: int | None = None,
 ) -> QueryReport:
     """Run every query of the file at ``path`` on both sides; the cutover calls this.
 
@@ -483,6 +484,7 @@ def check_queries(
         max_seconds=max_seconds,
         clients=clients,
         rounds=rounds,
+        load_runs=load_runs,
     )
     specs = qfile.select(only)
     report = QueryReport(path=str(path), settings=asdict(settings))

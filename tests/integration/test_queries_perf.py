@@ -20,13 +20,22 @@ from pathlib import Path
 import psycopg
 import pytest
 from pgutil import TestDatabases
-from test_queries import Dialects, check, dialects, only, replicate, write_queries
+from test_queries import (
+    REFERENCE_QUERIES,
+    Dialects,
+    check,
+    dialects,
+    only,
+    refapp,
+    replicate,
+    write_queries,
+)
 
 from replicator.config import Config
 from replicator.queries import check_queries
 from replicator.queries.load import LOAD_APPLICATION_NAME
 
-__all__ = ["dialects"]  # the module-scoped fixture of test_queries, shared here
+__all__ = ["dialects", "refapp"]  # module-scoped fixtures of test_queries, shared here
 
 # --------------------------------------------------------------------------- 7: per set
 
@@ -395,3 +404,26 @@ postgres = "SELECT id FROM people ORDER BY id"
     data = report.to_json()
     ported = {q["name"]: q["port"] for q in data["queries"] if q["port"]}
     assert ported["scores"]["verdict"] == "matches" and ported["codes"]["verdict"] == "fails"
+
+
+# --------------------------------------------------------------------------- reference file
+
+
+def test_the_reference_file_exercises_rounds_load_and_porting(refapp: Dialects) -> None:
+    """The reference query file on the small replicated reference database."""
+    report = check_queries(
+        refapp.config, REFERENCE_QUERIES, runs=10, warmup=1, target_p95_ms=5_000, load_runs=2
+    )
+    assert report.ok, report.render()
+    assert report.settings["clients"] == 4 and report.settings["rounds"] == 5
+    for q in report.queries:
+        assert q.latency is not None and q.latency.band == "ok", q.name
+        assert len(q.latency.sets) == len(q.cases), q.name
+        assert q.load is not None and q.load.clients == 4, q.name
+        for side in (q.load.sqlite, q.load.postgres):
+            assert side is not None and side.n == 8 and side.errors == 0, q.name
+    feed = only(report, "top_artifacts_by_discovery_score")
+    assert feed.latency is not None and len(feed.latency.sets) == 3
+    per_source = only(report, "artifacts_per_source")
+    assert per_source.port is not None and per_source.port.verdict == "matches"
+    assert [q.name for q in report.queries if q.port is not None] == ["artifacts_per_source"]
