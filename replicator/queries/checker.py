@@ -21,11 +21,17 @@ the same PostgreSQL snapshot as the query; a query that differs is run again
 once, after the target has caught up with the source's head, before it is
 called a difference.
 
-Latency is measured on both sides after a warm-up, over the parameter sets in
-turn, as the client sees it (execute and fetch all rows). A PostgreSQL p95
-above the target gets an ``EXPLAIN (ANALYZE, BUFFERS)`` summary with pointers
-at sequential scans of large tables and indexes SQLite had and PostgreSQL
-lacks (:mod:`replicator.queries.plans`).
+Latency is measured on both sides after a warm-up, per parameter set and in
+rounds, as the client sees it (execute and fetch all rows): the worst set and
+the spread of its per-round p95 decide ok, near the target or slow
+(:mod:`replicator.queries.latency`); with ``clients`` the query also runs from
+that many connections per side at once (:mod:`replicator.queries.load`). A
+query over or near its target gets an ``EXPLAIN (ANALYZE, BUFFERS)`` summary
+with pointers at sequential scans of large tables and indexes SQLite had and
+PostgreSQL lacks (:mod:`replicator.queries.plans`); every timed query's plan
+is read for advice beyond those (:mod:`replicator.queries.advice`). A query
+given only for SQLite also gets sqlglot's PostgreSQL form, run and judged
+(:mod:`replicator.queries.port`).
 """
 
 from __future__ import annotations
