@@ -232,7 +232,8 @@ def main() -> int:
     lines += [
         "",
         f"Command: `python bench/queries.py --artifacts {args.artifacts} --runs {args.runs} "
-        f"--warmup {args.warmup} --rounds {args.rounds} --clients {args.clients}` "
+        f"--warmup {args.warmup} --rounds {args.rounds} --clients {args.clients} "
+        f"--load-runs {args.load_runs}` "
         "(`replicator queries check` on "
         "`config/reference-app-queries.toml`, in process).",
         "",

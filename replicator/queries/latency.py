@@ -97,6 +97,8 @@ class LatencyProfile:
     target_ms: float
     rounds: int  # rounds timed (fewer than planned when the time budget ran out)
     planned_rounds: int
+    runs: int = 0  # timed runs per side
+    planned_runs: int = 0
     sets: list[SetLatency] = field(default_factory=list)
 
     @property
@@ -110,7 +112,7 @@ class LatencyProfile:
 
     @property
     def cut_short(self) -> bool:
-        return self.rounds < self.planned_rounds
+        return self.runs < self.planned_runs
 
     def to_json(self) -> dict[str, Any]:
         worst = self.worst
@@ -119,6 +121,7 @@ class LatencyProfile:
             "band": self.band,
             "rounds": self.rounds,
             "planned_rounds": self.planned_rounds,
+            "cut_short": self.cut_short,
             "worst_set": worst.index,
             "worst_params": worst.params,
             "worst_p95": worst.postgres.p95,
@@ -149,8 +152,9 @@ class LatencyProfile:
             )
         if self.cut_short:
             out.append(
-                f"{name}: the time budget (max_seconds) ended timing after {self.rounds} of "
-                f"{self.planned_rounds} rounds: the spread is less certain"
+                f"{name}: the time budget (max_seconds) ended timing after {self.runs} of "
+                f"{self.planned_runs} runs ({self.rounds} of {self.planned_rounds} rounds begun): "
+                "the spread is less certain"
             )
         return out
 
@@ -167,7 +171,8 @@ def measure_sets(
     The sides alternate which goes first so that neither always pays for the
     other's cache misses; the warm-up covers every parameter set (and
     psycopg's automatic prepare after five executions). The time budget may
-    end timing early, but never before every set was timed once.
+    end timing early, but never before every set was timed once (the first
+    ``len(sets)`` runs are one whole cycle).
     """
     warmup = max(settings.warmup, len(sets)) if settings.warmup else 0
     for i in range(warmup):
@@ -180,7 +185,11 @@ def measure_sets(
     started = time.monotonic()
     done = 0
     rounds = 0
+    enough = max(MIN_SAMPLES, len(sets))
+    over = False
     for r, order in enumerate(plan):
+        if over:
+            break
         for i in range(len(sets)):
             lite[i].append([])
             pg[i].append([])
@@ -196,9 +205,16 @@ def measure_sets(
             lite[k][r].append(lite_ms)
             pg[k][r].append(pg_ms)
             done += 1
-        if time.monotonic() - started > settings.max_seconds and done >= MIN_SAMPLES:
-            break
-    profile = LatencyProfile(target_ms=target_ms, rounds=rounds, planned_rounds=len(plan))
+            if done >= enough and time.monotonic() - started > settings.max_seconds:
+                over = True
+                break
+    profile = LatencyProfile(
+        target_ms=target_ms,
+        rounds=rounds,
+        planned_rounds=len(plan),
+        runs=done,
+        planned_runs=sum(len(order) for order in plan),
+    )
     for i, ps in enumerate(sets):
         per_round = [sorted(r) for r in pg[i] if r]
         round_p95 = [percentile(r, 0.95) for r in per_round]

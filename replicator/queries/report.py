@@ -264,7 +264,9 @@ def _details(q: QueryResult) -> list[str]:
             out.append(f"    PostgreSQL: {_rows_text(d.postgres_rows)}")
         elif c.in_flight:
             out.append(f"{where}: equal once in-flight changes were applied")
-    if q.latency is not None and (q.slow or q.near_target or len(q.latency.sets) > 1):
+    if q.latency is not None and (
+        q.slow or q.near_target or q.latency.cut_short or len(q.latency.sets) > 1
+    ):
         out.extend(q.latency.lines(q.name))
     elif q.slow and q.postgres is not None:
         out.append(

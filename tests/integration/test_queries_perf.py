@@ -130,6 +130,31 @@ params.id = 1
     assert "1 near the target" in text
 
 
+def test_the_time_budget_ends_timing_only_after_every_set_was_timed(dialects: Dialects) -> None:
+    # Each PostgreSQL run sleeps 2 ms, so five runs outlast a 1 ms budget.
+    report = check(
+        dialects,
+        """
+[settings]
+runs = 60
+warmup = 0
+max_seconds = 0.001
+
+[[query]]
+name = "budget"
+sqlite = "SELECT id FROM people WHERE id = :id"
+postgres = "SELECT id FROM people WHERE id = :id AND (SELECT count(*) FROM pg_sleep(0.002)) = 1"
+params.id = [1, 2, 3, 4, 5, 6, 7]
+""",
+        measure=True,
+    )
+    q = only(report, "budget")
+    assert q.latency is not None
+    assert q.latency.runs == 7 and q.latency.planned_runs == 60 and q.latency.cut_short
+    assert [s.postgres.n for s in q.latency.sets] == [1] * 7
+    assert "the time budget (max_seconds) ended timing after 7 of 60 runs" in report.render()
+
+
 # --------------------------------------------------------------------------- 8: load
 
 
