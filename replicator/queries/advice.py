@@ -279,7 +279,8 @@ class PlanAdvice:
                     relation,
                     f"{base}. effective_cache_size = {ecs.shown} tells the planner {relation} "
                     f"({size / 2**20:,.1f} MB with its indexes) will not stay cached; set it "
-                    "to about three quarters of the server's memory, at least",
+                    "to about three quarters of the server's memory (the value below is the least "
+                    "that holds this table and its indexes twice over)",
                     self._setting_statements("effective_cache_size", value, ecs),
                 )
             )

@@ -284,6 +284,7 @@ def events(
             # A server tuned against indexes, and with little memory per sort.
             conn.execute(f'ALTER DATABASE "{name[0]}" SET random_page_cost = 400')
             conn.execute(f"ALTER DATABASE \"{name[0]}\" SET work_mem = '64kB'")
+            conn.execute(f"ALTER DATABASE \"{name[0]}\" SET effective_cache_size = '64kB'")
         yield Events(config, dsn, folder)
 
 
@@ -350,6 +351,10 @@ def test_plan_advice_is_printed_as_statements_and_never_applied(events: Events) 
     assert rpc.statements[1].startswith("ALTER DATABASE ") and rpc.statements[1].endswith(
         " SET random_page_cost = '1.1';"
     )  # set for the database, so kept there
+    (cache,) = [a for a in kind.advice if a.kind == "effective_cache_size"]
+    assert "effective_cache_size = 64kB" in cache.reason
+    assert cache.statements[0].startswith("SET effective_cache_size = '")
+    assert "ALTER DATABASE " in cache.statements[1]
     (mem,) = [a for a in only(report, "ranked").advice if a.kind == "work_mem"]
     assert "spilled" in mem.reason and "(64kB)" in mem.reason
     assert mem.statements[0].startswith("SET work_mem = '") and mem.statements[0].endswith("MB';")
@@ -365,6 +370,7 @@ def test_plan_advice_is_printed_as_statements_and_never_applied(events: Events) 
         assert trgm.fetchone() == (0,)
         assert conn.execute("SHOW random_page_cost").fetchone() == ("400",)
         assert conn.execute("SHOW work_mem").fetchone() == ("64kB",)
+        assert conn.execute("SHOW effective_cache_size").fetchone() == ("64kB",)
 
 
 # --------------------------------------------------------------------------- 10: porting
