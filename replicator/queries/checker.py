@@ -21,11 +21,17 @@ the same PostgreSQL snapshot as the query; a query that differs is run again
 once, after the target has caught up with the source's head, before it is
 called a difference.
 
-Latency is measured on both sides after a warm-up, over the parameter sets in
-turn, as the client sees it (execute and fetch all rows). A PostgreSQL p95
-above the target gets an ``EXPLAIN (ANALYZE, BUFFERS)`` summary with pointers
-at sequential scans of large tables and indexes SQLite had and PostgreSQL
-lacks (:mod:`replicator.queries.plans`).
+Latency is measured on both sides after a warm-up, per parameter set and in
+rounds, as the client sees it (execute and fetch all rows): the worst set and
+the spread of its per-round p95 decide ok, near the target or slow
+(:mod:`replicator.queries.latency`); with ``clients`` the query also runs from
+that many connections per side at once (:mod:`replicator.queries.load`). A
+query over or near its target gets an ``EXPLAIN (ANALYZE, BUFFERS)`` summary
+with pointers at sequential scans of large tables and indexes SQLite had and
+PostgreSQL lacks (:mod:`replicator.queries.plans`); every timed query's plan
+is read for advice beyond those (:mod:`replicator.queries.advice`). A query
+given only for SQLite also gets sqlglot's PostgreSQL form, run and judged
+(:mod:`replicator.queries.port`).
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from replicator.coerce import Kind, PgType, converter_for
 from replicator.config import Config
 from replicator.errors import TargetError
 from replicator.identifiers import pg_ident
+from replicator.queries.advice import PlanAdvice
 from replicator.queries.compare import (
     Difference,
     ResultColumn,
@@ -52,15 +59,17 @@ from replicator.queries.compare import (
     normalise_sqlite,
 )
 from replicator.queries.judge import apply_session, judge_case, ties_only
+from replicator.queries.latency import LatencyProfile, measure_sets
 from replicator.queries.letters import LetterIndex
-from replicator.queries.plans import PlanAdvisor, explain_postgres
+from replicator.queries.load import LoadResult, run_load, session_settings
+from replicator.queries.plans import PlanAdvisor, PlanNode, explain_postgres
+from replicator.queries.port import PortResult, run_port, source_columns
 from replicator.queries.report import (
     CaseResult,
     Latency,
     PlanSummary,
     QueryReport,
     QueryResult,
-    percentile,
 )
 from replicator.queries.spec import ParamSet, QueryFile, QuerySettings, QuerySpec, load_query_file
 from replicator.source import changelog
@@ -71,9 +80,6 @@ from replicator.state.position import load_position, position_kept
 from replicator.target.connection import Cursor, connect, first_line
 
 __all__ = ["QueryChecker", "QueryError", "check_queries"]
-
-MIN_SAMPLES = 5  # timed runs per side even when the time budget is spent
-
 
 # --------------------------------------------------------------------------- running
 
@@ -396,44 +402,52 @@ class QueryChecker:
         return (time.perf_counter() - started) * 1000
 
     def measure_latency(
-        self, spec: QuerySpec, sets: Sequence[ParamSet]
-    ) -> tuple[Latency, Latency, ParamSet]:
-        """Interleaved timed runs, cycling through the parameter sets.
+        self, spec: QuerySpec, sets: Sequence[ParamSet], target_ms: float
+    ) -> tuple[Latency, Latency, LatencyProfile]:
+        """Both sides, round by round, per parameter set (:mod:`replicator.queries.latency`)."""
+        return measure_sets(
+            sets,
+            self.settings,
+            target_ms,
+            lambda ps: self._time_sqlite(spec, ps),
+            lambda ps: self._time_postgres(spec, ps),
+        )
 
-        The sides alternate which goes first so that neither always pays for
-        the other's cache misses; the warm-up covers every parameter set (and
-        psycopg's automatic prepare after five executions).
-        """
+    def measure_load(
+        self, spec: QuerySpec, sets: Sequence[ParamSet], target_ms: float
+    ) -> LoadResult:
+        """``clients`` connections per side at once (:mod:`replicator.queries.load`)."""
         s = self.settings
-        warmup = max(s.warmup, len(sets)) if s.warmup else 0
-        for i in range(warmup):
-            ps = sets[i % len(sets)]
-            self._time_sqlite(spec, ps)
-            self._time_postgres(spec, ps)
-        lite: list[float] = []
-        pg: list[float] = []
-        pg_by_set: dict[int, list[float]] = {}
-        started = time.monotonic()
-        for i in range(s.runs):
-            ps = sets[i % len(sets)]
-            if i % 2:
-                pg_ms = self._time_postgres(spec, ps)
-                lite.append(self._time_sqlite(spec, ps))
-            else:
-                lite.append(self._time_sqlite(spec, ps))
-                pg_ms = self._time_postgres(spec, ps)
-            pg.append(pg_ms)
-            pg_by_set.setdefault(ps.index, []).append(pg_ms)
-            if time.monotonic() - started > s.max_seconds and i + 1 >= min(s.runs, MIN_SAMPLES):
-                break
-        slowest = max(pg_by_set, key=lambda k: percentile(sorted(pg_by_set[k]), 0.5))
-        return Latency.of(lite), Latency.of(pg), sets[slowest]
+        return run_load(
+            self.config,
+            session_settings(self.conn),
+            spec,
+            sets,
+            clients=s.clients,
+            runs=s.load_runs,
+            budget=s.max_seconds,
+            target_ms=target_ms,
+            statement_timeout_ms=s.statement_timeout_ms,
+        )
+
+    def port(self, spec: QuerySpec) -> PortResult:
+        """sqlglot's PostgreSQL form of a query given only for SQLite, run on every set."""
+        return run_port(
+            spec,
+            source_columns(self.source, spec.sqlite_sql),
+            lambda ported, ps: self.check_case(ported, ps, []),
+        )
 
     # -- plans ---------------------------------------------------------------------
 
-    def explain(self, spec: QuerySpec, ps: ParamSet) -> PlanSummary:
+    def explain(
+        self,
+        spec: QuerySpec,
+        ps: ParamSet,
+        found: tuple[PlanSummary, list[PlanNode]] | None = None,
+    ) -> PlanSummary:
         """PostgreSQL's plan and the hints; SQLite's plan only feeds the index hints."""
-        summary, nodes = explain_postgres(self.conn, spec, ps)
+        summary, nodes = found or explain_postgres(self.conn, spec, ps)
         if not nodes:
             return summary
         try:
@@ -463,15 +477,26 @@ class QueryChecker:
         sets = spec.param_sets()
         for ps in sets:
             result.cases.append(self.check_case(spec, ps, result.notes))
+        if not spec.postgres_form:
+            result.port = self.port(spec)
         if not self.measure or any(c.error for c in result.cases):
             return result
         try:
-            result.sqlite, result.postgres, slowest = self.measure_latency(spec, sets)
+            result.sqlite, result.postgres, result.latency = self.measure_latency(
+                spec, sets, target
+            )
+            if self.settings.clients > 0:
+                result.load = self.measure_load(spec, sets, target)
         except QueryError as exc:
             result.error = f"while timing: {exc}"
             return result
-        if result.slow:
-            result.plan = self.explain(spec, slowest)
+        slowest = sets[result.latency.worst.index]
+        found = explain_postgres(self.conn, spec, slowest)
+        result.advice = PlanAdvice(self.conn, self.schema, self.settings.large_table_rows).advise(
+            spec, slowest, found[1]
+        )
+        if result.slow or result.near_target:
+            result.plan = self.explain(spec, slowest, found)
         if result.sqlite is not None and result.sqlite.p95 > target and result.slow:
             result.notes.append("already over the target on SQLite")
         return result
@@ -491,6 +516,9 @@ def check_queries(
     measure: bool = True,
     settle_timeout: float | None = None,
     max_seconds: float | None = None,
+    clients: int | None = None,
+    rounds: int | None = None,
+    load_runs: int | None = None,
 ) -> QueryReport:
     """Run every query of the file at ``path`` on both sides; the cutover calls this.
 
@@ -505,6 +533,9 @@ def check_queries(
         target_p95_ms=target_p95_ms,
         settle_timeout=settle_timeout,
         max_seconds=max_seconds,
+        clients=clients,
+        rounds=rounds,
+        load_runs=load_runs,
     )
     specs = qfile.select(only)
     report = QueryReport(path=str(path), settings=asdict(settings))

@@ -14,11 +14,17 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from replicator.queries.compare import Difference
 from replicator.queries.drift import TypeDrift, merge_drift
 from replicator.queries.verdicts import VERDICTS
+
+if TYPE_CHECKING:  # these modules build on this one; their results are held here
+    from replicator.queries.advice import Advice
+    from replicator.queries.latency import LatencyProfile
+    from replicator.queries.load import LoadResult
+    from replicator.queries.port import PortResult
 
 __all__ = [
     "CaseResult",
@@ -112,6 +118,10 @@ class QueryResult:
     plan: PlanSummary | None = None
     notes: list[str] = field(default_factory=list)
     error: str | None = None
+    latency: LatencyProfile | None = None  # per parameter set, in rounds
+    load: LoadResult | None = None  # under concurrent clients
+    advice: list[Advice] = field(default_factory=list)
+    port: PortResult | None = None  # sqlglot's form, when the file gives no PostgreSQL form
     accept: list[str] = field(default_factory=list)  # verdicts shown but not failed
 
     @property
@@ -133,7 +143,17 @@ class QueryResult:
 
     @property
     def slow(self) -> bool:
+        """Its worst parameter set missed the target in every round, or it did under load."""
+        if self.load is not None and self.load.over_target:
+            return True
+        if self.latency is not None:
+            return self.latency.band == "slow"
         return self.postgres is not None and self.postgres.p95 > self.target_p95_ms
+
+    @property
+    def near_target(self) -> bool:
+        """Its worst set's per-round p95 straddles the target: neither a pass nor a miss."""
+        return self.latency is not None and self.latency.band == "near" and not self.slow
 
     @property
     def verdict(self) -> str:
@@ -149,6 +169,8 @@ class QueryResult:
             return "vacuous"
         if self.slow:
             return "slow"
+        if self.near_target:
+            return "near_target"
         return "same"
 
     @property
@@ -185,7 +207,11 @@ class QueryReport:
         c = self.counts()
         shown = [f"{c['same']} same", f"{c['different']} different"]
         shown += [f"{c[v]} {_verdict_text(v)}" for v in _RARE_VERDICTS if c[v]]
-        shown += [f"{c['slow']} slow", f"{c['error']} failed"]
+        shown += [
+            f"{c['slow']} slow",
+            f"{c['near_target']} near the target",
+            f"{c['error']} failed",
+        ]
         return f"{len(self.queries)} queries: " + ", ".join(shown)
 
     def to_json(self) -> dict[str, Any]:
@@ -200,6 +226,11 @@ class QueryReport:
             q["order_not_guaranteed"] = result.order_differs
             q["vacuous"] = result.vacuous
             q["rows"] = {"sqlite": result.rows[0], "postgres": result.rows[1]}
+            q["near_target"] = result.near_target
+            if result.latency is not None:
+                q["latency"] = {**q["latency"], **result.latency.to_json()}
+            if result.port is not None:
+                q["port"]["verdict"] = result.port.verdict
         return out
 
     def render(self) -> str:
@@ -214,7 +245,7 @@ class QueryReport:
             equal = "yes" if q.equal else ("-" if q.verdict == "error" else "NO")
             lines.append(
                 f"{q.name[:34]:<34} {rows:>13} {equal:>5} {_ms(q.sqlite):>11} "
-                f"{_ms(q.postgres):>10} {q.target_p95_ms:>6.0f}ms  "
+                f"{_worst_ms(q):>10} {q.target_p95_ms:>6.0f}ms  "
                 f"{_verdict_shown(q)}"
             )
         for q in self.queries:
@@ -254,6 +285,13 @@ def _verdict_shown(q: QueryResult) -> str:
     if q.vacuous:
         accepted.append("vacuous")
     return "same" + (f" (accepted: {', '.join(accepted)})" if accepted else "")
+
+
+def _worst_ms(q: QueryResult) -> str:
+    """The worst parameter set's PostgreSQL p95: a pooled p95 hides a slow set."""
+    if q.latency is None:
+        return _ms(q.postgres)
+    return _ms(q.latency.worst.postgres)
 
 
 def _ms(lat: Latency | None) -> str:
@@ -305,20 +343,30 @@ def _details(q: QueryResult) -> list[str]:
             f"{drift.column}: SQLite returns {drift.sqlite_type} ({drift.sqlite_example}), "
             f"PostgreSQL {drift.postgres_type} ({drift.postgres_example})"
         )
-    if q.slow and q.postgres is not None:
+    if q.latency is not None and (
+        q.slow or q.near_target or q.latency.cut_short or len(q.latency.sets) > 1
+    ):
+        out.extend(q.latency.lines(q.name))
+    elif q.slow and q.postgres is not None:
         out.append(
             f"{q.name}: PostgreSQL p95 {q.postgres.p95:.1f} ms is over the target "
             f"{q.target_p95_ms:g} ms (p50 {q.postgres.p50:.1f}, p99 {q.postgres.p99:.1f}, "
             f"n={q.postgres.n}); SQLite p95 {_ms(q.sqlite)}"
         )
-        if q.plan is not None:
-            p = q.plan
-            out.append(
-                f"    plan for [{_params_text(p.params)}]: execution "
-                f"{p.execution_ms or 0:.1f} ms, planning {p.planning_ms or 0:.1f} ms"
-            )
-            out.extend(f"      {line}" for line in p.lines)
-            out.extend(f"    hint: {h}" for h in p.hints)
+    if q.load is not None:
+        out.extend(q.load.lines(q.name))
+    if q.plan is not None:
+        p = q.plan
+        out.append(
+            f"    plan for [{_params_text(p.params)}]: execution "
+            f"{p.execution_ms or 0:.1f} ms, planning {p.planning_ms or 0:.1f} ms"
+        )
+        out.extend(f"      {line}" for line in p.lines)
+        out.extend(f"    hint: {h}" for h in p.hints)
+    for advice in q.advice:
+        out.extend(advice.lines(q.name))
+    if q.port is not None:
+        out.extend(q.port.lines(q.name))
     for note in q.notes:
         out.append(f"{q.name}: note: {note}")
     return out

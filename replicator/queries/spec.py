@@ -73,6 +73,9 @@ class QuerySettings:
     large_table_rows: int = 10_000
     statement_timeout_ms: int = 60_000
     settle_timeout: float = 30.0
+    rounds: int = 5  # timed runs are split into rounds; each set's p95 is also taken per round
+    clients: int = 0  # concurrent clients per side for the load run (0: no load run)
+    load_runs: int = 20  # executions per client in the load run
 
     def with_overrides(self, **values: Any) -> QuerySettings:
         given = {k: v for k, v in values.items() if v is not None}
@@ -173,6 +176,9 @@ _SETTING_RULES: dict[str, tuple[bool, bool]] = {  # name -> (whole, positive)
     "large_table_rows": (True, False),
     "statement_timeout_ms": (True, True),
     "settle_timeout": (False, False),
+    "rounds": (True, True),
+    "clients": (True, False),
+    "load_runs": (True, True),
 }
 
 

@@ -51,6 +51,7 @@ VERDICTS = (
     "order_not_guaranteed",
     "vacuous",
     "slow",
+    "near_target",
     "same",
 )
 
