@@ -378,6 +378,19 @@ def queries() -> None:
 )
 @click.option("--runs", type=int, default=None, help="Timed runs per side (default: file, 100).")
 @click.option("--warmup", type=int, default=None, help="Untimed runs first (default: file, 3).")
+@click.option(
+    "--rounds",
+    type=int,
+    default=None,
+    help="Split the timed runs into this many rounds for the p95 spread (default: file, 5).",
+)
+@click.option(
+    "--clients",
+    type=int,
+    default=None,
+    help="Also run each query from this many concurrent clients per side "
+    "(default: the file's clients, else no load run).",
+)
 @click.option("--no-latency", is_flag=True, help="Only compare results; time nothing.")
 @click.pass_context
 def queries_check(
@@ -388,13 +401,19 @@ def queries_check(
     target_ms: float | None,
     runs: int | None,
     warmup: int | None,
+    rounds: int | None,
+    clients: int | None,
     no_latency: bool,
 ) -> None:
     """Run each query in FILE on SQLite and PostgreSQL; compare answers and latency.
 
     FILE is TOML or SQL with `-- name:` markers (see docs/queries.md). Both
-    sides are read-only. Exit 0 when every query returns the same answer and
-    meets its p95 target, 1 otherwise.
+    sides are read-only. Each query gets a verdict: same, different, type
+    drift, order not guaranteed, vacuous, slow (or near the target: the
+    rounds straddle it) or error; p95 is judged per parameter set. Plan advice
+    and, for queries without a PostgreSQL form, a suggested port are printed,
+    never applied. Exit 0 when every query is "same" (or its finding is
+    accepted in FILE), 1 otherwise, 2 for a mistake in FILE.
     """
 
     def go() -> int:
@@ -409,6 +428,8 @@ def queries_check(
             target_p95_ms=target_ms,
             only=list(only) or None,
             measure=not no_latency,
+            rounds=rounds,
+            clients=clients,
         )
         if as_json:
             click.echo(json.dumps(report.to_json(), default=str, indent=2))

@@ -198,14 +198,29 @@ class Row:
     raw: tuple[Any, ...]  # shown
 
 
+_TEXT_KINDS = (Kind.TEXT, Kind.VARCHAR, Kind.CHAR)
+
+
+def _number_text(value: float) -> str:
+    """A SQLite float where PostgreSQL returns text (``json_extract`` ported to
+    ``->>``, a float column cast to text): compared as PostgreSQL prints the
+    number, so JSON ``1e2`` (100.0 in SQLite) equals ``'100'``, not ``'100.0'``."""
+    if value.is_integer() and abs(value) < 1e16:
+        return str(int(value))
+    return repr(value)
+
+
 def normalise_sqlite(
     columns: Sequence[ResultColumn], raw_rows: Sequence[Sequence[Any]]
 ) -> list[Row]:
     """SQLite values typed like the PostgreSQL result column, then made canonical."""
     out = []
     for raw in raw_rows:
-        values = []
+        values: list[Any] = []
         for col, v in zip(columns, raw, strict=True):
+            if isinstance(v, float) and col.kind in _TEXT_KINDS:
+                values.append(_number_text(v))
+                continue
             try:
                 values.append(canonical(col.kind, col.convert(v)))
             except CoercionError as exc:

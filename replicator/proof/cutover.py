@@ -184,8 +184,7 @@ class Cutover:
 
         assert self.queries is not None
         result = check_queries(self.config, self.queries)
-        verdict = "all equal and within target" if result.ok else "differences or slow queries"
-        return bool(result.ok), f"{self.queries}: {verdict}"
+        return bool(result.ok), f"{self.queries}: {result.summary()}"
 
     def _sequence_plans(self) -> tuple[Connection, list[Any]]:
         conn = connect(self.config.require_target(), autocommit=True)

@@ -3,7 +3,13 @@
 ``spec`` reads the query file (with ``sqltext`` scanning its SQL and
 ``params`` typing its example values for each side), ``checker`` runs every
 query on both sides, ``compare`` decides whether the answers are the same,
-``plans`` explains a slow one, and ``report`` holds and renders the results.
+``judge`` looks at what values alone miss (``drift``: the Python types the
+application receives; ``verdicts``: order, empty answers, the file's
+``accept`` and ``[session]``; ``letters``: dead letters behind a
+difference), ``latency`` times each parameter set in rounds and ``load``
+from concurrent clients, ``plans`` explains a slow one and ``advice`` reads
+every plan for indexes and settings to suggest, ``port`` suggests a
+PostgreSQL form with sqlglot, and ``report`` holds and renders the results.
 """
 
 from replicator.queries.checker import check_queries

@@ -21,11 +21,17 @@ the same PostgreSQL snapshot as the query; a query that differs is run again
 once, after the target has caught up with the source's head, before it is
 called a difference.
 
-Latency is measured on both sides after a warm-up, over the parameter sets in
-turn, as the client sees it (execute and fetch all rows). A PostgreSQL p95
-above the target gets an ``EXPLAIN (ANALYZE, BUFFERS)`` summary with pointers
-at sequential scans of large tables and indexes SQLite had and PostgreSQL
-lacks (:mod:`replicator.queries.plans`).
+Latency is measured on both sides after a warm-up, per parameter set and in
+rounds, as the client sees it (execute and fetch all rows): the worst set and
+the spread of its per-round p95 decide ok, near the target or slow
+(:mod:`replicator.queries.latency`); with ``clients`` the query also runs from
+that many connections per side at once (:mod:`replicator.queries.load`). A
+query over or near its target gets an ``EXPLAIN (ANALYZE, BUFFERS)`` summary
+with pointers at sequential scans of large tables and indexes SQLite had and
+PostgreSQL lacks (:mod:`replicator.queries.plans`); every timed query's plan
+is read for advice beyond those (:mod:`replicator.queries.advice`). A query
+given only for SQLite also gets sqlglot's PostgreSQL form, run and judged
+(:mod:`replicator.queries.port`).
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from replicator.coerce import Kind, PgType, converter_for
 from replicator.config import Config
 from replicator.errors import TargetError
 from replicator.identifiers import pg_ident
+from replicator.queries.advice import PlanAdvice
 from replicator.queries.compare import (
     Difference,
     ResultColumn,
@@ -51,14 +58,18 @@ from replicator.queries.compare import (
     normalise_postgres,
     normalise_sqlite,
 )
-from replicator.queries.plans import PlanAdvisor, explain_postgres
+from replicator.queries.judge import apply_session, judge_case, ties_only
+from replicator.queries.latency import LatencyProfile, measure_sets
+from replicator.queries.letters import LetterIndex
+from replicator.queries.load import LoadResult, run_load, session_settings
+from replicator.queries.plans import PlanAdvisor, PlanNode, explain_postgres
+from replicator.queries.port import PortResult, run_port, source_columns
 from replicator.queries.report import (
     CaseResult,
     Latency,
     PlanSummary,
     QueryReport,
     QueryResult,
-    percentile,
 )
 from replicator.queries.spec import ParamSet, QueryFile, QuerySettings, QuerySpec, load_query_file
 from replicator.source import changelog
@@ -69,9 +80,6 @@ from replicator.state.position import load_position, position_kept
 from replicator.target.connection import Cursor, connect, first_line
 
 __all__ = ["QueryChecker", "QueryError", "check_queries"]
-
-MIN_SAMPLES = 5  # timed runs per side even when the time budget is spent
-
 
 # --------------------------------------------------------------------------- running
 
@@ -98,7 +106,14 @@ class _Pair:
 class QueryChecker:
     """Runs query specs against one source and one target; one instance per check."""
 
-    def __init__(self, config: Config, settings: QuerySettings, *, measure: bool = True) -> None:
+    def __init__(
+        self,
+        config: Config,
+        settings: QuerySettings,
+        *,
+        measure: bool = True,
+        session: Sequence[tuple[str, str]] = (),
+    ) -> None:
         self.config = config
         self.settings = settings
         self.measure = measure
@@ -120,7 +135,9 @@ class QueryChecker:
         self._types: dict[int, PgType] = {}
         try:
             self.conn.execute("SET default_transaction_read_only = on")
-            self.conn.execute("SET TIME ZONE 'UTC'")
+            # The application's own session: the server's defaults (and the
+            # DSN's options), then the query file's [session] settings.
+            self.session = apply_session(self.conn, session)
             self.conn.execute(
                 sql.SQL("SET statement_timeout = {}").format(
                     sql.Literal(int(settings.statement_timeout_ms))
@@ -139,6 +156,19 @@ class QueryChecker:
         except BaseException:
             self.close()
             raise
+
+    _letters: LetterIndex | None = None
+
+    @property
+    def letters(self) -> LetterIndex:
+        """The open dead letters, read when the first difference needs them."""
+        if self._letters is None:
+            try:
+                with self.conn.cursor() as cur:
+                    self._letters = LetterIndex.load(cur, self.source, self.state_schema)
+            except psycopg.Error as exc:
+                raise TargetError(f"cannot read the dead letters: {first_line(exc)}") from exc
+        return self._letters
 
     def close(self) -> None:
         self.conn.close()
@@ -292,12 +322,29 @@ class QueryChecker:
                     f"({', '.join(pair.sqlite.names)})"
                 )
             key_idx.append(lowered.index(key.lower()))
-        return compare_rows(
+        diff = compare_rows(
             normalise_sqlite(pair.columns, pair.sqlite.rows),
             normalise_postgres(pair.columns, pair.postgres.rows),
             ordered=spec.ordered,
             key_idx=key_idx,
-            tolerance=self.settings.float_tolerance,
+            tolerance=self.tolerance(spec),
+        )
+        if diff is not None and ties_only(
+            spec,
+            pair.sqlite.names,
+            pair.columns,
+            pair.sqlite.rows,
+            pair.postgres.rows,
+            self.tolerance(spec),
+        ):
+            return None  # rows tied on the ORDER BY came in another order: judge_case says so
+        return diff
+
+    def tolerance(self, spec: QuerySpec) -> float:
+        return (
+            spec.float_tolerance
+            if spec.float_tolerance is not None
+            else self.settings.float_tolerance
         )
 
     def check_case(self, spec: QuerySpec, ps: ParamSet, notes: list[str]) -> CaseResult:
@@ -336,6 +383,9 @@ class QueryChecker:
                 "result columns are named differently (" + ", ".join(renamed) + "): "
                 "code that reads columns by name needs an alias"
             )
+        judge_case(
+            self, spec, pair.sqlite.names, pair.sqlite.rows, pair.postgres.rows, pair.columns, case
+        )
         return case
 
     # -- latency -------------------------------------------------------------------
@@ -352,44 +402,52 @@ class QueryChecker:
         return (time.perf_counter() - started) * 1000
 
     def measure_latency(
-        self, spec: QuerySpec, sets: Sequence[ParamSet]
-    ) -> tuple[Latency, Latency, ParamSet]:
-        """Interleaved timed runs, cycling through the parameter sets.
+        self, spec: QuerySpec, sets: Sequence[ParamSet], target_ms: float
+    ) -> tuple[Latency, Latency, LatencyProfile]:
+        """Both sides, round by round, per parameter set (:mod:`replicator.queries.latency`)."""
+        return measure_sets(
+            sets,
+            self.settings,
+            target_ms,
+            lambda ps: self._time_sqlite(spec, ps),
+            lambda ps: self._time_postgres(spec, ps),
+        )
 
-        The sides alternate which goes first so that neither always pays for
-        the other's cache misses; the warm-up covers every parameter set (and
-        psycopg's automatic prepare after five executions).
-        """
+    def measure_load(
+        self, spec: QuerySpec, sets: Sequence[ParamSet], target_ms: float
+    ) -> LoadResult:
+        """``clients`` connections per side at once (:mod:`replicator.queries.load`)."""
         s = self.settings
-        warmup = max(s.warmup, len(sets)) if s.warmup else 0
-        for i in range(warmup):
-            ps = sets[i % len(sets)]
-            self._time_sqlite(spec, ps)
-            self._time_postgres(spec, ps)
-        lite: list[float] = []
-        pg: list[float] = []
-        pg_by_set: dict[int, list[float]] = {}
-        started = time.monotonic()
-        for i in range(s.runs):
-            ps = sets[i % len(sets)]
-            if i % 2:
-                pg_ms = self._time_postgres(spec, ps)
-                lite.append(self._time_sqlite(spec, ps))
-            else:
-                lite.append(self._time_sqlite(spec, ps))
-                pg_ms = self._time_postgres(spec, ps)
-            pg.append(pg_ms)
-            pg_by_set.setdefault(ps.index, []).append(pg_ms)
-            if time.monotonic() - started > s.max_seconds and i + 1 >= min(s.runs, MIN_SAMPLES):
-                break
-        slowest = max(pg_by_set, key=lambda k: percentile(sorted(pg_by_set[k]), 0.5))
-        return Latency.of(lite), Latency.of(pg), sets[slowest]
+        return run_load(
+            self.config,
+            session_settings(self.conn),
+            spec,
+            sets,
+            clients=s.clients,
+            runs=s.load_runs,
+            budget=s.max_seconds,
+            target_ms=target_ms,
+            statement_timeout_ms=s.statement_timeout_ms,
+        )
+
+    def port(self, spec: QuerySpec) -> PortResult:
+        """sqlglot's PostgreSQL form of a query given only for SQLite, run on every set."""
+        return run_port(
+            spec,
+            source_columns(self.source, spec.sqlite_sql),
+            lambda ported, ps: self.check_case(ported, ps, []),
+        )
 
     # -- plans ---------------------------------------------------------------------
 
-    def explain(self, spec: QuerySpec, ps: ParamSet) -> PlanSummary:
+    def explain(
+        self,
+        spec: QuerySpec,
+        ps: ParamSet,
+        found: tuple[PlanSummary, list[PlanNode]] | None = None,
+    ) -> PlanSummary:
         """PostgreSQL's plan and the hints; SQLite's plan only feeds the index hints."""
-        summary, nodes = explain_postgres(self.conn, spec, ps)
+        summary, nodes = found or explain_postgres(self.conn, spec, ps)
         if not nodes:
             return summary
         try:
@@ -414,19 +472,31 @@ class QueryChecker:
             ordered=spec.ordered,
             target_p95_ms=target,
             notes=list(spec.notes),
+            accept=sorted(spec.accept),
         )
         sets = spec.param_sets()
         for ps in sets:
             result.cases.append(self.check_case(spec, ps, result.notes))
+        if not spec.postgres_form:
+            result.port = self.port(spec)
         if not self.measure or any(c.error for c in result.cases):
             return result
         try:
-            result.sqlite, result.postgres, slowest = self.measure_latency(spec, sets)
+            result.sqlite, result.postgres, result.latency = self.measure_latency(
+                spec, sets, target
+            )
+            if self.settings.clients > 0:
+                result.load = self.measure_load(spec, sets, target)
         except QueryError as exc:
             result.error = f"while timing: {exc}"
             return result
-        if result.slow:
-            result.plan = self.explain(spec, slowest)
+        slowest = sets[result.latency.worst.index]
+        found = explain_postgres(self.conn, spec, slowest)
+        result.advice = PlanAdvice(self.conn, self.schema, self.settings.large_table_rows).advise(
+            spec, slowest, found[1]
+        )
+        if result.slow or result.near_target:
+            result.plan = self.explain(spec, slowest, found)
         if result.sqlite is not None and result.sqlite.p95 > target and result.slow:
             result.notes.append("already over the target on SQLite")
         return result
@@ -446,6 +516,9 @@ def check_queries(
     measure: bool = True,
     settle_timeout: float | None = None,
     max_seconds: float | None = None,
+    clients: int | None = None,
+    rounds: int | None = None,
+    load_runs: int | None = None,
 ) -> QueryReport:
     """Run every query of the file at ``path`` on both sides; the cutover calls this.
 
@@ -460,10 +533,14 @@ def check_queries(
         target_p95_ms=target_p95_ms,
         settle_timeout=settle_timeout,
         max_seconds=max_seconds,
+        clients=clients,
+        rounds=rounds,
+        load_runs=load_runs,
     )
     specs = qfile.select(only)
     report = QueryReport(path=str(path), settings=asdict(settings))
-    with QueryChecker(config, settings, measure=measure) as checker:
+    with QueryChecker(config, settings, measure=measure, session=qfile.session) as checker:
+        report.session = dict(checker.session)
         report.streaming = checker.streaming
         report.source_position, report.target_position = checker.positions()
         for spec in specs:

@@ -115,6 +115,10 @@ class Difference:
     position: int | None = None  # first differing row (0-based) of an ordered result
     sqlite_rows: list[list[Any]] = field(default_factory=list)
     postgres_rows: list[list[Any]] = field(default_factory=list)
+    # Per shown row, why it differs when known ("dead-lettered: ..."); empty
+    # when nothing is known about any of them.
+    sqlite_notes: list[str | None] = field(default_factory=list)
+    postgres_notes: list[str | None] = field(default_factory=list)
 
 
 def display(v: Any) -> Any:
@@ -161,10 +165,43 @@ def _multiset_diff(a: Sequence[Row], b: Sequence[Row], tol: float) -> tuple[list
             j += 1
     only_a.extend(sa[i:])
     only_b.extend(sb[j:])
+    if only_a and only_b and tol > 0:
+        return _match_within_tolerance(only_a, only_b, tol)
     return only_a, only_b
 
 
-def _groups(rows: Sequence[Row], key_idx: Sequence[int], tol: float) -> list[list[Row]]:
+def _inexact_key(row: Row) -> tuple[tuple[Any, ...], ...]:
+    """The exactly compared part of a row: its values but numbers, which compare
+    within the tolerance (one bucket holds every row that could match)."""
+    return tuple((2,) if _is_number(v) else _value_key(v) for v in row.canon)
+
+
+def _match_within_tolerance(
+    only_a: list[Row], only_b: list[Row], tol: float
+) -> tuple[list[Row], list[Row]]:
+    """Pair the rows the exact-order merge left over that are equal within ``tol``.
+
+    Sorting by exact values puts 0.30000000000000004 and 0.3 in different
+    places, so rows that differ only there fall out of the merge unmatched;
+    here they are paired greedily within rows of equal non-numeric values.
+    """
+    buckets: dict[tuple[tuple[Any, ...], ...], list[Row]] = {}
+    for row in only_b:
+        buckets.setdefault(_inexact_key(row), []).append(row)
+    rest_a: list[Row] = []
+    for row in only_a:
+        bucket = buckets.get(_inexact_key(row), [])
+        for k, other in enumerate(bucket):
+            if same_row(row, other, tol):
+                del bucket[k]
+                break
+        else:
+            rest_a.append(row)
+    rest_b = [r for bucket in buckets.values() for r in bucket]
+    return rest_a, sorted(rest_b, key=_row_key)
+
+
+def group_rows(rows: Sequence[Row], key_idx: Sequence[int], tol: float) -> list[list[Row]]:
     out: list[list[Row]] = []
     for row in rows:
         if out and all(same_value(out[-1][0].canon[k], row.canon[k], tol) for k in key_idx):
@@ -209,8 +246,8 @@ def compare_rows(
             postgres_rows=_shown(postgres_rows[i:]),
         )
     if ordered:
-        ga = _groups(sqlite_rows, key_idx, tolerance)
-        gb = _groups(postgres_rows, key_idx, tolerance)
+        ga = group_rows(sqlite_rows, key_idx, tolerance)
+        gb = group_rows(postgres_rows, key_idx, tolerance)
         position = 0
         for group_a, group_b in zip(ga, gb, strict=False):
             only_a, only_b = _multiset_diff(group_a, group_b, tolerance)

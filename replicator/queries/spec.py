@@ -43,6 +43,7 @@ from replicator.queries.sqltext import (
     has_top_level,
     to_postgres_placeholders,
 )
+from replicator.queries.verdicts import EXTRA_QUERY_KEYS, parse_accept, parse_session
 
 __all__ = [
     "ParamSet",
@@ -72,6 +73,9 @@ class QuerySettings:
     large_table_rows: int = 10_000
     statement_timeout_ms: int = 60_000
     settle_timeout: float = 30.0
+    rounds: int = 5  # timed runs are split into rounds; each set's p95 is also taken per round
+    clients: int = 0  # concurrent clients per side for the load run (0: no load run)
+    load_runs: int = 20  # executions per client in the load run
 
     def with_overrides(self, **values: Any) -> QuerySettings:
         given = {k: v for k, v in values.items() if v is not None}
@@ -106,6 +110,10 @@ class QuerySpec:
     target_p95_ms: float | None
     description: str = ""
     notes: tuple[str, ...] = ()
+    # Verdicts this query accepts (``type_drift``, ``type_drift:<column>``,
+    # ``order``, ``vacuous``): shown in the report, but they do not fail it.
+    accept: frozenset[str] = frozenset()
+    float_tolerance: float | None = None  # this query's own; else the file's
 
     def param_sets(self) -> list[ParamSet]:
         count = max((len(p) for p in self.params), default=1)
@@ -132,6 +140,7 @@ class QueryFile:
     path: Path
     settings: QuerySettings
     queries: tuple[QuerySpec, ...] = field(default_factory=tuple)
+    session: tuple[tuple[str, str], ...] = ()  # PostgreSQL settings (GUC name, value)
 
     def select(self, names: Sequence[str] | None) -> tuple[QuerySpec, ...]:
         if not names:
@@ -167,6 +176,9 @@ _SETTING_RULES: dict[str, tuple[bool, bool]] = {  # name -> (whole, positive)
     "large_table_rows": (True, False),
     "statement_timeout_ms": (True, True),
     "settle_timeout": (False, False),
+    "rounds": (True, True),
+    "clients": (True, False),
+    "load_runs": (True, True),
 }
 
 
@@ -195,6 +207,7 @@ def build_query(raw: Mapping[str, Any], where: str) -> QuerySpec:
         "ordered",
         "order_key",
         "target_p95_ms",
+        *EXTRA_QUERY_KEYS,
     ]
     for key in raw:
         if key not in known:
@@ -292,7 +305,15 @@ def build_query(raw: Mapping[str, Any], where: str) -> QuerySpec:
         target_p95_ms=target,
         description=description.strip(),
         notes=tuple(notes),
+        accept=parse_accept(raw.get("accept"), where),
+        float_tolerance=_query_tolerance(raw.get("float_tolerance"), where),
     )
+
+
+def _query_tolerance(value: object, where: str) -> float | None:
+    if value is None:
+        return None
+    return float(_number(value, f"{where}: float_tolerance"))
 
 
 def _check_unique(queries: Sequence[QuerySpec], path: Path) -> None:
@@ -314,10 +335,9 @@ def parse_toml_file(text: str, path: Path) -> QueryFile:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"query file {path} is not valid TOML: {exc}") from None
     for key in data:
-        if key not in ("settings", "query"):
-            raise ConfigError(
-                f"{path}: unknown top-level key {key!r}{did_you_mean(key, ['settings', 'query'])}"
-            )
+        if key not in ("settings", "query", "session"):
+            known = ["settings", "query", "session"]
+            raise ConfigError(f"{path}: unknown top-level key {key!r}{did_you_mean(key, known)}")
     settings_raw = data.get("settings", {})
     if not isinstance(settings_raw, dict):
         raise ConfigError(f"{path}: [settings] must be a table")
@@ -327,14 +347,23 @@ def parse_toml_file(text: str, path: Path) -> QueryFile:
         raise ConfigError(f"{path}: queries are [[query]] tables")
     queries = tuple(build_query(q, f"{path}: query #{i + 1}") for i, q in enumerate(raw_queries))
     _check_unique(queries, path)
-    return QueryFile(path, settings, queries)
+    session = parse_session(data.get("session", {}), f"{path}: [session]")
+    return QueryFile(path, settings, queries, session)
 
 
 # --------------------------------------------------------------------------- SQL
 
 
 _DIRECTIVE = re.compile(r"^\s*--\s*([A-Za-z_][A-Za-z0-9_]*)\s*:(.*)$")
-_QUERY_KEYS = ("name", "description", "param", "ordered", "order_key", "target_p95_ms")
+_QUERY_KEYS = (
+    "name",
+    "description",
+    "param",
+    "ordered",
+    "order_key",
+    "target_p95_ms",
+    *EXTRA_QUERY_KEYS,
+)
 _MARKERS = ("sqlite", "postgres")
 _PARAM_HEAD = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)(?:\s+([a-z]+))?\s*=(.*)$", re.DOTALL)
 
@@ -349,6 +378,7 @@ def _toml_value(text: str, where: str) -> Any:
 def parse_sql_file(text: str, path: Path) -> QueryFile:
     """Queries separated by ``-- name:`` lines; see ``docs/queries.md`` for the directives."""
     settings_raw: dict[str, Any] = {}
+    session_raw: dict[str, Any] = {}
     blocks: list[dict[str, Any]] = []
     current: dict[str, Any] | None = None
     section = "sqlite"
@@ -365,6 +395,11 @@ def parse_sql_file(text: str, path: Path) -> QueryFile:
         if current is None:
             if m and key in _SETTING_RULES:
                 settings_raw[key] = _toml_value(value, where)
+            elif m and key == "session":
+                name, _, setting = value.partition("=")
+                if not setting.strip():
+                    raise ConfigError(f"{where}: expected '-- session: NAME = VALUE'")
+                session_raw[name.strip()] = _toml_value(setting, where)
             elif m and difflib.get_close_matches(key, list(_SETTING_RULES), n=1, cutoff=0.85):
                 raise ConfigError(
                     f"{where}: unknown setting {key!r}{did_you_mean(key, list(_SETTING_RULES))}"
@@ -372,6 +407,8 @@ def parse_sql_file(text: str, path: Path) -> QueryFile:
             elif line.strip() and not line.strip().startswith("--"):
                 raise ConfigError(f"{where}: SQL before the first '-- name:' line")
             continue
+        if m and key == "session":
+            raise ConfigError(f"{where}: '-- session:' lines go before the first '-- name:' line")
         if m and key in _MARKERS:
             if value:
                 raise ConfigError(f"{where}: '-- {key}:' stands alone on its line")
@@ -391,8 +428,10 @@ def parse_sql_file(text: str, path: Path) -> QueryFile:
                     if ptype
                     else parsed
                 )
-            elif key in ("ordered", "target_p95_ms"):
+            elif key in ("ordered", "target_p95_ms", "float_tolerance"):
                 current[key] = _toml_value(value, where)
+            elif key == "accept":
+                current[key] = [v.strip() for v in value.split(",") if v.strip()]
             elif key == "order_key":
                 current[key] = value
             else:
@@ -413,7 +452,8 @@ def parse_sql_file(text: str, path: Path) -> QueryFile:
         queries.append(build_query(raw, f"{path}:{block['line']}"))
     _check_unique(queries, path)
     settings = _settings_from(settings_raw, f"{path}: settings")
-    return QueryFile(path, settings, tuple(queries))
+    session = parse_session(session_raw, f"{path}: session")
+    return QueryFile(path, settings, tuple(queries), session)
 
 
 def load_query_file(path: Path) -> QueryFile:

@@ -122,7 +122,7 @@ params.prefix = "alice%"
     assert case.difference is not None
     assert case.difference.sqlite_rows == [[4, "ALICE SMITH"]]
     assert case.difference.postgres_rows == []
-    assert only(report, "ilike").verdict == "ok"
+    assert only(report, "ilike").verdict == "same"
     assert not report.ok
 
 
@@ -148,8 +148,14 @@ sql = "SELECT id, score / 2 AS half FROM people ORDER BY id"
     diff = only(report, "half_amount").cases[0].difference
     assert diff is not None and diff.position == 0
     assert diff.sqlite_rows[0] == [1, 1] and diff.postgres_rows[0] == [1, "1.5000000000000000"]
-    assert only(report, "half_amount_fixed").verdict == "ok"
-    assert only(report, "half_score").verdict == "ok"  # bigint / int truncates on both sides
+    fixed = only(report, "half_amount_fixed")
+    # The same numbers, but the application gets a float from SQLite and a
+    # Decimal from psycopg.
+    assert fixed.equal and fixed.verdict == "type_drift"
+    assert [(d.column, d.sqlite_type, d.postgres_type) for d in fixed.type_drift] == [
+        ("half", "float", "Decimal")
+    ]
+    assert only(report, "half_score").verdict == "same"  # bigint / int truncates on both sides
 
 
 def test_null_ordering_is_caught_and_an_explicit_nulls_first_passes(dialects: Dialects) -> None:
@@ -174,7 +180,7 @@ sql = "SELECT id FROM people ORDER BY score DESC, id LIMIT 2"
     assert diff is not None
     assert "same rows in a different order" in diff.summary
     assert diff.sqlite_rows[0] == [2, None] and diff.postgres_rows[0] == [4, 3]
-    assert only(report, "nulls_first").verdict == "ok"
+    assert only(report, "nulls_first").verdict == "same"
     top = only(report, "top_two_desc").cases[0]
     assert top.difference is not None and "different rows" in top.difference.summary
 
@@ -204,7 +210,7 @@ sql = "SELECT id FROM people WHERE code > 50 ORDER BY id"
     assert naive.verdict == "different"
     diff = naive.cases[0].difference
     assert diff is not None and diff.sqlite_rows == [[1], [5]] and diff.postgres_rows == [[3]]
-    assert only(report, "code_over_50_numeric").verdict == "ok"
+    assert only(report, "code_over_50_numeric").verdict == "same"
     unported = only(report, "code_over_50_unported")
     assert unported.verdict == "error"
     assert unported.cases[0].error is not None
@@ -235,7 +241,7 @@ postgres = 'SELECT name FROM people ORDER BY name COLLATE "{collation}"'
     )
     # SQLite's BINARY collation puts capitals first; this server's C.UTF-8 (or
     # any C-like) collation agrees, a linguistic one does not.
-    assert only(report, "by_name").verdict == "ok"
+    assert only(report, "by_name").verdict == "same"
     diff = only(report, "by_name_icu").cases[0].difference
     assert diff is not None and "same rows in a different order" in diff.summary
 
@@ -251,6 +257,7 @@ warmup = 2
 [[query]]
 name = "everyone"
 sql = "SELECT name, score, amount FROM people"
+accept = ["type_drift:amount"]  # int/float in SQLite, Decimal in psycopg
 
 [[query]]
 name = "by_ids"
@@ -326,7 +333,7 @@ def test_cli_exit_codes_and_json(dialects: Dialects) -> None:
     ok = runner.invoke(main, [*args, "queries", "check", str(good), "--runs", "3", "--json"])
     assert ok.exit_code == 0, ok.output
     data = json.loads(ok.output)
-    assert data["ok"] is True and data["queries"][0]["verdict"] == "ok"
+    assert data["ok"] is True and data["queries"][0]["verdict"] == "same"
     assert data["queries"][0]["postgres"]["n"] == 3
     failed = runner.invoke(main, [*args, "queries", "check", str(bad), "--no-latency"])
     assert failed.exit_code == 1
@@ -422,8 +429,18 @@ postgres = "SELECT id, raw_json -> 'n' FROM artifacts WHERE id > 9000 ORDER BY i
     assert naive.difference is not None
     assert naive.difference.sqlite_rows[0] == [9001]
     assert naive.difference.postgres_rows[0] == [9003]
-    for name in ("julianday_window", "datetime_window", "stored_values", "utc_day", "json_number"):
-        assert only(report, name).verdict == "ok", report.render()
+    for name in ("julianday_window", "datetime_window", "json_number"):
+        assert only(report, name).verdict == "same", report.render()
+    # Equal values, but the application reads text and JSON text from SQLite
+    # where psycopg hands it datetimes, dicts and dates.
+    for name, drift in (
+        ("stored_values", {"published_at": ("str", "datetime"), "raw_json": ("str", "dict")}),
+        ("utc_day", {"day": ("str", "date")}),
+    ):
+        result = only(report, name)
+        assert result.equal and result.verdict == "type_drift", report.render()
+        found = {d.column: (d.sqlite_type, d.postgres_type) for d in result.type_drift}
+        assert found == drift
     assert only(report, "stored_values").rows == (305, 305)
     text_day = only(report, "text_day").cases[0].difference
     assert text_day is not None
@@ -624,6 +641,14 @@ def test_reference_queries_on_a_replicated_50k_artifact_database(
     for q in report.queries:
         assert q.equal, q.name
         lite_rows, pg_rows = q.rows
-        assert lite_rows == pg_rows > 0, q.name
+        assert lite_rows == pg_rows, q.name
+        assert lite_rows > 0 or q.vacuous, q.name
         assert q.sqlite is not None and q.postgres is not None
         assert q.postgres.n == 5
+        assert all(d.accepted for d in q.type_drift), q.name
+    # The file exercises the verdicts a query may accept: shown, not failed.
+    assert only(report, "labels_of_missing_artifacts").vacuous
+    drift = {d.column for d in only(report, "active_admins").type_drift}
+    assert drift == {"is_admin", "activated_at"}
+    assert report.session == {"TimeZone": "UTC"}
+    assert "type drift (accepted) in column is_admin" in report.render()

@@ -73,3 +73,16 @@ def test_example_configs_load() -> None:
     for name in ("replicator.example.toml", "reference-app.toml"):
         config = load_config(ROOT / "config" / name, env={})
         assert config.target.state_schema == "replicator"
+
+
+def test_the_port_table_in_the_query_docs_is_the_checkers_caveats() -> None:
+    from replicator.queries.port import CAVEATS, port_table_markdown
+
+    text = (ROOT / "docs" / "queries.md").read_text(encoding="utf-8")
+    start = text.index(docs.PORT_TABLE_START) + len(docs.PORT_TABLE_START)
+    end = text.index(docs.PORT_TABLE_END)
+    assert text[start:end].strip() == port_table_markdown(), (
+        "docs/queries.md's port table is out of date: run python -m replicator.cli.docs"
+    )
+    for caveat in CAVEATS:
+        assert f"| {caveat.difference} |" in text[start:end]

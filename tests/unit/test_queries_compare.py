@@ -115,3 +115,24 @@ def test_percentiles() -> None:
     assert percentile([7.0], 0.99) == 7.0
     lat = Latency.of([3.0, 1.0, 2.0])
     assert (lat.n, lat.p50, lat.max) == (3, 2.0, 3.0)
+
+
+def test_multisets_match_within_tolerance_whatever_the_exact_sort_order() -> None:
+    # Sorted by exact values the pairs fall apart: (0.30000000000000004, "a")
+    # sorts after (0.3, "b"). Matching within the tolerance pairs them anyway.
+    a = rows((0.1 + 0.2, "a"), (0.3, "b"))
+    b = rows((0.3, "a"), (0.1 + 0.2, "b"))
+    assert compare_rows(a, b, ordered=False) is None
+    diff = compare_rows(a, b, ordered=False, tolerance=0.0)
+    assert diff is not None and diff.summary.startswith("2 row(s) only in SQLite")
+    diff = compare_rows(a, rows((0.3, "a"), (0.31, "b")), ordered=False)
+    assert diff is not None and diff.sqlite_rows == [[0.3, "b"]]
+
+
+def test_a_sqlite_float_where_postgres_returns_text_compares_as_printed() -> None:
+    cols = columns(Kind.TEXT, Kind.TEXT)
+    # json_extract('{"n": 1e2}', '$.n') is 100.0 in SQLite; ->> gives '100'.
+    lite = normalise_sqlite(cols, [(100.0, 2.5)])
+    pg = normalise_postgres(cols, [("100", "2.5")])
+    assert compare_rows(lite, pg, ordered=False) is None
+    assert compare_rows(lite, normalise_postgres(cols, [("100", "2.6")]), ordered=False)
