@@ -164,6 +164,34 @@ RECONCILE_COMPLETED = Gauge(
     ["table"],
 )
 
+# The reverse direction (PostgreSQL -> SQLite, after cutover): its own names, so
+# that a dashboard never adds one direction's lag or throughput to the other's.
+REVERSE_LAG_SECONDS = Gauge(
+    "replicator_reverse_lag_seconds",
+    "Age of the oldest change made in PostgreSQL not yet applied to SQLite (0 when none).",
+)
+REVERSE_LAG_CHANGES = Gauge(
+    "replicator_reverse_lag_changes", "Changes captured in PostgreSQL not yet applied to SQLite."
+)
+REVERSE_CHANGES_APPLIED = Counter(
+    "replicator_reverse_changes_applied_total",
+    "Changes made in PostgreSQL and applied to SQLite.",
+    ["table"],
+)
+REVERSE_BATCHES = Counter(
+    "replicator_reverse_batches_total", "Reverse batches committed to the SQLite file."
+)
+REVERSE_DEAD_LETTERS = Counter(
+    "replicator_reverse_dead_letters_total",
+    "Rows SQLite refused in the reverse direction.",
+    ["table"],
+)
+REVERSE_APPLY_LATENCY = Histogram(
+    "replicator_reverse_apply_latency_seconds",
+    "From a change's commit in PostgreSQL to its batch's commit in SQLite.",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+
 
 def declare_tables(tables: Sequence[str]) -> None:
     """Every per-table counter at 0 from the start: ``increase()`` then sees the first

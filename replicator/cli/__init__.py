@@ -137,4 +137,4 @@ def main(
 
 # The command modules add their commands to ``main`` as they load, using the
 # names above: so they load last, and whoever imports ``main`` gets every command.
-from replicator.cli import commands, letters  # noqa: E402, F401
+from replicator.cli import commands, letters, reverse  # noqa: E402, F401

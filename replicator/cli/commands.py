@@ -223,6 +223,11 @@ def verify(
     help="Run on this PostgreSQL server, in a database of the demo's own (needs CREATEDB; "
     "dropped afterwards). Default: a throwaway local server.",
 )
+@click.option(
+    "--round-trip",
+    is_flag=True,
+    help="Then edit rows in PostgreSQL and stream them back into SQLite (replicator reverse).",
+)
 @click.pass_context
 def demo(
     ctx: click.Context,
@@ -231,6 +236,7 @@ def demo(
     rate: float,
     workdir: Path | None,
     server: str | None,
+    round_trip: bool,
 ) -> None:
     """Replicate a sample reference-app database end to end, live.
 
@@ -249,6 +255,7 @@ def demo(
             seconds=seconds,
             rate=rate,
             workdir=workdir,
+            round_trip=round_trip,
             out=sys.stdout,
         )
 

@@ -50,7 +50,8 @@ def dead_letters_list(
             state = f" [{x.resolution}]" if x.resolved_at else ""
             key = json.dumps(x.key, ensure_ascii=False)
             column = f" {x.column}" if x.column else ""
-            click.echo(f"{x.id:>6} {x.table} {key}{column}: {x.error[:120]}{state}")
+            way = " (reverse)" if x.direction == "reverse" else ""
+            click.echo(f"{x.id:>6} {x.table}{way} {key}{column}: {x.error[:120]}{state}")
         return EXIT_OK
 
     run_guarded(ctx, go)

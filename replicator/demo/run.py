@@ -170,6 +170,7 @@ def run_demo(
     seconds: float = 15.0,
     rate: float = 300.0,
     workdir: Path | None = None,
+    round_trip: bool = False,
     out: TextIO,
 ) -> int:
     configure("error", "json")  # the status lines tell the story; dead letters are listed
@@ -204,7 +205,12 @@ def run_demo(
             metrics=MetricsConfig(address="127.0.0.1:0"),
             log=LogConfig(level="warning", format="json"),
         )
-        return _replicate(config, db, dsn, seconds=seconds, rate=rate, out=out)
+        code = _replicate(config, db, dsn, seconds=seconds, rate=rate, out=out)
+        if code == 0 and round_trip:
+            from replicator.demo.roundtrip import show_round_trip
+
+            code = show_round_trip(config, db, dsn, out)
+        return code
     return 0  # pragma: no cover - the with block always returns
 
 

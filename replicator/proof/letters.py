@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from replicator.coerce import decode_key
 from replicator.config import Config
+from replicator.errors import DataError
 from replicator.plan.nullkeys import sync_null_keys
 from replicator.plan.tables import TablePlan, build_plans
 from replicator.source.sqlite import open_source
@@ -90,7 +91,15 @@ def retry_letters(
     try:
         with conn.cursor() as cur:
             letters = deadletter.fetch(cur, schema, ids=ids, table=table)
-        letters = [x for x in letters if x.resolved_at is None]
+        if ids and (reverse := [x.id for x in letters if x.direction == "reverse"]):
+            # Re-copying from SQLite would overwrite PostgreSQL's newer row with the
+            # stale one SQLite holds: a reverse letter heals by a change in PostgreSQL.
+            raise DataError(
+                f"dead letter(s) {', '.join(map(str, reverse))} are of the reverse direction "
+                "(rows SQLite refused): fix the row in PostgreSQL, and the reverse stream's "
+                "next change of it resolves the letter"
+            )
+        letters = [x for x in letters if x.resolved_at is None and x.direction == "forward"]
         plans = {p.source.name: p for p in build_plans(source, conn, config)}
         failed = 0
         for name in sorted({x.table for x in letters}):

@@ -33,6 +33,7 @@ from replicator.identifiers import pg_ident, sqlite_ident
 from replicator.plan.tables import select_tables
 from replicator.source import changelog, consumers
 from replicator.source.sqlite import list_tables, open_source, read_transaction
+from replicator.state import reverse as reverse_state
 from replicator.state.checkpoint import (
     consumer_id,
     count_cursor_tables,
@@ -45,7 +46,7 @@ from replicator.state.lock import lock_holder, pair_id
 from replicator.state.migrations import current_revision, head_revision
 from replicator.state.position import load_position, load_table_stats
 from replicator.state.shapes import load_holds
-from replicator.target.connection import Connection, connect, first_line
+from replicator.target.connection import Connection, Cursor, connect, first_line
 
 STALE_AFTER = 15.0  # seconds without a heartbeat before a "running" daemon is called stale
 # Caught up, but rows are held in dead letters: not "in sync", and not "behind" either.
@@ -111,6 +112,7 @@ class Status:
     unreconciled: list[str] = field(default_factory=list)  # cursor tables never reconciled
     consumers: list[ConsumerStatus] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    reverse: str | None = None  # the reverse direction, once `replicator reverse init` ran
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -165,7 +167,9 @@ def _read(conn: Connection, config: Config, schema: str) -> Status:
         position = load_position(cur, schema)
         progress = load_progress(cur, schema)
         stats = load_table_stats(cur, schema)
-        dead = count_open(cur, schema)
+        # The reverse direction's letters are rows SQLite refused: not held from the target.
+        dead = count_open(cur, schema, direction="forward")
+        way_back = _reverse_line(conn, cur, schema)
         waiting = count_waiting(cur, schema)
         cursors = load_cursor_states(cur, schema) if count_cursor_tables(cur, schema) else {}
         me = consumer_id(cur, schema, create=False)
@@ -178,6 +182,7 @@ def _read(conn: Connection, config: Config, schema: str) -> Status:
         held=sum(dead.values()),
         waiting=waiting,
         unreconciled=sorted(n for n, c in cursors.items() if c.reconciled_at is None),
+        reverse=way_back,
     )
 
     path = config.require_source()
@@ -247,6 +252,22 @@ def _read(conn: Connection, config: Config, schema: str) -> Status:
         )
     _verdict(status)
     return status
+
+
+def _reverse_line(conn: Connection, cur: Cursor, schema: str) -> str | None:
+    """One line on the way back (PostgreSQL -> SQLite), when its capture is installed;
+    the details are `replicator reverse status`."""
+    captured = len(reverse_state.captured_tables(cur))
+    if not captured:
+        return None
+    pending, oldest = reverse_state.depth(cur, schema)
+    age = f" (oldest {max(0.0, time.time() - oldest.timestamp()):.1f}s)" if oldest else ""
+    daemon = "running" if reverse_state.lock_held(conn, schema) else "not running"
+    letters = reverse_state.count_open_letters(cur, schema)
+    return (
+        f"{pending} change(s) made in PostgreSQL not yet in SQLite{age}; reverse daemon "
+        f"{daemon}; {letters} open reverse dead letter(s) ({captured} table(s) captured)"
+    )
 
 
 def _consumers(
@@ -496,6 +517,8 @@ def render(status: Status) -> str:
                 )
             )
     lines += [f"warning: {w}" for w in status.warnings]
+    if status.reverse:
+        lines.append(f"reverse: {status.reverse}")
     lines.append(f"verdict: {status.verdict}")
     return "\n".join(lines)
 

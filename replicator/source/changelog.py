@@ -16,6 +16,13 @@ is not valid UTF-8 travels as its raw bytes and is decoded with
 image that is an array of objects, merged on read.
 
 An UPDATE that changes the key logs a delete of the old key, then the new row.
+
+Writes made while ``_replicator_origin`` holds a row are not logged: the
+reverse direction (replicator/reverse/) inserts one at the start of each of its
+SQLite transactions and deletes it before commit, so what it copies back from
+PostgreSQL never travels forward again. Only the writing transaction can see
+that row (SQLite has one writer, readers see committed data), so the
+application's own writes are always logged.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from replicator.source import consumers
 from replicator.source.sqlite import ROWID, SourceTable
 
 CHANGELOG = "_replicator_changelog"
+ORIGIN = "_replicator_origin"  # non-empty only inside a reverse-apply transaction
 TRIGGER_PREFIX = "_replicator_"
 # json_object() takes two arguments per column; stay well under SQLite's
 # SQLITE_MAX_FUNCTION_ARG (127 before 3.48).
@@ -48,6 +56,10 @@ CREATE TABLE IF NOT EXISTS {sqlite_ident(CHANGELOG)} (
     captured_at REAL NOT NULL DEFAULT ((julianday('now') - 2440587.5) * 86400.0)
 )
 """
+
+
+_CREATE_ORIGIN = f"CREATE TABLE IF NOT EXISTS {sqlite_ident(ORIGIN)} (origin TEXT NOT NULL)"
+_NOT_OURS = f"WHEN NOT EXISTS (SELECT 1 FROM {sqlite_ident(ORIGIN)})"
 
 
 def sqlite_text(value: str) -> str:
@@ -107,15 +119,15 @@ def trigger_sql(table: SourceTable) -> list[str]:
     names = trigger_names(table.name)
     key_changed = " OR ".join(f"{_ref('OLD', k)} IS NOT {_ref('NEW', k)}" for k in table.key)
     return [
-        f"CREATE TRIGGER {sqlite_ident(names['ins'])} AFTER INSERT ON {t} BEGIN "
+        f"CREATE TRIGGER {sqlite_ident(names['ins'])} AFTER INSERT ON {t} {_NOT_OURS} BEGIN "
         f"INSERT INTO {log} (tbl, op, key, image) VALUES "
         f"({name}, 'I', {key_expr(table, 'NEW')}, {image_expr(table, 'NEW')}); END",
-        f"CREATE TRIGGER {sqlite_ident(names['upd'])} AFTER UPDATE ON {t} BEGIN "
+        f"CREATE TRIGGER {sqlite_ident(names['upd'])} AFTER UPDATE ON {t} {_NOT_OURS} BEGIN "
         f"INSERT INTO {log} (tbl, op, key, image) SELECT {name}, 'D', "
         f"{key_expr(table, 'OLD')}, NULL WHERE {key_changed}; "
         f"INSERT INTO {log} (tbl, op, key, image) VALUES "
         f"({name}, 'U', {key_expr(table, 'NEW')}, {image_expr(table, 'NEW')}); END",
-        f"CREATE TRIGGER {sqlite_ident(names['del'])} AFTER DELETE ON {t} BEGIN "
+        f"CREATE TRIGGER {sqlite_ident(names['del'])} AFTER DELETE ON {t} {_NOT_OURS} BEGIN "
         f"INSERT INTO {log} (tbl, op, key, image) VALUES "
         f"({name}, 'D', {key_expr(table, 'OLD')}, NULL); END",
     ]
@@ -138,6 +150,23 @@ def _trigger_text(conn: sqlite3.Connection) -> dict[str, str]:
         (TRIGGER_PREFIX.replace("_", "\\_") + "%",),
     ).fetchall()
     return {str(r[0]): str(r[1]) for r in rows}
+
+
+def unguarded_triggers(conn: sqlite3.Connection) -> list[str]:
+    """Our triggers that would log a reverse write (installed before the origin
+    guard existed): the reverse direction refuses to run while there are any."""
+    return sorted(name for name, stmt in _trigger_text(conn).items() if _NOT_OURS not in stmt)
+
+
+def begin_foreign_write(conn: sqlite3.Connection) -> None:
+    """Inside the caller's write transaction: what it writes from now on is not
+    logged (see the module's docstring). :func:`end_foreign_write` before commit."""
+    conn.execute(_CREATE_ORIGIN)
+    conn.execute(f"INSERT INTO {sqlite_ident(ORIGIN)} (origin) VALUES ('reverse')")
+
+
+def end_foreign_write(conn: sqlite3.Connection) -> None:
+    conn.execute(f"DELETE FROM {sqlite_ident(ORIGIN)}")
 
 
 def changelog_exists(conn: sqlite3.Connection) -> bool:
@@ -208,6 +237,7 @@ def install_triggers(
                 conn.execute("ROLLBACK")
                 raise SchemaChanged(now)
         conn.execute(_CREATE_LOG)
+        conn.execute(_CREATE_ORIGIN)
         consumers.ensure_table(conn)
         _replace_triggers(conn, tables, consumers.needed_tables(conn, besides=_id(consumer)))
         head = head_position(conn)
@@ -283,6 +313,7 @@ def uninstall(conn: sqlite3.Connection) -> tuple[int, bool]:
             conn.execute(f"DROP TRIGGER IF EXISTS {sqlite_ident(trig)}")
         had_log = changelog_exists(conn)
         conn.execute(f"DROP TABLE IF EXISTS {sqlite_ident(CHANGELOG)}")
+        conn.execute(f"DROP TABLE IF EXISTS {sqlite_ident(ORIGIN)}")
         consumers.drop_table(conn)
         if had_log:
             conn.execute("DELETE FROM sqlite_sequence WHERE name = ?", (CHANGELOG,))

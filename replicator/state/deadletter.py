@@ -69,13 +69,14 @@ def record(cur: psycopg.Cursor[Any], schema: str, letters: Iterable[DeadLetter])
 def resolve_keys(
     cur: psycopg.Cursor[Any], schema: str, table: str, keys: Sequence[Sequence[object]], how: str
 ) -> int:
-    """Mark open dead letters of these keys resolved (a later write healed them)."""
+    """Mark open dead letters of these keys resolved (a later write healed them).
+    Only the forward direction's: a reverse letter is healed by a reverse write."""
     if not keys:
         return 0
     cur.execute(
         sql.SQL(
-            "UPDATE {} SET resolved_at = now(), resolution = %s "
-            "WHERE resolved_at IS NULL AND table_name = %s AND key = ANY(%s::jsonb[])"
+            "UPDATE {} SET resolved_at = now(), resolution = %s WHERE resolved_at IS NULL"
+            " AND direction = 'forward' AND table_name = %s AND key = ANY(%s::jsonb[])"
         ).format(pg_ident(schema, "dead_letters")),
         (how, table, [Jsonb(json_key(k)) for k in keys]),
     )
@@ -97,11 +98,16 @@ def count_waiting(cur: psycopg.Cursor[Any], schema: str) -> int:
     return int(row[0]) if row else 0
 
 
-def count_open(cur: psycopg.Cursor[Any], schema: str) -> dict[str, int]:
+def count_open(
+    cur: psycopg.Cursor[Any], schema: str, direction: str | None = None
+) -> dict[str, int]:
+    """Open dead letters per table (of one direction when given)."""
     cur.execute(
         sql.SQL(
-            "SELECT table_name, count(*) FROM {} WHERE resolved_at IS NULL GROUP BY table_name"
-        ).format(pg_ident(schema, "dead_letters"))
+            "SELECT table_name, count(*) FROM {} WHERE resolved_at IS NULL"
+            " AND direction = coalesce(%s, direction) GROUP BY table_name"
+        ).format(pg_ident(schema, "dead_letters")),
+        (direction,),
     )
     return {str(r[0]): int(r[1]) for r in cur.fetchall()}
 
@@ -121,6 +127,7 @@ class StoredLetter:
     created_at: Any
     resolved_at: Any
     resolution: str | None
+    direction: str = "forward"  # or "reverse": a row SQLite refused (PostgreSQL -> SQLite)
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> StoredLetter:
@@ -129,7 +136,7 @@ class StoredLetter:
 
 _COLUMNS = (
     "id, table_name, key, column_name, raw_value, error, sqlstate, stage, change, position,"
-    " created_at, resolved_at, resolution"
+    " created_at, resolved_at, resolution, direction"
 )
 
 
@@ -143,9 +150,13 @@ def fetch(
     limit: int | None = None,
     sqlstate: str | None = None,
     tables: Sequence[str] = (),
+    direction: str | None = None,
 ) -> list[StoredLetter]:
     where = [sql.SQL("true")]
     params: list[Any] = []
+    if direction:
+        where.append(sql.SQL("direction = %s"))
+        params.append(direction)
     if sqlstate:
         where.append(sql.SQL("sqlstate = %s"))
         params.append(sqlstate)

@@ -46,7 +46,18 @@ def connect(dsn: str, *, autocommit: bool = False, connect_timeout: int = 10) ->
     except psycopg.OperationalError as exc:
         reason = without_secrets(first_line(exc), dsn)
         raise ConfigError(f"cannot connect to target {redact_dsn(dsn)}: {reason}") from None
+    mark_origin(conn)
     return conn
+
+
+def mark_origin(conn: Connection) -> None:
+    """Mark the session as the replicator's: the reverse direction's capture
+    triggers (replicator/state/reverse.py) skip its writes, so what the forward
+    stream applies is never sent back to SQLite. A session setting (not a startup
+    option) so that connection poolers need no configuration for it."""
+    conn.execute("SELECT set_config('replicator.origin', 'replicator', false)")
+    if not conn.autocommit:
+        conn.commit()
 
 
 def first_line(exc: BaseException) -> str:

@@ -150,3 +150,25 @@ def test_demo_without_server_leaves_database_url_alone_and_cleans_up(
     with socket.socket() as sock, pytest.raises(ConnectionRefusedError):
         sock.settimeout(5)
         sock.connect(("127.0.0.1", int(port[1])))
+
+
+@pytest.mark.timeout(300)
+def test_demo_round_trip_brings_postgresql_edits_back_in_the_apps_formats(
+    pg_admin_dsn: str, tmp_path: Path
+) -> None:
+    result = subprocess.run(
+        [str(replicator_exe()), *DEMO_ARGS, "--server", pg_admin_dsn, "--round-trip"],
+        env=clean_env(HOME=str(tmp_path)),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    check_verdict(result.stdout)
+    after = result.stdout.split("in SQLite after", 1)[1]
+    assert "(edited in PostgreSQL)" in after
+    # updated_at is back in the column's datetime('now') style, not ISO 'T' or an offset.
+    assert re.search(r"updated_at='\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d+)?'", after), after
+    assert "verdict: in sync" in after
