@@ -164,7 +164,11 @@ class QueryChecker:
         """The open dead letters, read when the first difference needs them."""
         if self._letters is None:
             try:
-                with self.conn.cursor() as cur:
+                # The dead letters hold timestamps: read them in the ISO
+                # styles psycopg parses, whatever the session's are.
+                with self.conn.transaction(), self.conn.cursor() as cur:
+                    cur.execute("SET LOCAL DateStyle = 'ISO'")
+                    cur.execute("SET LOCAL IntervalStyle = 'postgres'")
                     self._letters = LetterIndex.load(cur, self.source, self.state_schema)
             except psycopg.Error as exc:
                 raise TargetError(f"cannot read the dead letters: {first_line(exc)}") from exc
@@ -258,6 +262,11 @@ class QueryChecker:
             if self.conn.broken or self.conn.closed:
                 raise TargetError(f"lost the target connection: {first_line(exc)}") from exc
             raise QueryError(f"PostgreSQL: {first_line(exc)}") from exc
+        except NotImplementedError as exc:
+            # psycopg reads dates, timestamptz and intervals only in the ISO
+            # styles: under the session's DateStyle/IntervalStyle the
+            # application's psycopg could not read this result either.
+            raise QueryError(f"PostgreSQL: psycopg cannot read the result: {exc}") from exc
         return _Side([c.name for c in desc], [tuple(r) for r in rows]), [
             int(c.type_code) for c in desc
         ]

@@ -345,6 +345,56 @@ def test_the_session_time_zone_is_the_applications(
             check(s, "[session]\nno_such_setting = 1\n" + TZ_QUERIES)
 
 
+def test_a_date_style_psycopg_cannot_read_is_an_error_not_a_crash(
+    tmp_path: Path, pg_databases: TestDatabases, pg_empty_template: str
+) -> None:
+    """psycopg parses timestamptz and intervals in the ISO styles only: under an
+    application's DateStyle = 'SQL, DMY' the result cannot be read, which is
+    that query's error; the dead letters (timestamps too) are still read."""
+    path = tmp_path / "app.db"
+    with sqlite3.connect(path) as lite:
+        lite.execute("CREATE TABLE events (id INTEGER PRIMARY KEY, at TIMESTAMPTZ, name TEXT)")
+        lite.executemany(
+            "INSERT INTO events VALUES (?, ?, ?)",
+            [(1, "2025-01-01 10:00:00", "a"), (2, "next tuesday", "b")],
+        )
+    lite.close()
+    queries = """
+[session]
+DateStyle = "SQL, DMY"
+IntervalStyle = "sql_standard"
+
+[[query]]
+name = "at"
+sql = "SELECT id, at FROM events ORDER BY id"
+
+[[query]]
+name = "age"
+sqlite = "SELECT '1 day' AS age"
+postgres = "SELECT interval '1 day' AS age"
+
+[[query]]
+name = "names"
+sql = "SELECT id, name FROM events ORDER BY id"
+"""
+    with pg_databases.database(pg_empty_template) as dsn:
+        config, letters = snapshot(path, dsn)
+        assert letters == 1
+        s = Sides(config, dsn, tmp_path)
+        report = check(s, queries)
+        args = ["--source", str(path), "--target", dsn, "queries", "check"]
+        cli = CliRunner().invoke(main, [*args, str(tmp_path / "queries.toml"), "--no-latency"])
+    at, age = only(report, "at"), only(report, "age")
+    assert at.verdict == "error" and age.verdict == "error", report.render()
+    assert at.cases[0].error is not None and "can't parse timestamptz" in at.cases[0].error
+    assert age.cases[0].error is not None and "can't parse interval" in age.cases[0].error
+    diff = only(report, "names").cases[0].difference
+    assert diff is not None and diff.sqlite_notes[0] is not None
+    assert diff.sqlite_notes[0].startswith("dead-lettered: events key [2]")
+    assert cli.exit_code == 1, cli.output
+    assert "psycopg cannot read the result" in cli.output
+
+
 # --------------------------------------------------------------------------- 5. dead letters
 
 
