@@ -135,15 +135,17 @@ class QueryChecker:
         self._types: dict[int, PgType] = {}
         try:
             self.conn.execute("SET default_transaction_read_only = on")
-            # The application's own session: the server's defaults (and the
-            # DSN's options), then the query file's [session] settings.
-            self.session = apply_session(self.conn, session)
             self.conn.execute(
                 sql.SQL("SET statement_timeout = {}").format(
                     sql.Literal(int(settings.statement_timeout_ms))
                 )
             )
             self.conn.execute(sql.SQL("SET search_path TO {}").format(pg_ident(self.schema)))
+            # The application's own session: the server's defaults (and the
+            # DSN's options), then the query file's [session] settings, last
+            # so that a search_path or statement_timeout of the file's is the
+            # one in force, as the report says.
+            self.session = apply_session(self.conn, session)
             self.conn.read_only = True
             self.conn.isolation_level = IsolationLevel.REPEATABLE_READ
             self.has_changelog = changelog.changelog_exists(self.source)

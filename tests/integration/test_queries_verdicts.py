@@ -345,6 +345,56 @@ def test_the_session_time_zone_is_the_applications(
             check(s, "[session]\nno_such_setting = 1\n" + TZ_QUERIES)
 
 
+def test_the_files_session_is_in_force_in_the_check_and_in_the_load_clients(
+    tmp_path: Path, pg_databases: TestDatabases, pg_empty_template: str
+) -> None:
+    """A [session] search_path or statement_timeout is the one in force (the
+    report shows it), and every setting reaches the concurrent load clients:
+    the PostgreSQL form divides by zero unless the session is the file's."""
+    path = tmp_path / "app.db"
+    with sqlite3.connect(path) as lite:
+        lite.executescript(ITEMS)
+    lite.close()
+    session = '[session]\nTimeZone = "Asia/Tokyo"\nsearch_path = "other, public"\n'
+    guarded = """
+[[query]]
+name = "guarded"
+sqlite = "SELECT count(*) AS n FROM items"
+postgres = '''SELECT count(*) / (CASE WHEN current_setting('TimeZone') = 'Asia/Tokyo'
+              AND current_schema() = 'other' THEN 1 ELSE 0 END) AS n FROM items'''
+"""
+    with pg_databases.database(pg_empty_template) as dsn:
+        config, _ = snapshot(path, dsn)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("CREATE SCHEMA other")
+        s = Sides(config, dsn, tmp_path)
+        report = check(
+            s,
+            session + guarded,
+            measure=True,
+            runs=4,
+            warmup=1,
+            rounds=1,
+            clients=2,
+            load_runs=2,
+            target_p95_ms=60_000,
+        )
+        timeout = check(
+            s,
+            '[session]\nstatement_timeout = "100ms"\n'
+            '[[query]]\nname = "sleepy"\nsqlite = "SELECT 1 AS one"\n'
+            'postgres = "SELECT 1 AS one FROM pg_sleep(1)"\n',
+        )
+    assert report.session["search_path"] == "other, public"
+    q = only(report, "guarded")
+    assert q.verdict == "same", report.render()
+    assert q.load is not None and q.load.postgres is not None
+    assert q.load.postgres.n == 4 and q.load.postgres.errors == 0, report.render()
+    assert timeout.session["statement_timeout"] == "100ms"
+    (case,) = only(timeout, "sleepy").cases
+    assert case.error is not None and "statement timeout" in case.error, timeout.render()
+
+
 def test_a_date_style_psycopg_cannot_read_is_an_error_not_a_crash(
     tmp_path: Path, pg_databases: TestDatabases, pg_empty_template: str
 ) -> None:
