@@ -157,7 +157,29 @@ def judge_case(
                 )
             case.order_differs = True
             case.order_hint = suggest_order_by(
-                names, lite_rows, keys=_table_keys(checker, spec), first=first
+                names,
+                lite_rows,
+                keys=_table_keys(checker, spec),
+                first=first,
+                query=spec.sqlite_sql if spec.ordered else None,
             )
+    if (
+        case.difference is not None
+        and spec.ordered
+        and not spec.order_key
+        and case.difference.summary.startswith("the same rows in a different order")
+        and implied_order_key(spec.sqlite_sql, names) is None
+    ):
+        # Rows tied on an ORDER BY the result does not show look exactly like
+        # a real difference in sort order (a collation): say which it may be.
+        hint = suggest_order_by(
+            names, lite_rows, keys=_table_keys(checker, spec), query=spec.sqlite_sql
+        )
+        case.difference.summary += (
+            "; the ORDER BY sorts on values the result does not show, so rows that tie "
+            f"on it cannot be told from a real difference: if they tie, {hint} "
+            "would make the order deterministic (or show the sort keys, or name them "
+            "in order_key)"
+        )
     if case.difference is not None and checker.letters:
         checker.letters.annotate(case.difference, f"{spec.sqlite_sql}\n{spec.postgres_text}", names)

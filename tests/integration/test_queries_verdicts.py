@@ -200,6 +200,16 @@ sqlite = "SELECT id, grp FROM items ORDER BY grp"
 postgres = "SELECT id, grp FROM items ORDER BY grp, id DESC"
 
 [[query]]
+name = "ties_descending"
+sqlite = "SELECT id, grp FROM items ORDER BY grp DESC"
+postgres = "SELECT id, grp FROM items ORDER BY grp DESC, id DESC"
+
+[[query]]
+name = "ties_on_a_hidden_expression"
+sqlite = "SELECT id FROM items ORDER BY grp * 10 DESC"
+postgres = "SELECT id FROM items ORDER BY grp * 10 DESC, id DESC"
+
+[[query]]
 name = "ties_cut_by_the_limit"
 sqlite = "SELECT id, grp FROM items ORDER BY grp LIMIT 3"
 postgres = "SELECT id, grp FROM items ORDER BY grp, id DESC LIMIT 3"
@@ -229,6 +239,18 @@ def test_an_order_nothing_fixes_is_flagged_with_the_order_by_that_would(sides: S
     ties = only(report, "ties_on_the_order_by")
     assert ties.equal and ties.verdict == "order_not_guaranteed"
     assert ties.cases[0].order_hint == "ORDER BY grp, id"
+    # The suggestion keeps the query's own ORDER BY as written (DESC and all):
+    # "ORDER BY grp, id" would reverse the page.
+    desc = only(report, "ties_descending")
+    assert desc.verdict == "order_not_guaranteed"
+    assert desc.cases[0].order_hint == "ORDER BY grp DESC, id"
+    # Ties on a sort key the result does not show cannot be told from a real
+    # order difference: "different", saying so, with the tie-breaker to try.
+    hidden = only(report, "ties_on_a_hidden_expression")
+    assert hidden.verdict == "different"
+    diff = hidden.cases[0].difference
+    assert diff is not None and "cannot be told from a real difference" in diff.summary
+    assert "ORDER BY grp * 10 DESC, id would make the order deterministic" in diff.summary
     # Which of the rows tied at the LIMIT make the page is up to each engine.
     cut = only(report, "ties_cut_by_the_limit")
     assert cut.verdict == "order_not_guaranteed"
