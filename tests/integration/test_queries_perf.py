@@ -376,6 +376,18 @@ def test_plan_advice_is_printed_as_statements_and_never_applied(events: Events) 
 # --------------------------------------------------------------------------- 10: porting
 
 
+def test_a_setting_the_applications_session_sets_is_changed_there(events: Events) -> None:
+    """work_mem set by the query file's [session] (the app's connection): an
+    ALTER SYSTEM or ALTER DATABASE would not reach the app's sessions."""
+    text = '[session]\nwork_mem = "64kB"\n' + ADVICE_QUERIES
+    report = check_queries(events.config, write_queries(events.folder, text, "session.toml"))
+    (mem,) = [a for a in only(report, "ranked").advice if a.kind == "work_mem"]
+    assert mem.statements[0].startswith("SET work_mem = '"), report.render()
+    assert len(mem.statements) == 2 and mem.statements[1].startswith("-- work_mem is set by")
+    assert "the query file's [session]" in mem.statements[1]
+    assert not any("ALTER" in s for s in mem.statements)
+
+
 def test_a_query_without_a_postgres_form_gets_a_ported_one_run_and_judged(
     dialects: Dialects,
 ) -> None:
