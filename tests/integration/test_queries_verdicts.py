@@ -486,9 +486,16 @@ def test_a_dead_lettered_row_explains_its_difference(
         assert letters == 1
         report = check(
             Sides(config, dsn, tmp_path),
-            '[[query]]\nname = "names"\nsql = "SELECT id, name FROM events ORDER BY id"\n',
+            '[[query]]\nname = "names"\nsql = "SELECT id, name FROM events ORDER BY id"\n'
+            '[[query]]\nname = "count"\nsql = "SELECT count(*) AS n FROM events"\n',
         )
+    # An aggregate shows no row to match: the table's open dead letters are named.
+    counted = only(report, "count").cases[0].difference
+    assert counted is not None and "open dead letters of the tables it reads (1 in events)" in (
+        counted.summary
+    )
     diff = only(report, "names").cases[0].difference
+    assert diff is not None and "open dead letters" not in diff.summary  # its row says it
     assert diff is not None and diff.sqlite_rows[0] == [2, "b"]
     note, other = diff.sqlite_notes  # the rows from the first difference on
     assert other is None  # [3, "c"]: shown because it moved up, not dead-lettered
