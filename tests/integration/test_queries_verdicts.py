@@ -577,3 +577,18 @@ def test_cli_exit_codes_and_json_carry_the_new_verdicts(sides: Sides) -> None:
     usage = runner.invoke(main, [*args, "queries", "check", str(bad)])
     assert usage.exit_code == 2
     assert "did you mean 'vacuous'" in usage.output
+    # An integer SQLite cannot bind is a mistake in the file, not an internal
+    # error; as a numeric it reaches SQLite as the REAL SQLite would store.
+    huge = sides.folder / "huge.toml"
+    huge.write_text(f'[[query]]\nname = "q"\nsql = "SELECT :x AS x"\nparams.x = {2**64}\n')
+    usage = runner.invoke(main, [*args, "queries", "check", str(huge), "--no-latency"])
+    assert usage.exit_code == 2, usage.output
+    assert "out of range for a 64-bit integer" in usage.output
+    huge.write_text(
+        f'[[query]]\nname = "q"\nsql = "SELECT :x AS x"\n'
+        f'params.x = {{ type = "numeric", value = {2**64} }}\n'
+    )
+    ran = runner.invoke(main, [*args, "queries", "check", str(huge), "--no-latency", "--json"])
+    assert ran.exit_code == 1, ran.output
+    (q,) = json.loads(ran.output)["queries"]
+    assert q["type_drift"][0]["sqlite_type"] == "float"

@@ -128,6 +128,8 @@ def test_other_typed_parameters() -> None:
         (True, "integer"),
         ("{bad", "json"),
         ("nan", "numeric"),
+        (2**63, "integer"),
+        (-(2**63) - 1, "auto"),
     ],
 )
 def test_bad_parameter_values_are_refused_with_a_sentence(value: object, ptype: str) -> None:
