@@ -245,7 +245,7 @@ class QueryReport:
             equal = "yes" if q.equal else ("-" if q.verdict == "error" else "NO")
             lines.append(
                 f"{q.name[:34]:<34} {rows:>13} {equal:>5} {_ms(q.sqlite):>11} "
-                f"{_worst_ms(q):>10} {q.target_p95_ms:>6.0f}ms  "
+                f"{_worst_ms(q):>10} {q.target_p95_ms:>6g}ms  "
                 f"{_verdict_shown(q)}"
             )
         for q in self.queries:
@@ -276,7 +276,15 @@ def _verdict_text(verdict: str) -> str:
 
 def _verdict_shown(q: QueryResult) -> str:
     if not q.ok:
-        return _verdict_text(q.verdict).upper()
+        shown = _verdict_text(q.verdict).upper()
+        # One verdict per query, the most serious; a latency miss behind it
+        # is said here too, or the summary's "0 slow" would read as none.
+        if q.verdict not in ("error", "slow", "near_target"):
+            if q.slow:
+                shown += " (also slow)"
+            elif q.near_target:
+                shown += " (also near target)"
+        return shown
     accepted = []
     if q.type_drift:
         accepted.append("type drift")
