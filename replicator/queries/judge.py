@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
+from replicator.coerce import Kind
 from replicator.errors import ConfigError, SourceError
 from replicator.queries.compare import (
     ResultColumn,
@@ -139,7 +140,9 @@ def judge_case(
         return  # the column counts differ: "different" says it all
     tolerance = checker.tolerance(spec)
     case.vacuous = not lite_rows and not pg_rows
-    case.type_drift = find_type_drift(names, lite_rows, pg_rows)
+    case.type_drift = find_type_drift(
+        names, lite_rows, pg_rows, padded=[c.kind is Kind.CHAR for c in columns]
+    )
     if case.difference is None and len(lite_rows) > 1:
         a = normalise_sqlite(columns, lite_rows)
         b = normalise_postgres(columns, pg_rows)

@@ -108,6 +108,16 @@ sqlite = "SELECT id, x FROM items ORDER BY id"
 postgres = "SELECT id, x::numeric AS x FROM items ORDER BY id"
 
 [[query]]
+name = "code_as_char"
+sqlite = "SELECT id, code FROM items ORDER BY id"
+postgres = "SELECT id, CAST(code AS char(4)) AS code FROM items ORDER BY id"
+
+[[query]]
+name = "code_as_char_of_its_width"
+sqlite = "SELECT id, code FROM items WHERE length(code) = 2 ORDER BY id"
+postgres = "SELECT id, CAST(code AS char(2)) AS code FROM items WHERE length(code) = 2 ORDER BY id"
+
+[[query]]
 name = "code_off_by_one"
 sqlite = "SELECT id, code FROM items ORDER BY id"
 postgres = "SELECT id, code::integer + 1 AS code FROM items ORDER BY id"
@@ -140,7 +150,17 @@ def test_type_drift_is_what_the_application_receives(sides: Sides) -> None:
     assert found["flag_as_boolean"] == [("flag", "str", "bool", "'f'", "False")]
     assert found["id_cast_to_text"] == [("id", "str", "int", "'1'", "1")]
     assert found["float_as_numeric"] == [("x", "float", "Decimal", "0.1", "Decimal('0.1')")]
-    for name in ("code_as_integer", "tags_as_jsonb", "flag_as_boolean", "id_cast_to_text"):
+    # char(n): equal for PostgreSQL, but psycopg returns '694 ' where sqlite3 returned '694'.
+    assert found["code_as_char"] == [("code", "str", "str (blank-padded)", "'694'", "'694 '")]
+    assert found["code_as_char_of_its_width"] == []  # nothing padded: nothing to see
+    assert only(report, "code_as_char_of_its_width").verdict == "same"
+    for name in (
+        "code_as_integer",
+        "tags_as_jsonb",
+        "flag_as_boolean",
+        "id_cast_to_text",
+        "code_as_char",
+    ):
         result = only(report, name)
         assert result.equal and result.verdict == "type_drift", name
     assert only(report, "float_as_numeric").verdict == "type_drift"
