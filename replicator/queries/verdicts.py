@@ -56,6 +56,7 @@ VERDICTS = (
 )
 
 _COLUMN_NAME = re.compile(r"[^\s,]+")
+_COMMENT = re.compile(r"--[^\n]*|/\*.*?\*/", re.DOTALL)
 _GUC_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?")
 
 
@@ -224,7 +225,9 @@ def suggest_order_by(
     else:
         chosen += [i for i in range(len(names)) if i not in chosen]
     written = _top_level_order_by(query, "sqlite") if query is not None else None
-    if written is not None and written.strip():
+    if written is not None:
+        written = " ".join(_COMMENT.sub(" ", written).split())  # one line, no comments
+    if written:
         extra = [_shown_name(names[i], i) for i in chosen if i not in first]
-        return "ORDER BY " + ", ".join([" ".join(written.split()), *extra])
+        return "ORDER BY " + ", ".join([written, *extra])
     return "ORDER BY " + ", ".join(_shown_name(names[i], i) for i in chosen)
