@@ -90,7 +90,7 @@ class CaseResult:
     target_position: int | None = None  # applied position the PostgreSQL side was read at
     error: str | None = None
     type_drift: list[TypeDrift] = field(default_factory=list)
-    vacuous: bool = False  # no rows on either side
+    vacuous: bool = False  # no rows, or only NULLs, on either side
     order_differs: bool = False  # same rows, in an order nothing in the query fixes
     order_hint: str | None = None  # the ORDER BY that would fix it
     order_detail: str | None = None  # how the order differs
@@ -338,11 +338,12 @@ def _details(q: QueryResult) -> list[str]:
             accepted = " (accepted)" if "order" in q.accept else ""
             out.append(f"{where}: order not guaranteed{accepted}: {c.order_detail}{fix}")
         if c.vacuous and len(q.cases) > 1 and not q.vacuous:
-            out.append(f"{where}: no rows on either side (this set exercises nothing)")
+            out.append(f"{where}: {_nothing(c)} on either side (this set exercises nothing)")
     if q.vacuous:
         accepted = " (accepted)" if "vacuous" in q.accept else ""
         out.append(
-            f"{q.name}: vacuous{accepted}: no rows on either side for any parameter set; "
+            f"{q.name}: vacuous{accepted}: {_nothing(*q.cases)} on either side for any "
+            "parameter set; "
             "the sample data does not exercise this query"
         )
     for drift in q.type_drift:
@@ -378,6 +379,12 @@ def _details(q: QueryResult) -> list[str]:
     for note in q.notes:
         out.append(f"{q.name}: note: {note}")
     return out
+
+
+def _nothing(*cases: CaseResult) -> str:
+    """How a vacuous answer looks: no rows, or rows of NULLs only (an aggregate
+    such as max() over no rows)."""
+    return "no rows" if all(c.sqlite_rows == 0 for c in cases) else "no rows or only NULLs"
 
 
 def _json(value: Any) -> str:

@@ -312,8 +312,21 @@ params.above = [2, 1000]
 name = "expected_empty"
 sql = "SELECT id FROM items WHERE code IS NULL"
 accept = ["vacuous"]
+
+[[query]]
+name = "max_of_nothing"
+sql = "SELECT max(code) AS top, avg(x) AS mean FROM items WHERE id > :above"
+params.above = [100, 1000]
+
+[[query]]
+name = "max_of_something"
+sql = "SELECT max(code) AS top, avg(x) AS mean FROM items WHERE id > :above"
+params.above = [2, 1000]
 """,
     )
+    # An aggregate over no rows gives one row of NULLs: as vacuous as no rows.
+    assert only(report, "max_of_nothing").verdict == "vacuous"
+    assert only(report, "max_of_something").verdict == "same"
     nothing = only(report, "nothing")
     assert nothing.equal and nothing.verdict == "vacuous"
     some = only(report, "one_set_empty")
@@ -322,6 +335,8 @@ accept = ["vacuous"]
     text = report.render()
     assert "nothing: vacuous: no rows on either side" in text
     assert "one_set_empty [above=1000]: no rows on either side" in text
+    assert "max_of_nothing: vacuous: no rows or only NULLs on either side" in text
+    assert "max_of_something [above=1000]: no rows or only NULLs on either side" in text
     assert not report.ok
 
 
