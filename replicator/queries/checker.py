@@ -141,17 +141,17 @@ class QueryChecker:
                 )
             )
             self.conn.execute(sql.SQL("SET search_path TO {}").format(pg_ident(self.schema)))
-            # The application's own session: the server's defaults (and the
-            # DSN's options), then the query file's [session] settings, last
-            # so that a search_path or statement_timeout of the file's is the
-            # one in force, as the report says.
-            self.session = apply_session(self.conn, session)
-            self.conn.read_only = True
-            self.conn.isolation_level = IsolationLevel.REPEATABLE_READ
             self.has_changelog = changelog.changelog_exists(self.source)
             with self.conn.cursor() as cur:
                 self.has_position = position_kept(cur, self.state_schema)
             self.cursor_tables = self._cursor_tables()
+            # The application's own session: the server's defaults (and the
+            # DSN's options), then the query file's [session] settings, last
+            # so that a search_path of the file's is the one in force, as the
+            # report says (the check's own bookkeeping names its schemas).
+            self.session = apply_session(self.conn, session)
+            self.conn.read_only = True
+            self.conn.isolation_level = IsolationLevel.REPEATABLE_READ
         except psycopg.Error as exc:
             self.close()
             raise TargetError(f"cannot prepare the target session: {first_line(exc)}") from exc
@@ -212,7 +212,10 @@ class QueryChecker:
     def target_position(self, cur: Cursor) -> int | None:
         if not self.has_position:
             return None
-        found = load_position(cur, self.state_schema)
+        try:
+            found = load_position(cur, self.state_schema)
+        except psycopg.Error as exc:  # the check's own read: never an internal error
+            raise TargetError(f"cannot read the stream position: {first_line(exc)}") from exc
         return found.seq if found else None
 
     def positions(self) -> tuple[int | None, int | None]:

@@ -57,6 +57,12 @@ def apply_session(
             raise ConfigError(
                 f"query file [session]: {name} cannot be set (the check is read-only)"
             )
+        if name.lower() == "statement_timeout":
+            # One limit for both sides, and not on the check's own bookkeeping.
+            raise ConfigError(
+                "query file [session]: statement_timeout is [settings] statement_timeout_ms "
+                "(the check applies it to the queries on both sides)"
+            )
         try:
             conn.execute("SELECT set_config(%s, %s, false)", (name, value))
         except psycopg.Error as exc:

@@ -405,9 +405,9 @@ def test_the_session_time_zone_is_the_applications(
 def test_the_files_session_is_in_force_in_the_check_and_in_the_load_clients(
     tmp_path: Path, pg_databases: TestDatabases, pg_empty_template: str
 ) -> None:
-    """A [session] search_path or statement_timeout is the one in force (the
-    report shows it), and every setting reaches the concurrent load clients:
-    the PostgreSQL form divides by zero unless the session is the file's."""
+    """A [session] search_path is the one in force (the report shows it), and
+    every setting reaches the concurrent load clients: the PostgreSQL form
+    divides by zero unless the session is the file's."""
     path = tmp_path / "app.db"
     with sqlite3.connect(path) as lite:
         lite.executescript(ITEMS)
@@ -436,9 +436,13 @@ postgres = '''SELECT count(*) / (CASE WHEN current_setting('TimeZone') = 'Asia/T
             load_runs=2,
             target_p95_ms=60_000,
         )
+        # The time limit is one for both sides ([settings] statement_timeout_ms),
+        # and a [session] one would also cut the check's own bookkeeping short.
+        with pytest.raises(ConfigError, match="statement_timeout_ms"):
+            check(s, '[session]\nstatement_timeout = "1ms"\n' + guarded)
         timeout = check(
             s,
-            '[session]\nstatement_timeout = "100ms"\n'
+            "[settings]\nstatement_timeout_ms = 100\n"
             '[[query]]\nname = "sleepy"\nsqlite = "SELECT 1 AS one"\n'
             'postgres = "SELECT 1 AS one FROM pg_sleep(1)"\n',
         )
@@ -447,7 +451,7 @@ postgres = '''SELECT count(*) / (CASE WHEN current_setting('TimeZone') = 'Asia/T
     assert q.verdict == "same", report.render()
     assert q.load is not None and q.load.postgres is not None
     assert q.load.postgres.n == 4 and q.load.postgres.errors == 0, report.render()
-    assert timeout.session["statement_timeout"] == "100ms"
+    assert "statement_timeout" not in timeout.session
     (case,) = only(timeout, "sleepy").cases
     assert case.error is not None and "statement timeout" in case.error, timeout.render()
 
