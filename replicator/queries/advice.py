@@ -327,6 +327,16 @@ class PlanAdvice:
         if source == "database":
             stmt = sql.SQL("ALTER DATABASE {} SET {};").format(pg_ident(self._db()), keep)
             return [trial, self._render(stmt)]
+        if source in ("session", "client"):
+            # The application's own connection sets it (the query file's
+            # [session], or the DSN's options): a server-wide value would be
+            # overridden by that, so the place to change it is the same.
+            where = "the query file's [session]" if source == "session" else "the DSN's options"
+            return [
+                trial,
+                f"-- {name} is set by the connection ({where}): change it where the "
+                "application's connections set it, not in the server's configuration",
+            ]
         if source in ("user", "database user"):
             stmt = sql.SQL("ALTER ROLE CURRENT_USER SET {};").format(keep)
             if source == "database user":

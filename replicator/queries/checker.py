@@ -135,21 +135,23 @@ class QueryChecker:
         self._types: dict[int, PgType] = {}
         try:
             self.conn.execute("SET default_transaction_read_only = on")
-            # The application's own session: the server's defaults (and the
-            # DSN's options), then the query file's [session] settings.
-            self.session = apply_session(self.conn, session)
             self.conn.execute(
                 sql.SQL("SET statement_timeout = {}").format(
                     sql.Literal(int(settings.statement_timeout_ms))
                 )
             )
             self.conn.execute(sql.SQL("SET search_path TO {}").format(pg_ident(self.schema)))
-            self.conn.read_only = True
-            self.conn.isolation_level = IsolationLevel.REPEATABLE_READ
             self.has_changelog = changelog.changelog_exists(self.source)
             with self.conn.cursor() as cur:
                 self.has_position = position_kept(cur, self.state_schema)
             self.cursor_tables = self._cursor_tables()
+            # The application's own session: the server's defaults (and the
+            # DSN's options), then the query file's [session] settings, last
+            # so that a search_path of the file's is the one in force, as the
+            # report says (the check's own bookkeeping names its schemas).
+            self.session = apply_session(self.conn, session)
+            self.conn.read_only = True
+            self.conn.isolation_level = IsolationLevel.REPEATABLE_READ
         except psycopg.Error as exc:
             self.close()
             raise TargetError(f"cannot prepare the target session: {first_line(exc)}") from exc
@@ -164,7 +166,11 @@ class QueryChecker:
         """The open dead letters, read when the first difference needs them."""
         if self._letters is None:
             try:
-                with self.conn.cursor() as cur:
+                # The dead letters hold timestamps: read them in the ISO
+                # styles psycopg parses, whatever the session's are.
+                with self.conn.transaction(), self.conn.cursor() as cur:
+                    cur.execute("SET LOCAL DateStyle = 'ISO'")
+                    cur.execute("SET LOCAL IntervalStyle = 'postgres'")
                     self._letters = LetterIndex.load(cur, self.source, self.state_schema)
             except psycopg.Error as exc:
                 raise TargetError(f"cannot read the dead letters: {first_line(exc)}") from exc
@@ -206,7 +212,10 @@ class QueryChecker:
     def target_position(self, cur: Cursor) -> int | None:
         if not self.has_position:
             return None
-        found = load_position(cur, self.state_schema)
+        try:
+            found = load_position(cur, self.state_schema)
+        except psycopg.Error as exc:  # the check's own read: never an internal error
+            raise TargetError(f"cannot read the stream position: {first_line(exc)}") from exc
         return found.seq if found else None
 
     def positions(self) -> tuple[int | None, int | None]:
@@ -258,6 +267,11 @@ class QueryChecker:
             if self.conn.broken or self.conn.closed:
                 raise TargetError(f"lost the target connection: {first_line(exc)}") from exc
             raise QueryError(f"PostgreSQL: {first_line(exc)}") from exc
+        except NotImplementedError as exc:
+            # psycopg reads dates, timestamptz and intervals only in the ISO
+            # styles: under the session's DateStyle/IntervalStyle the
+            # application's psycopg could not read this result either.
+            raise QueryError(f"PostgreSQL: psycopg cannot read the result: {exc}") from exc
         return _Side([c.name for c in desc], [tuple(r) for r in rows]), [
             int(c.type_code) for c in desc
         ]

@@ -19,7 +19,7 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
-__all__ = ["TypeDrift", "find_type_drift", "merge_drift", "python_type"]
+__all__ = ["PADDED", "TypeDrift", "find_type_drift", "merge_drift", "python_type"]
 
 # Python types psycopg and sqlite3 return, under the name a reader knows them by.
 _NAMES: tuple[tuple[type, str], ...] = (
@@ -89,20 +89,46 @@ def _shown(value: object) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+PADDED = "str (blank-padded)"  # how a char(n) value reaches the application
+
+
+def _padding_drift(
+    name: str, i: int, sqlite_rows: Sequence[Sequence[Any]], postgres_rows: Sequence[Sequence[Any]]
+) -> TypeDrift | None:
+    """A ``char(n)`` column: psycopg returns ``'DE '`` where sqlite3 returned
+    ``'DE'``. Equal for PostgreSQL (and for the comparison), not for the
+    application's ``==``."""
+    padded = next(
+        (r[i] for r in postgres_rows if isinstance(r[i], str) and r[i] != r[i].rstrip(" ")), None
+    )
+    lite = [r[i] for r in sqlite_rows if isinstance(r[i], str)]
+    if padded is None or not lite or any(v != v.rstrip(" ") for v in lite):
+        return None
+    example = next((v for v in lite if v == padded.rstrip(" ")), lite[0])
+    return TypeDrift(name, "str", PADDED, _shown(example), _shown(padded))
+
+
 def find_type_drift(
     names: Sequence[str],
     sqlite_rows: Sequence[Sequence[Any]],
     postgres_rows: Sequence[Sequence[Any]],
+    padded: Sequence[bool] = (),
 ) -> list[TypeDrift]:
     """Columns whose non-NULL values are of other Python types on the two sides.
 
     Columns that are NULL throughout on one side show no type there and are
-    not judged.
+    not judged. ``padded`` marks the result columns PostgreSQL types
+    ``char(n)``: text both sides, but blank-padded on PostgreSQL's.
     """
     out = []
     for i, name in enumerate(names):
         lite_types, _ = _types_and_example(sqlite_rows, i)
         pg_types, _ = _types_and_example(postgres_rows, i)
+        if lite_types == pg_types == {"str"} and i < len(padded) and padded[i]:
+            found = _padding_drift(name, i, sqlite_rows, postgres_rows)
+            if found is not None:
+                out.append(found)
+            continue
         if not lite_types or not pg_types or lite_types == pg_types:
             continue
         _, lite_example = _types_and_example(sqlite_rows, i, pg_types)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
+from replicator.coerce import Kind
 from replicator.errors import ConfigError, SourceError
 from replicator.queries.compare import (
     ResultColumn,
@@ -55,6 +56,12 @@ def apply_session(
         if name.lower() in _REFUSED:
             raise ConfigError(
                 f"query file [session]: {name} cannot be set (the check is read-only)"
+            )
+        if name.lower() == "statement_timeout":
+            # One limit for both sides, and not on the check's own bookkeeping.
+            raise ConfigError(
+                "query file [session]: statement_timeout is [settings] statement_timeout_ms "
+                "(the check applies it to the queries on both sides)"
             )
         try:
             conn.execute("SELECT set_config(%s, %s, false)", (name, value))
@@ -125,6 +132,10 @@ def _table_keys(checker: QueryChecker, spec: QuerySpec) -> list[str]:
     return keys
 
 
+def _only_nulls(rows: Sequence[Sequence[Any]]) -> bool:
+    return all(v is None for row in rows for v in row)
+
+
 def judge_case(
     checker: QueryChecker,
     spec: QuerySpec,
@@ -138,8 +149,12 @@ def judge_case(
     if len(columns) != len(names):
         return  # the column counts differ: "different" says it all
     tolerance = checker.tolerance(spec)
-    case.vacuous = not lite_rows and not pg_rows
-    case.type_drift = find_type_drift(names, lite_rows, pg_rows)
+    # No rows, or only NULLs (what max() or avg() over no rows gives): the
+    # sample data does not exercise the query either way.
+    case.vacuous = _only_nulls(lite_rows) and _only_nulls(pg_rows)
+    case.type_drift = find_type_drift(
+        names, lite_rows, pg_rows, padded=[c.kind is Kind.CHAR for c in columns]
+    )
     if case.difference is None and len(lite_rows) > 1:
         a = normalise_sqlite(columns, lite_rows)
         b = normalise_postgres(columns, pg_rows)
@@ -157,7 +172,29 @@ def judge_case(
                 )
             case.order_differs = True
             case.order_hint = suggest_order_by(
-                names, lite_rows, keys=_table_keys(checker, spec), first=first
+                names,
+                lite_rows,
+                keys=_table_keys(checker, spec),
+                first=first,
+                query=spec.sqlite_sql if spec.ordered else None,
             )
+    if (
+        case.difference is not None
+        and spec.ordered
+        and not spec.order_key
+        and case.difference.summary.startswith("the same rows in a different order")
+        and implied_order_key(spec.sqlite_sql, names) is None
+    ):
+        # Rows tied on an ORDER BY the result does not show look exactly like
+        # a real difference in sort order (a collation): say which it may be.
+        hint = suggest_order_by(
+            names, lite_rows, keys=_table_keys(checker, spec), query=spec.sqlite_sql
+        )
+        case.difference.summary += (
+            "; the ORDER BY sorts on values the result does not show, so rows that tie "
+            f"on it cannot be told from a real difference: if they tie, {hint} "
+            "would make the order deterministic (or show the sort keys, or name them "
+            "in order_key)"
+        )
     if case.difference is not None and checker.letters:
         checker.letters.annotate(case.difference, f"{spec.sqlite_sql}\n{spec.postgres_text}", names)

@@ -73,6 +73,14 @@ class LetterIndex:
     def __bool__(self) -> bool:
         return bool(self.by_table)
 
+    def named(self, query_text: str) -> dict[str, int]:
+        """Open dead letters per table the query's text names."""
+        return {
+            letters[0].table: len(letters)
+            for table, letters in self.by_table.items()
+            if re.search(rf"(?<![\w.]){re.escape(table)}(?![\w])", query_text, re.I)
+        }
+
     def explain(self, query_text: str, names: Sequence[str], row: Sequence[Any]) -> str | None:
         """``dead-lettered: <reason>`` when ``row`` is a dead letter's row, else None."""
         lowered = [n.lower() for n in names]
@@ -93,3 +101,13 @@ class LetterIndex:
         diff.postgres_notes = [self.explain(query_text, names, r) for r in diff.postgres_rows]
         if not any(diff.sqlite_notes) and not any(diff.postgres_notes):
             diff.sqlite_notes, diff.postgres_notes = [], []
+            # No shown row is one (an aggregate, or rows without their key):
+            # the tables' dead letters may still be the whole explanation.
+            counts = self.named(query_text)
+            if counts:
+                listed = ", ".join(f"{n} in {table}" for table, n in sorted(counts.items()))
+                diff.summary += (
+                    f"; open dead letters of the tables it reads ({listed}): rows "
+                    "replication could not write, which may explain it "
+                    "(replicator dead-letters list)"
+                )

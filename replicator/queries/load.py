@@ -157,7 +157,7 @@ def _drive(
                 started = time.perf_counter()
                 try:
                     run(ps)
-                except (sqlite3.Error, psycopg.Error) as exc:
+                except (sqlite3.Error, psycopg.Error, NotImplementedError) as exc:
                     errors += 1
                     first = first or first_line(exc)
                     continue

@@ -106,6 +106,9 @@ def _infer_type(value: object) -> str:
     return "text"
 
 
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
 def side_values(value: object, ptype: str, where: str) -> tuple[object, object]:
     """``(for SQLite, for PostgreSQL)``: one example value, as each side stores the type.
 
@@ -134,6 +137,11 @@ def side_values(value: object, ptype: str, where: str) -> tuple[object, object]:
         if ptype == "integer":
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ConfigError(f"{where}: expected a whole number, got {value!r}")
+            if not _INT64_MIN <= value <= _INT64_MAX:
+                raise ConfigError(
+                    f"{where}: {value} is out of range for a 64-bit integer (SQLite's "
+                    "INTEGER and PostgreSQL's bigint); give it as numeric"
+                )
             return value, value
         if ptype == "real":
             if isinstance(value, bool) or not isinstance(value, int | float):
@@ -145,7 +153,9 @@ def side_values(value: object, ptype: str, where: str) -> tuple[object, object]:
             dec = Decimal(str(value))
             if not dec.is_finite():
                 raise ConfigError(f"{where}: {value!r} is not a finite number")
-            lite: object = int(dec) if dec == dec.to_integral_value() else float(dec)
+            # SQLite binds 64-bit integers only; a larger one it stores as REAL.
+            integral = dec == dec.to_integral_value() and _INT64_MIN <= dec <= _INT64_MAX
+            lite: object = int(dec) if integral else float(dec)
             return lite, dec
         if ptype == "boolean":
             if isinstance(value, bool):

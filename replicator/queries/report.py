@@ -90,7 +90,7 @@ class CaseResult:
     target_position: int | None = None  # applied position the PostgreSQL side was read at
     error: str | None = None
     type_drift: list[TypeDrift] = field(default_factory=list)
-    vacuous: bool = False  # no rows on either side
+    vacuous: bool = False  # no rows, or only NULLs, on either side
     order_differs: bool = False  # same rows, in an order nothing in the query fixes
     order_hint: str | None = None  # the ORDER BY that would fix it
     order_detail: str | None = None  # how the order differs
@@ -245,7 +245,7 @@ class QueryReport:
             equal = "yes" if q.equal else ("-" if q.verdict == "error" else "NO")
             lines.append(
                 f"{q.name[:34]:<34} {rows:>13} {equal:>5} {_ms(q.sqlite):>11} "
-                f"{_worst_ms(q):>10} {q.target_p95_ms:>6.0f}ms  "
+                f"{_worst_ms(q):>10} {q.target_p95_ms:>6g}ms  "
                 f"{_verdict_shown(q)}"
             )
         for q in self.queries:
@@ -276,7 +276,15 @@ def _verdict_text(verdict: str) -> str:
 
 def _verdict_shown(q: QueryResult) -> str:
     if not q.ok:
-        return _verdict_text(q.verdict).upper()
+        shown = _verdict_text(q.verdict).upper()
+        # One verdict per query, the most serious; a latency miss behind it
+        # is said here too, or the summary's "0 slow" would read as none.
+        if q.verdict not in ("error", "slow", "near_target"):
+            if q.slow:
+                shown += " (also slow)"
+            elif q.near_target:
+                shown += " (also near target)"
+        return shown
     accepted = []
     if q.type_drift:
         accepted.append("type drift")
@@ -330,11 +338,12 @@ def _details(q: QueryResult) -> list[str]:
             accepted = " (accepted)" if "order" in q.accept else ""
             out.append(f"{where}: order not guaranteed{accepted}: {c.order_detail}{fix}")
         if c.vacuous and len(q.cases) > 1 and not q.vacuous:
-            out.append(f"{where}: no rows on either side (this set exercises nothing)")
+            out.append(f"{where}: {_nothing(c)} on either side (this set exercises nothing)")
     if q.vacuous:
         accepted = " (accepted)" if "vacuous" in q.accept else ""
         out.append(
-            f"{q.name}: vacuous{accepted}: no rows on either side for any parameter set; "
+            f"{q.name}: vacuous{accepted}: {_nothing(*q.cases)} on either side for any "
+            "parameter set; "
             "the sample data does not exercise this query"
         )
     for drift in q.type_drift:
@@ -370,6 +379,12 @@ def _details(q: QueryResult) -> list[str]:
     for note in q.notes:
         out.append(f"{q.name}: note: {note}")
     return out
+
+
+def _nothing(*cases: CaseResult) -> str:
+    """How a vacuous answer looks: no rows, or rows of NULLs only (an aggregate
+    such as max() over no rows)."""
+    return "no rows" if all(c.sqlite_rows == 0 for c in cases) else "no rows or only NULLs"
 
 
 def _json(value: Any) -> str:

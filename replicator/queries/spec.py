@@ -413,6 +413,7 @@ def parse_sql_file(text: str, path: Path) -> QueryFile:
             if value:
                 raise ConfigError(f"{where}: '-- {key}:' stands alone on its line")
             section = key
+            current[f"{key}_marked"] = True
             continue
         if m and key in _QUERY_KEYS:
             if key == "param":
@@ -444,10 +445,14 @@ def parse_sql_file(text: str, path: Path) -> QueryFile:
     queries = []
     for block in blocks:
         raw: dict[str, Any] = {
-            k: v for k, v in block.items() if k not in ("sqlite", "postgres", "line")
+            k: v
+            for k, v in block.items()
+            if k not in ("sqlite", "postgres", "line", "sqlite_marked", "postgres_marked")
         }
         raw["sqlite"] = "\n".join(block["sqlite"])
-        if block["postgres"]:
+        # A '-- postgres:' line with nothing after it is a form left empty, not
+        # "the same text on both sides".
+        if block["postgres"] or block.get("postgres_marked"):
             raw["postgres"] = "\n".join(block["postgres"])
         queries.append(build_query(raw, f"{path}:{block['line']}"))
     _check_unique(queries, path)

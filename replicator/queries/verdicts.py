@@ -56,6 +56,7 @@ VERDICTS = (
 )
 
 _COLUMN_NAME = re.compile(r"[^\s,]+")
+_COMMENT = re.compile(r"--[^\n]*|/\*.*?\*/", re.DOTALL)
 _GUC_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?")
 
 
@@ -201,6 +202,7 @@ def suggest_order_by(
     *,
     keys: Sequence[str] = (),
     first: Sequence[int] = (),
+    query: str | None = None,
 ) -> str:
     """An ORDER BY that makes the order total on these results.
 
@@ -208,7 +210,9 @@ def suggest_order_by(
     first of ``keys`` (key columns of the tables the query reads) or of the
     result's columns that is unique, without NULLs, in the rows at hand; else
     every column. Uniqueness in a sample is a hint, not a proof: the report
-    says so.
+    says so. When ``query`` (the SQLite form) has a top-level ORDER BY, its
+    items are kept as written (``DESC``, expressions and all) and the
+    tie-breakers follow them: the suggestion must not reverse the order.
     """
     lowered = [n.lower() for n in names]
     candidates = [lowered.index(k.lower()) for k in keys if k.lower() in lowered]
@@ -220,4 +224,10 @@ def suggest_order_by(
             break
     else:
         chosen += [i for i in range(len(names)) if i not in chosen]
+    written = _top_level_order_by(query, "sqlite") if query is not None else None
+    if written is not None:
+        written = " ".join(_COMMENT.sub(" ", written).split())  # one line, no comments
+    if written:
+        extra = [_shown_name(names[i], i) for i in chosen if i not in first]
+        return "ORDER BY " + ", ".join([written, *extra])
     return "ORDER BY " + ", ".join(_shown_name(names[i], i) for i in chosen)

@@ -40,6 +40,31 @@ __all__ = ["dialects", "refapp"]  # module-scoped fixtures of test_queries, shar
 # --------------------------------------------------------------------------- 7: per set
 
 
+def test_a_latency_miss_behind_another_verdict_is_shown_beside_it(dialects: Dialects) -> None:
+    """One verdict per query (type drift before slow); the table still says it is
+    slow, and shows a target under 1 ms as written (it showed "0ms")."""
+    report = check(
+        dialects,
+        """
+[settings]
+runs = 5
+warmup = 1
+rounds = 1
+
+[[query]]
+name = "drift_and_slow"
+sqlite = "SELECT id FROM people ORDER BY id"
+postgres = "SELECT CAST(id AS text) AS id FROM people ORDER BY id"
+target_p95_ms = 0.001
+""",
+        measure=True,
+    )
+    q = only(report, "drift_and_slow")
+    assert q.verdict == "type_drift" and q.slow, report.render()
+    (line,) = [ln for ln in report.render().splitlines() if ln.startswith("drift_and_slow ")]
+    assert line.endswith("0.001ms  TYPE DRIFT (also slow)"), line
+
+
 def test_one_slow_parameter_set_among_twenty_fast_ones_is_slow(dialects: Dialects) -> None:
     """On main this passed: 20 fast sets and one of 66 ms pooled to a p95 under 20 ms."""
     ids = list(range(1, 22))
@@ -374,6 +399,18 @@ def test_plan_advice_is_printed_as_statements_and_never_applied(events: Events) 
 
 
 # --------------------------------------------------------------------------- 10: porting
+
+
+def test_a_setting_the_applications_session_sets_is_changed_there(events: Events) -> None:
+    """work_mem set by the query file's [session] (the app's connection): an
+    ALTER SYSTEM or ALTER DATABASE would not reach the app's sessions."""
+    text = '[session]\nwork_mem = "64kB"\n' + ADVICE_QUERIES
+    report = check_queries(events.config, write_queries(events.folder, text, "session.toml"))
+    (mem,) = [a for a in only(report, "ranked").advice if a.kind == "work_mem"]
+    assert mem.statements[0].startswith("SET work_mem = '"), report.render()
+    assert len(mem.statements) == 2 and mem.statements[1].startswith("-- work_mem is set by")
+    assert "the query file's [session]" in mem.statements[1]
+    assert not any("ALTER" in s for s in mem.statements)
 
 
 def test_a_query_without_a_postgres_form_gets_a_ported_one_run_and_judged(

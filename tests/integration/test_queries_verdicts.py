@@ -108,6 +108,16 @@ sqlite = "SELECT id, x FROM items ORDER BY id"
 postgres = "SELECT id, x::numeric AS x FROM items ORDER BY id"
 
 [[query]]
+name = "code_as_char"
+sqlite = "SELECT id, code FROM items ORDER BY id"
+postgres = "SELECT id, CAST(code AS char(4)) AS code FROM items ORDER BY id"
+
+[[query]]
+name = "code_as_char_of_its_width"
+sqlite = "SELECT id, code FROM items WHERE length(code) = 2 ORDER BY id"
+postgres = "SELECT id, CAST(code AS char(2)) AS code FROM items WHERE length(code) = 2 ORDER BY id"
+
+[[query]]
 name = "code_off_by_one"
 sqlite = "SELECT id, code FROM items ORDER BY id"
 postgres = "SELECT id, code::integer + 1 AS code FROM items ORDER BY id"
@@ -140,7 +150,17 @@ def test_type_drift_is_what_the_application_receives(sides: Sides) -> None:
     assert found["flag_as_boolean"] == [("flag", "str", "bool", "'f'", "False")]
     assert found["id_cast_to_text"] == [("id", "str", "int", "'1'", "1")]
     assert found["float_as_numeric"] == [("x", "float", "Decimal", "0.1", "Decimal('0.1')")]
-    for name in ("code_as_integer", "tags_as_jsonb", "flag_as_boolean", "id_cast_to_text"):
+    # char(n): equal for PostgreSQL, but psycopg returns '694 ' where sqlite3 returned '694'.
+    assert found["code_as_char"] == [("code", "str", "str (blank-padded)", "'694'", "'694 '")]
+    assert found["code_as_char_of_its_width"] == []  # nothing padded: nothing to see
+    assert only(report, "code_as_char_of_its_width").verdict == "same"
+    for name in (
+        "code_as_integer",
+        "tags_as_jsonb",
+        "flag_as_boolean",
+        "id_cast_to_text",
+        "code_as_char",
+    ):
         result = only(report, name)
         assert result.equal and result.verdict == "type_drift", name
     assert only(report, "float_as_numeric").verdict == "type_drift"
@@ -200,6 +220,16 @@ sqlite = "SELECT id, grp FROM items ORDER BY grp"
 postgres = "SELECT id, grp FROM items ORDER BY grp, id DESC"
 
 [[query]]
+name = "ties_descending"
+sqlite = "SELECT id, grp FROM items ORDER BY grp DESC"
+postgres = "SELECT id, grp FROM items ORDER BY grp DESC, id DESC"
+
+[[query]]
+name = "ties_on_a_hidden_expression"
+sqlite = "SELECT id FROM items ORDER BY grp * 10 DESC"
+postgres = "SELECT id FROM items ORDER BY grp * 10 DESC, id DESC"
+
+[[query]]
 name = "ties_cut_by_the_limit"
 sqlite = "SELECT id, grp FROM items ORDER BY grp LIMIT 3"
 postgres = "SELECT id, grp FROM items ORDER BY grp, id DESC LIMIT 3"
@@ -229,6 +259,18 @@ def test_an_order_nothing_fixes_is_flagged_with_the_order_by_that_would(sides: S
     ties = only(report, "ties_on_the_order_by")
     assert ties.equal and ties.verdict == "order_not_guaranteed"
     assert ties.cases[0].order_hint == "ORDER BY grp, id"
+    # The suggestion keeps the query's own ORDER BY as written (DESC and all):
+    # "ORDER BY grp, id" would reverse the page.
+    desc = only(report, "ties_descending")
+    assert desc.verdict == "order_not_guaranteed"
+    assert desc.cases[0].order_hint == "ORDER BY grp DESC, id"
+    # Ties on a sort key the result does not show cannot be told from a real
+    # order difference: "different", saying so, with the tie-breaker to try.
+    hidden = only(report, "ties_on_a_hidden_expression")
+    assert hidden.verdict == "different"
+    diff = hidden.cases[0].difference
+    assert diff is not None and "cannot be told from a real difference" in diff.summary
+    assert "ORDER BY grp * 10 DESC, id would make the order deterministic" in diff.summary
     # Which of the rows tied at the LIMIT make the page is up to each engine.
     cut = only(report, "ties_cut_by_the_limit")
     assert cut.verdict == "order_not_guaranteed"
@@ -270,8 +312,21 @@ params.above = [2, 1000]
 name = "expected_empty"
 sql = "SELECT id FROM items WHERE code IS NULL"
 accept = ["vacuous"]
+
+[[query]]
+name = "max_of_nothing"
+sql = "SELECT max(code) AS top, avg(x) AS mean FROM items WHERE id > :above"
+params.above = [100, 1000]
+
+[[query]]
+name = "max_of_something"
+sql = "SELECT max(code) AS top, avg(x) AS mean FROM items WHERE id > :above"
+params.above = [2, 1000]
 """,
     )
+    # An aggregate over no rows gives one row of NULLs: as vacuous as no rows.
+    assert only(report, "max_of_nothing").verdict == "vacuous"
+    assert only(report, "max_of_something").verdict == "same"
     nothing = only(report, "nothing")
     assert nothing.equal and nothing.verdict == "vacuous"
     some = only(report, "one_set_empty")
@@ -280,6 +335,8 @@ accept = ["vacuous"]
     text = report.render()
     assert "nothing: vacuous: no rows on either side" in text
     assert "one_set_empty [above=1000]: no rows on either side" in text
+    assert "max_of_nothing: vacuous: no rows or only NULLs on either side" in text
+    assert "max_of_something [above=1000]: no rows or only NULLs on either side" in text
     assert not report.ok
 
 
@@ -345,6 +402,110 @@ def test_the_session_time_zone_is_the_applications(
             check(s, "[session]\nno_such_setting = 1\n" + TZ_QUERIES)
 
 
+def test_the_files_session_is_in_force_in_the_check_and_in_the_load_clients(
+    tmp_path: Path, pg_databases: TestDatabases, pg_empty_template: str
+) -> None:
+    """A [session] search_path is the one in force (the report shows it), and
+    every setting reaches the concurrent load clients: the PostgreSQL form
+    divides by zero unless the session is the file's."""
+    path = tmp_path / "app.db"
+    with sqlite3.connect(path) as lite:
+        lite.executescript(ITEMS)
+    lite.close()
+    session = '[session]\nTimeZone = "Asia/Tokyo"\nsearch_path = "other, public"\n'
+    guarded = """
+[[query]]
+name = "guarded"
+sqlite = "SELECT count(*) AS n FROM items"
+postgres = '''SELECT count(*) / (CASE WHEN current_setting('TimeZone') = 'Asia/Tokyo'
+              AND current_schema() = 'other' THEN 1 ELSE 0 END) AS n FROM items'''
+"""
+    with pg_databases.database(pg_empty_template) as dsn:
+        config, _ = snapshot(path, dsn)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("CREATE SCHEMA other")
+        s = Sides(config, dsn, tmp_path)
+        report = check(
+            s,
+            session + guarded,
+            measure=True,
+            runs=4,
+            warmup=1,
+            rounds=1,
+            clients=2,
+            load_runs=2,
+            target_p95_ms=60_000,
+        )
+        # The time limit is one for both sides ([settings] statement_timeout_ms),
+        # and a [session] one would also cut the check's own bookkeeping short.
+        with pytest.raises(ConfigError, match="statement_timeout_ms"):
+            check(s, '[session]\nstatement_timeout = "1ms"\n' + guarded)
+        timeout = check(
+            s,
+            "[settings]\nstatement_timeout_ms = 100\n"
+            '[[query]]\nname = "sleepy"\nsqlite = "SELECT 1 AS one"\n'
+            'postgres = "SELECT 1 AS one FROM pg_sleep(1)"\n',
+        )
+    assert report.session["search_path"] == "other, public"
+    q = only(report, "guarded")
+    assert q.verdict == "same", report.render()
+    assert q.load is not None and q.load.postgres is not None
+    assert q.load.postgres.n == 4 and q.load.postgres.errors == 0, report.render()
+    assert "statement_timeout" not in timeout.session
+    (case,) = only(timeout, "sleepy").cases
+    assert case.error is not None and "statement timeout" in case.error, timeout.render()
+
+
+def test_a_date_style_psycopg_cannot_read_is_an_error_not_a_crash(
+    tmp_path: Path, pg_databases: TestDatabases, pg_empty_template: str
+) -> None:
+    """psycopg parses timestamptz and intervals in the ISO styles only: under an
+    application's DateStyle = 'SQL, DMY' the result cannot be read, which is
+    that query's error; the dead letters (timestamps too) are still read."""
+    path = tmp_path / "app.db"
+    with sqlite3.connect(path) as lite:
+        lite.execute("CREATE TABLE events (id INTEGER PRIMARY KEY, at TIMESTAMPTZ, name TEXT)")
+        lite.executemany(
+            "INSERT INTO events VALUES (?, ?, ?)",
+            [(1, "2025-01-01 10:00:00", "a"), (2, "next tuesday", "b")],
+        )
+    lite.close()
+    queries = """
+[session]
+DateStyle = "SQL, DMY"
+IntervalStyle = "sql_standard"
+
+[[query]]
+name = "at"
+sql = "SELECT id, at FROM events ORDER BY id"
+
+[[query]]
+name = "age"
+sqlite = "SELECT '1 day' AS age"
+postgres = "SELECT interval '1 day' AS age"
+
+[[query]]
+name = "names"
+sql = "SELECT id, name FROM events ORDER BY id"
+"""
+    with pg_databases.database(pg_empty_template) as dsn:
+        config, letters = snapshot(path, dsn)
+        assert letters == 1
+        s = Sides(config, dsn, tmp_path)
+        report = check(s, queries)
+        args = ["--source", str(path), "--target", dsn, "queries", "check"]
+        cli = CliRunner().invoke(main, [*args, str(tmp_path / "queries.toml"), "--no-latency"])
+    at, age = only(report, "at"), only(report, "age")
+    assert at.verdict == "error" and age.verdict == "error", report.render()
+    assert at.cases[0].error is not None and "can't parse timestamptz" in at.cases[0].error
+    assert age.cases[0].error is not None and "can't parse interval" in age.cases[0].error
+    diff = only(report, "names").cases[0].difference
+    assert diff is not None and diff.sqlite_notes[0] is not None
+    assert diff.sqlite_notes[0].startswith("dead-lettered: events key [2]")
+    assert cli.exit_code == 1, cli.output
+    assert "psycopg cannot read the result" in cli.output
+
+
 # --------------------------------------------------------------------------- 5. dead letters
 
 
@@ -364,9 +525,16 @@ def test_a_dead_lettered_row_explains_its_difference(
         assert letters == 1
         report = check(
             Sides(config, dsn, tmp_path),
-            '[[query]]\nname = "names"\nsql = "SELECT id, name FROM events ORDER BY id"\n',
+            '[[query]]\nname = "names"\nsql = "SELECT id, name FROM events ORDER BY id"\n'
+            '[[query]]\nname = "count"\nsql = "SELECT count(*) AS n FROM events"\n',
         )
+    # An aggregate shows no row to match: the table's open dead letters are named.
+    counted = only(report, "count").cases[0].difference
+    assert counted is not None and "open dead letters of the tables it reads (1 in events)" in (
+        counted.summary
+    )
     diff = only(report, "names").cases[0].difference
+    assert diff is not None and "open dead letters" not in diff.summary  # its row says it
     assert diff is not None and diff.sqlite_rows[0] == [2, "b"]
     note, other = diff.sqlite_notes  # the rows from the first difference on
     assert other is None  # [3, "c"]: shown because it moved up, not dead-lettered
@@ -448,3 +616,18 @@ def test_cli_exit_codes_and_json_carry_the_new_verdicts(sides: Sides) -> None:
     usage = runner.invoke(main, [*args, "queries", "check", str(bad)])
     assert usage.exit_code == 2
     assert "did you mean 'vacuous'" in usage.output
+    # An integer SQLite cannot bind is a mistake in the file, not an internal
+    # error; as a numeric it reaches SQLite as the REAL SQLite would store.
+    huge = sides.folder / "huge.toml"
+    huge.write_text(f'[[query]]\nname = "q"\nsql = "SELECT :x AS x"\nparams.x = {2**64}\n')
+    usage = runner.invoke(main, [*args, "queries", "check", str(huge), "--no-latency"])
+    assert usage.exit_code == 2, usage.output
+    assert "out of range for a 64-bit integer" in usage.output
+    huge.write_text(
+        f'[[query]]\nname = "q"\nsql = "SELECT :x AS x"\n'
+        f'params.x = {{ type = "numeric", value = {2**64} }}\n'
+    )
+    ran = runner.invoke(main, [*args, "queries", "check", str(huge), "--no-latency", "--json"])
+    assert ran.exit_code == 1, ran.output
+    (q,) = json.loads(ran.output)["queries"]
+    assert q["type_drift"][0]["sqlite_type"] == "float"

@@ -63,6 +63,19 @@ def test_suggested_order_by_prefers_a_unique_key_column() -> None:
     assert suggest_order_by(["g", "id"], [(r[1], r[0]) for r in rows], first=[0]) == (
         "ORDER BY g, id"
     )
+    # The query's ORDER BY is kept as written, so a suggestion never reverses it.
+    desc = "SELECT g, id FROM t ORDER BY g  DESC NULLS LAST LIMIT 5"
+    assert suggest_order_by(["g", "id"], [(r[1], r[0]) for r in rows], first=[0], query=desc) == (
+        "ORDER BY g DESC NULLS LAST, id"
+    )
+    commented = "SELECT g, id FROM t\nORDER BY g -- newest first\n  DESC /* most */\nLIMIT 5"
+    assert suggest_order_by(["g", "id"], [(1, 1), (1, 2)], first=[0], query=commented) == (
+        "ORDER BY g DESC, id"
+    )
+    hidden = "SELECT id FROM t ORDER BY lower(title) DESC"
+    assert suggest_order_by(["id"], [(1,), (2,)], query=hidden) == (
+        "ORDER BY lower(title) DESC, id"
+    )
     # Nothing unique: every column, by position where a name is not plain.
     dup = [(1, "a"), (1, "a")]
     assert suggest_order_by(["n", "count(*)"], dup) == "ORDER BY n, 2"

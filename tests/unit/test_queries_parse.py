@@ -128,6 +128,8 @@ def test_other_typed_parameters() -> None:
         (True, "integer"),
         ("{bad", "json"),
         ("nan", "numeric"),
+        (2**63, "integer"),
+        (-(2**63) - 1, "auto"),
     ],
 )
 def test_bad_parameter_values_are_refused_with_a_sentence(value: object, ptype: str) -> None:
@@ -281,6 +283,8 @@ def test_sql_file_says_what_the_toml_file_says() -> None:
         ("-- name: a\n-- param x = 1\nSELECT :x\n", "uses :x but params gives no value"),
         ("-- runs: many\n-- name: a\nSELECT 1\n", "not a TOML value"),
         ("-- name: a\nSELECT 1\n-- postgres: SELECT 1\n", "stands alone"),
+        # An empty PostgreSQL form is not "the SQLite text on both sides".
+        ("-- name: a\nSELECT 1\n-- postgres:\n-- name: b\nSELECT 2\n", "the PostgreSQL form"),
     ],
 )
 def test_sql_file_mistakes_are_explained(text: str, message: str) -> None:
