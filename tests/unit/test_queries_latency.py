@@ -60,3 +60,24 @@ def test_sqlglot_ports_keep_named_placeholders() -> None:
     with pytest.raises(PortError) as caught:
         suggest_postgres("SELEC a FROM")
     assert "\x1b" not in str(caught.value)
+
+
+def test_under_load_the_clients_are_the_rounds() -> None:
+    """One p95 from a few samples under load flipped between same and slow from run to
+    run; each client's p95 of each set is a round, judged like the rounds alone."""
+    from replicator.queries.load import LoadResult, SideLoad
+    from replicator.queries.report import Latency
+
+    def side(client_p95: dict[int, list[float]]) -> SideLoad:
+        all_ms = [v for vs in client_p95.values() for v in vs]
+        return SideLoad(4, len(all_ms), 1.0, 1.0, Latency.of(all_ms), client_p95=client_p95)
+
+    def band(client_p95: dict[int, list[float]]) -> str:
+        return LoadResult(4, 10, 20.0, postgres=side(client_p95)).band
+
+    assert band({0: [5.0, 6.0, 7.0, 8.0], 1: [1.0, 2.0, 1.0, 3.0]}) == "ok"
+    assert band({0: [5.0, 26.0, 7.0, 8.0], 1: [1.0, 2.0, 1.0, 3.0]}) == "near"
+    assert band({0: [5.0, 6.0, 7.0, 8.0], 1: [21.0, 22.0, 30.0, 40.0]}) == "slow"
+    failed = LoadResult(4, 10, 20.0, postgres=SideLoad(4, 0, 0.0, 0.0, None, errors=4))
+    assert failed.band == "slow" and failed.over_target
+    assert not LoadResult(4, 10, 20.0, postgres=side({0: [5.0, 26.0]})).over_target
