@@ -169,6 +169,15 @@ class StreamConfig:
         default=30.0,
         metadata=_doc("Seconds a graceful shutdown may take to finish the batch in hand."),
     )
+    verify_keep_seconds: float = field(
+        default=86400.0,
+        metadata=_doc(
+            "Seconds after an identical `replicator verify` during which the change log "
+            "is kept from where it began, so `verify --changed` can compare only the "
+            "rows changed since (0: prune as soon as applied; --changed then verifies "
+            "everything)."
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)
