@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import json.scanner
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -84,44 +85,42 @@ _UUID_GLOB = f"{_HEX * 8}-{_HEX * 4}-{_HEX * 4}-{_HEX * 4}-{_HEX * 12}"
 
 
 def _sq_field(kind: Kind, c: str, length: int | None) -> str:
-    """SQLite: the field text of source column ``c`` (already quoted)."""
+    """SQLite: the field text of source column ``c`` (already quoted). Each form is
+    chosen by ``typeof()`` first: a blob holding the bytes of a date is no date."""
     if kind in _INT_KINDS:
-        body = f"CASE typeof({c}) WHEN 'integer' THEN {c} || ',' ELSE '?' END"
-    elif kind in _TEXT_KINDS:
-        body = f"CASE typeof({c}) WHEN 'text' THEN length({c}) || ':' || {c} || ',' ELSE '?' END"
-    elif kind is Kind.CHAR:
-        fits = "" if length is None else f" AND length({c}) <= {int(length)}"
+        return f"CASE typeof({c}) WHEN 'integer' THEN {c} || ',' WHEN 'null' THEN '~,' ELSE '?' END"
+    if kind in _TEXT_KINDS:
+        text = f"length({c}) || ':' || {c} || ','"
+        return f"CASE typeof({c}) WHEN 'text' THEN {text} WHEN 'null' THEN '~,' ELSE '?' END"
+    if kind is Kind.CHAR:
         trimmed = f"rtrim({c}, ' ')"
-        body = (
-            f"CASE WHEN typeof({c}) = 'text'{fits} "
-            f"THEN length({trimmed}) || ':' || {trimmed} || ',' ELSE '?' END"
-        )
+        text = f"length({trimmed}) || ':' || {trimmed} || ','"
+        if length is not None:
+            text = f"CASE WHEN length({c}) <= {int(length)} THEN {text} ELSE '?' END"
     elif kind is Kind.BOOLEAN:
-        body = (
-            f"CASE WHEN typeof({c}) = 'integer' AND {c} IN (0, 1) "
-            f"THEN CASE {c} WHEN 1 THEN 't,' ELSE 'f,' END ELSE '?' END"
+        return (
+            f"CASE typeof({c}) WHEN 'integer' THEN CASE {c} WHEN 1 THEN 't,' WHEN 0 THEN 'f,' "
+            f"ELSE '?' END WHEN 'null' THEN '~,' ELSE '?' END"
         )
     elif kind in (Kind.TIMESTAMP, Kind.TIMESTAMPTZ):
-        body = _sq_timestamp(c)
+        text = _sq_timestamp(c)
     elif kind is Kind.DATE:
-        body = (
-            f"CASE WHEN typeof({c}) = 'text' AND {c} GLOB '{_DATE_GLOB}' "
-            f"THEN {c} || ',' ELSE '?' END"
-        )
+        text = f"CASE WHEN {c} GLOB '{_DATE_GLOB}' THEN {c} || ',' ELSE '?' END"
     elif kind is Kind.BYTEA:
-        body = f"CASE WHEN typeof({c}) IN ('blob', 'text') THEN lower(hex({c})) || ',' ELSE '?' END"
-    elif kind is Kind.UUID:
-        body = (
-            f"CASE WHEN typeof({c}) = 'text' AND {c} GLOB '{_UUID_GLOB}' "
-            f"THEN lower({c}) || ',' ELSE '?' END"
+        return (
+            f"CASE typeof({c}) WHEN 'null' THEN '~,' WHEN 'blob' THEN lower(hex({c})) || ',' "
+            f"WHEN 'text' THEN lower(hex({c})) || ',' ELSE '?' END"
         )
+    elif kind is Kind.UUID:
+        text = f"CASE WHEN {c} GLOB '{_UUID_GLOB}' THEN lower({c}) || ',' ELSE '?' END"
     else:  # pragma: no cover - digest_plan admits only the kinds above
         raise ValueError(kind)
-    return f"CASE WHEN {c} IS NULL THEN '~,' ELSE {body} END"
+    return f"CASE typeof({c}) WHEN 'text' THEN {text} WHEN 'null' THEN '~,' ELSE '?' END"
 
 
 def _sq_timestamp(c: str) -> str:
-    """ISO text the converter reads as this wall time in UTC, as 'YYYY-MM-DD HH:MM:SS.ffffff'.
+    """Text (typeof checked by the caller) the converter reads as this wall time in
+    UTC, as 'YYYY-MM-DD HH:MM:SS.ffffff'.
 
     Invalid dates or times that match the patterns (2024-02-30, 25:00) become a
     text PostgreSQL never prints, so they cannot match either. The usual form
@@ -133,8 +132,7 @@ def _sq_timestamp(c: str) -> str:
     )
     day = f"substr({body}, 1, 10) || ' '"
     return (
-        f"CASE WHEN typeof({c}) <> 'text' THEN '?' "
-        f"WHEN {c} GLOB '{_DATE_GLOB} {_D * 2}:{_D * 2}:{_D * 2}' THEN {c} || '.000000,' "
+        f"CASE WHEN {c} GLOB '{_DATE_GLOB} {_D * 2}:{_D * 2}:{_D * 2}' THEN {c} || '.000000,' "
         f"WHEN {c} GLOB '{_DATE_GLOB}' THEN {c} || ' 00:00:00.000000,' "
         f"WHEN {body} GLOB '{_HMS_GLOB}' THEN {day} || substr({body}, 12) || '.000000,' "
         f"WHEN {body} GLOB '{_HM_GLOB}' THEN {day} || substr({body}, 12) || ':00.000000,' "
@@ -216,7 +214,22 @@ def _unknown(o: object) -> object:
     raise ValueError(f"not JSON: {type(o).__name__}")
 
 
-_decode = json.JSONDecoder(parse_float=_float, parse_constant=_refuse).decode
+_decoder = json.JSONDecoder(parse_float=_float, parse_constant=_refuse)
+# The decoder's scanner called directly (JSONDecoder.decode wraps it in two Python
+# frames and two regular-expression matches per value).
+_scan = json.scanner.make_scanner(_decoder)
+_JSON_SPACE = " \t\n\r"
+
+
+def _decode(text: str) -> Any:
+    """``text`` as one JSON value, as json.loads reads it (ValueError when it is not)."""
+    try:
+        obj, end = _scan(text, 0)
+    except StopIteration:  # leading white space, or not JSON at all
+        return _decoder.decode(text)
+    if end != len(text) and text[end:].strip(_JSON_SPACE):
+        raise ValueError("extra data after the JSON value")
+    return obj
 # PostgreSQL's jsonb text: ", " and ": ", non-ASCII as is, control characters escaped
 # (json's C encoder, made once: JSONEncoder.encode makes one per call).
 _make_encoder = getattr(json.encoder, "c_make_encoder", None)

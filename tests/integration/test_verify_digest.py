@@ -64,6 +64,8 @@ PAIRS: dict[str, tuple[str, str, list[tuple[Any, Any, bool]]]] = {
             ("2024-01-01 14:00:00+02:00", "2024-01-01 12:00:00+00", SAME),  # exact path
             ("2024-01-01", "2024-01-01 00:00:00+00", SAME),
             (None, "2024-01-01 00:00:00+00", DIFF),
+            (b"2024-01-01 12:00:00", "2024-01-01 12:00:00+00", DIFF),  # a blob is no date
+            (1704110400, "2024-01-01 12:00:00+00", DIFF),  # epoch: refused without a rule
         ],
     ),
     "timestamp": (
@@ -112,6 +114,7 @@ PAIRS: dict[str, tuple[str, str, list[tuple[Any, Any, bool]]]] = {
             ("3:abc", "abc", DIFF),
             ("é", "e", DIFF),
             (7, "7", SAME),  # an integer in a TEXT column: the exact path converts it
+            (b"abc", "abc", SAME),  # a blob of UTF-8 text, likewise
             ("same", "same", SAME),
         ],
     ),
