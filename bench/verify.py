@@ -82,9 +82,7 @@ def timed(name: str, args: list[str], env: dict[str, str]) -> Step:
     if proc.returncode not in (0, 1):
         sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
         raise SystemExit(f"{name} failed with exit code {proc.returncode}")
-    stats = dict(
-        kv.split("=") for kv in proc.stderr.rsplit("bench_time ", 1)[1].split()[:3]
-    )
+    stats = dict(kv.split("=") for kv in proc.stderr.rsplit("bench_time ", 1)[1].split()[:3])
     step = Step(
         name,
         wall,
@@ -98,60 +96,67 @@ def timed(name: str, args: list[str], env: dict[str, str]) -> Step:
 
 
 def change_rows(path: Path, tables: list[str], changes: int, seed: int = 7) -> None:
-    """Update ``changes`` rows spread over ``tables`` (by rowid), as an application would."""
+    """Update ``changes`` rows spread over ``tables`` (by rowid), as an application
+    would: a REAL column moved by 0.5 where the table has one, else a no-op update
+    (which the triggers log all the same)."""
     rng = random.Random(seed)
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         tops = {t: conn.execute(f'SELECT max(rowid) FROM "{t}"').fetchone()[0] or 0 for t in tables}
-        text_cols = {}
+        edits = {}
         for t in tables:
             cols = conn.execute(f'PRAGMA table_info("{t}")').fetchall()
-            # A nullable text column that is not part of a UNIQUE key: the app's edit.
-            text_cols[t] = next(
-                (c[1] for c in cols if not c[5] and not c[3] and "TEXT" in (c[2] or "").upper()),
-                None,
+            real = next((c[1] for c in cols if (c[2] or "").upper() in ("REAL", "DOUBLE")), None)
+            edits[t] = (
+                f'UPDATE "{t}" SET "{real}" = coalesce("{real}", 0) + 0.5 WHERE rowid = ?'
+                if real
+                else f'UPDATE "{t}" SET rowid = rowid WHERE rowid = ?'
             )
         conn.execute("BEGIN")
         for i in range(changes):
             t = tables[i % len(tables)]
-            rowid = rng.randint(1, max(1, tops[t]))
-            col = text_cols[t]
-            if col is None:
-                conn.execute(f'UPDATE "{t}" SET rowid = rowid WHERE rowid = ?', (rowid,))
-            else:
-                conn.execute(
-                    f'UPDATE "{t}" SET "{col}" = coalesce("{col}", \'\') || ? WHERE rowid = ?',
-                    (f" edit{i}", rowid),
-                )
+            conn.execute(edits[t], (rng.randint(1, max(1, tops[t])),))
         conn.execute("COMMIT")
     finally:
         conn.close()
 
 
 def stream_until_caught_up(env: dict[str, str], config: list[str], source: Path, dsn: str) -> None:
-    """`replicator run` until its position reaches the source log's head, then SIGTERM."""
+    """`replicator run` until it streams (after `replicator snapshot` alone it copies
+    the tables again: that snapshot recorded no stream position) and has applied the
+    source log's head, then SIGTERM."""
     import psycopg
 
-    head = sqlite3.connect(source).execute(
-        "SELECT seq FROM sqlite_sequence WHERE name = '_replicator_changelog'"
-    ).fetchone()[0]
-    proc = subprocess.Popen(
-        [*replicator(), *config, "run"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    head = (
+        sqlite3.connect(source)
+        .execute("SELECT seq FROM sqlite_sequence WHERE name = '_replicator_changelog'")
+        .fetchone()[0]
     )
+    log_path = bl.OUT / "tmp-verify-run.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [*replicator(), *config, "run"],
+            env={**env, "REPLICATOR_LOG_LEVEL": "info"},
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
     try:
-        deadline = time.monotonic() + 600
+        deadline = time.monotonic() + 1800
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise SystemExit(f"replicator run stopped: {proc.stderr.read()[-2000:]!r}")
-            with psycopg.connect(dsn) as conn:
-                row = conn.execute("SELECT seq FROM replicator.stream_position").fetchone()
-            if row and row[0] >= head:
-                return
+                raise SystemExit(f"replicator run stopped, see {log_path}")
+            streaming = '"event": "streaming"' in log_path.read_text()
+            if streaming:
+                with psycopg.connect(dsn) as conn:
+                    row = conn.execute("SELECT seq FROM replicator.stream_position").fetchone()
+                if row and row[0] >= head:
+                    return
             time.sleep(0.5)
-        raise SystemExit("replicator run did not catch up in 600 s")
+        raise SystemExit("replicator run did not catch up in 1800 s")
     finally:
         proc.terminate()
         proc.wait(60)
+        log_path.unlink(missing_ok=True)
 
 
 def main() -> int:
@@ -216,6 +221,8 @@ def main() -> int:
     load_after = bl.uptime()
     full_report = json.loads(full.output)
     changed_report = json.loads(changed.output)
+    if os.environ.get("BENCH_DUMP"):
+        Path(os.environ["BENCH_DUMP"]).write_text(changed.output)
     read_full = sum(t["exact_rows"] for t in full_report["tables"])
     read_changed = sum(t["exact_rows"] for t in changed_report["tables"])
     scopes = "; ".join(f"{t['table']}: {t['scope_note']}" for t in changed_report["tables"])

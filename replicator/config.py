@@ -171,12 +171,7 @@ class StreamConfig:
     )
     verify_keep_seconds: float = field(
         default=86400.0,
-        metadata=_doc(
-            "Seconds after an identical `replicator verify` during which the change log "
-            "is kept from where it began, so `verify --changed` can compare only the "
-            "rows changed since (0: prune as soon as applied; --changed then verifies "
-            "everything)."
-        ),
+        metadata=_doc("Seconds the log is kept after an identical verify, for verify --changed."),
     )
 
 

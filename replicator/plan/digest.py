@@ -19,7 +19,9 @@ normalisation. Each field is written so that its text determines the value:
 - a timestamp is ``YYYY-MM-DD HH:MM:SS.ffffff`` in UTC (all six digits: a
   microsecond counts); the source's text is rewritten in SQL only from the plain
   ISO forms the converter reads the same way (a date, ``HH:MM[:SS[.f{1,6}]]``,
-  ``T`` or a space, no offset or ``+00:00`` / ``Z``); anything else is ``?``;
+  ``T`` or a space, no offset or ``+00:00`` / ``Z``; or ``HH:MM:SS[.f{1,6}]``
+  with an offset, moved to UTC by SQLite for a valid date and time only);
+  anything else is ``?``;
 - a double is its shortest round-trip text (Python's ``repr`` on the source,
   PostgreSQL's with ``extra_float_digits = 3``), which determines the double;
 - jsonb is PostgreSQL's own text of it, and on the source the JSON is parsed
@@ -45,6 +47,7 @@ import json.scanner
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from psycopg import sql
@@ -80,6 +83,7 @@ _D = "[0-9]"
 _DATE_GLOB = f"{_D * 4}-{_D * 2}-{_D * 2}"
 _HM_GLOB = f"{_DATE_GLOB}[ T]{_D * 2}:{_D * 2}"
 _HMS_GLOB = f"{_HM_GLOB}:{_D * 2}"
+_OFFSET_GLOB = "[+-][01][0-9]:[0-5][0-9]"  # every one of these Python reads
 _HEX = "[0-9a-fA-F]"
 _UUID_GLOB = f"{_HEX * 8}-{_HEX * 4}-{_HEX * 4}-{_HEX * 4}-{_HEX * 12}"
 
@@ -131,9 +135,24 @@ def _sq_timestamp(c: str) -> str:
         f"WHEN {c} GLOB '{_HM_GLOB}*Z' THEN substr({c}, 1, length({c}) - 1) ELSE {c} END)"
     )
     day = f"substr({body}, 1, 10) || ' '"
+    # Another offset: the whole seconds to UTC by SQLite (offsets are whole minutes, so
+    # the fraction stays), only for a date and time SQLite reads back unchanged once
+    # normalised ('+0 seconds' rolls 2024-02-30 and 24:00 over; :60 gives NULL), in
+    # a year from 1 on: dates Python refuses never become a valid UTC text.
+    valid = (
+        f"substr({c}, 1, 4) <> '0000' AND strftime('%Y-%m-%d %H:%M:%S', substr({c}, 1, 19), "
+        f"'+0 seconds') = substr({c}, 1, 10) || ' ' || substr({c}, 12, 8)"
+    )
+    utc = f"strftime('%Y-%m-%d %H:%M:%S', substr({c}, 1, 19) || substr({c}, -6))"
+    frac = f"substr({c}, 21, length({c}) - 26)"
     return (
         f"CASE WHEN {c} GLOB '{_DATE_GLOB} {_D * 2}:{_D * 2}:{_D * 2}' THEN {c} || '.000000,' "
         f"WHEN {c} GLOB '{_DATE_GLOB}' THEN {c} || ' 00:00:00.000000,' "
+        f"WHEN {c} GLOB '{_HMS_GLOB}{_OFFSET_GLOB}' AND {valid} "
+        f"THEN coalesce({utc}, '?') || '.000000,' "
+        f"WHEN {c} GLOB '{_HMS_GLOB}.[0-9]*{_OFFSET_GLOB}' AND length({c}) <= 32 "
+        f"AND {frac} NOT GLOB '*[^0-9]*' AND {valid} "
+        f"THEN coalesce({utc}, '?') || '.' || substr({frac} || '000000', 1, 6) || ',' "
         f"WHEN {body} GLOB '{_HMS_GLOB}' THEN {day} || substr({body}, 12) || '.000000,' "
         f"WHEN {body} GLOB '{_HM_GLOB}' THEN {day} || substr({body}, 12) || ':00.000000,' "
         f"WHEN {body} GLOB '{_HMS_GLOB}.[0-9]*' AND length({body}) <= 26 "
@@ -230,6 +249,8 @@ def _decode(text: str) -> Any:
     if end != len(text) and text[end:].strip(_JSON_SPACE):
         raise ValueError("extra data after the JSON value")
     return obj
+
+
 # PostgreSQL's jsonb text: ", " and ": ", non-ASCII as is, control characters escaped
 # (json's C encoder, made once: JSONEncoder.encode makes one per call).
 _make_encoder = getattr(json.encoder, "c_make_encoder", None)
@@ -268,6 +289,21 @@ def _pg_order(v: Any) -> Any:
     return v
 
 
+def _slow_text(v: Any) -> str:
+    """As the C encoder writes ``v`` (already in jsonb's key order), but a number
+    Python would write with a negative exponent as jsonb does, in positional
+    notation (6.3e-05 as 0.000063): the same value, exactly."""
+    t = type(v)
+    if t is float:
+        r = repr(v)
+        return format(Decimal(r), "f") if "e-" in r else r
+    if t is dict:
+        return "{" + ", ".join(f"{_encode(k)}: {_slow_text(x)}" for k, x in v.items()) + "}"
+    if t is list:
+        return "[" + ", ".join([_slow_text(x) for x in v]) + "]"
+    return _encode(v)
+
+
 def jsonb_field(v: object) -> str:
     """JSON text as PostgreSQL writes the jsonb it makes of it; '?' when not JSON."""
     if type(v) is str:
@@ -275,7 +311,10 @@ def jsonb_field(v: object) -> str:
             obj = _decode(v)
             if "{" in v:
                 obj = _pg_order(obj)
-            return _encode(obj) + ","
+            text = _encode(obj)
+            if "e-" in text:  # perhaps a small number (or only text holding "e-")
+                text = _slow_text(obj)
+            return text + ","
         except (ValueError, RecursionError):
             return "?"
     return "~," if v is None else "?"
