@@ -236,7 +236,7 @@ def _unknown(o: object) -> object:
 _decoder = json.JSONDecoder(parse_float=_float, parse_constant=_refuse)
 # The decoder's scanner called directly (JSONDecoder.decode wraps it in two Python
 # frames and two regular-expression matches per value).
-_scan = json.scanner.make_scanner(_decoder)
+_scan = json.scanner.make_scanner(_decoder)  # type: ignore[arg-type]  # (typeshed)
 _JSON_SPACE = " \t\n\r"
 
 
