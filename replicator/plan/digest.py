@@ -310,7 +310,13 @@ def jsonb_field(v: object) -> str:
         try:
             obj = _decode(v)
             if "{" in v:
-                obj = _pg_order(obj)
+                if type(obj) is dict and v.count("{") == 1 and v.isascii():
+                    # One object, no other inside it, ASCII keys: byte length is len.
+                    keys = sorted(obj)
+                    keys.sort(key=len)
+                    obj = {k: obj[k] for k in keys}
+                else:
+                    obj = _pg_order(obj)
             text = _encode(obj)
             if "e-" in text:  # perhaps a small number (or only text holding "e-")
                 text = _slow_text(obj)
