@@ -57,6 +57,46 @@ def _upper(plan: TablePlan, dplan: DigestPlan, rows: list[Any]) -> Key | None:
     return None
 
 
+def _put(q: queue.Queue[Any], item: object, stop: threading.Event) -> bool:
+    """Hand ``item`` on, waiting while the queue is full; False once told to stop."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.2)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _read(
+    open_source: Callable[[], sqlite3.Connection],
+    plan: TablePlan,
+    dplan: DigestPlan,
+    chunk_rows: int,
+    out: queue.Queue[list[Any] | BaseException],
+    stop: threading.Event,
+) -> None:
+    """The source's chunks of row texts, in key order (an empty one at the end).
+    SQLite builds the texts without holding the GIL, so this overlaps the digests."""
+    try:
+        conn = open_source()
+    except BaseException as exc:  # handed to the caller's thread, raised there
+        _put(out, exc, stop)
+        return
+    try:
+        reader = ChunkReader(conn, plan)
+        after: Key | None = None
+        while True:
+            rows = reader.read_select(dplan.source_select, after, chunk_rows)
+            if not _put(out, rows, stop) or not rows:
+                return
+            after = tuple(rows[-1][: dplan.key_width])
+    except BaseException as exc:
+        _put(out, exc, stop)
+    finally:
+        conn.close()
+
+
 def _produce(
     open_source: Callable[[], sqlite3.Connection],
     plan: TablePlan,
@@ -65,39 +105,38 @@ def _produce(
     out: queue.Queue[SourceChunk | BaseException],
     stop: threading.Event,
 ) -> None:
-    def put(item: SourceChunk | BaseException) -> bool:
+    """The source's chunks digested (Python's share of the text: doubles, jsonb)."""
+    rows_q: queue.Queue[list[Any] | BaseException] = queue.Queue(maxsize=AHEAD)
+    reader = threading.Thread(
+        target=_read,
+        args=(open_source, plan, dplan, chunk_rows, rows_q, stop),
+        name=f"verify-read-{plan.source.name}",
+        daemon=True,
+    )
+    reader.start()
+    try:
         while not stop.is_set():
             try:
-                out.put(item, timeout=0.2)
-                return True
-            except queue.Full:
+                rows = rows_q.get(timeout=0.2)
+            except queue.Empty:
                 continue
-        return False
-
-    try:
-        conn = open_source()
-    except BaseException as exc:  # handed to the caller's thread, raised there
-        put(exc)
-        return
-    try:
-        reader = ChunkReader(conn, plan)
-        after: Key | None = None
-        while True:
-            rows = reader.read_select(dplan.source_select, after, chunk_rows)
+            if isinstance(rows, BaseException):
+                _put(out, rows, stop)
+                return
             if not rows:
-                put(SourceChunk(0, None, None, None))
+                _put(out, SourceChunk(0, None, None, None), stop)
                 return
             last = tuple(rows[-1][: dplan.key_width])
             chunk = SourceChunk(
                 len(rows), last, _upper(plan, dplan, rows), dplan.chunk_digest(rows)
             )
-            if not put(chunk):
+            if not _put(out, chunk, stop):
                 return
-            after = last
     except BaseException as exc:
-        put(exc)
+        _put(out, exc, stop)
     finally:
-        conn.close()
+        stop.set()  # the reader stops too (the caller sets it as well when done)
+        reader.join(timeout=10)
 
 
 def _target_range(
