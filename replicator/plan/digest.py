@@ -304,6 +304,9 @@ def _slow_text(v: Any) -> str:
     return _encode(v)
 
 
+_ORDERS: dict[tuple[str, ...], list[str]] = {}  # an object's keys -> jsonb's order of them
+
+
 def jsonb_field(v: object) -> str:
     """JSON text as PostgreSQL writes the jsonb it makes of it; '?' when not JSON."""
     if type(v) is str:
@@ -312,8 +315,15 @@ def jsonb_field(v: object) -> str:
             if "{" in v:
                 if type(obj) is dict and v.count("{") == 1 and v.isascii():
                     # One object, no other inside it, ASCII keys: byte length is len.
-                    keys = sorted(obj)
-                    keys.sort(key=len)
+                    # Rows of a table mostly share their keys: the order is kept.
+                    given = tuple(obj)
+                    keys = _ORDERS.get(given)
+                    if keys is None:
+                        keys = sorted(given)
+                        keys.sort(key=len)
+                        if len(_ORDERS) >= 1024:
+                            _ORDERS.clear()
+                        _ORDERS[given] = keys
                     obj = {k: obj[k] for k in keys}
                 else:
                     obj = _pg_order(obj)
