@@ -144,7 +144,9 @@ def stream_until_caught_up(env: dict[str, str], config: list[str], source: Path,
         deadline = time.monotonic() + 1800
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise SystemExit(f"replicator run stopped, see {log_path}")
+                kept = log_path.with_name("verify-run-failed.log")
+                log_path.replace(kept)
+                raise SystemExit(f"replicator run stopped (exit {proc.returncode}), see {kept}")
             streaming = '"event": "streaming"' in log_path.read_text()
             if streaming:
                 with psycopg.connect(dsn) as conn:
@@ -217,7 +219,8 @@ def main() -> int:
         changed = timed("verify --changed", [*config, "verify", "--changed", "--json"], env)
     finally:
         bl.drop_database(args.dsn, "bench_verify")
-        source.unlink(missing_ok=True)
+        for leftover in (source, Path(f"{source}-wal"), Path(f"{source}-shm")):
+            leftover.unlink(missing_ok=True)
     load_after = bl.uptime()
     full_report = json.loads(full.output)
     changed_report = json.loads(changed.output)

@@ -276,16 +276,33 @@ def _pg_len(key: str) -> int:
     return len(key.encode("utf-8", "surrogatepass"))
 
 
+_ORDERS: dict[tuple[str, ...], list[str]] = {}  # an object's keys -> jsonb's order of them
+_CONTAINERS = (dict, list)
+
+
+def _order_of(given: tuple[str, ...]) -> list[str]:
+    """jsonb's order of an object's keys: shorter (in UTF-8 bytes) first, then by bytes,
+    which is code point order. Rows of a table mostly share their keys: kept."""
+    keys = _ORDERS.get(given)
+    if keys is None:
+        keys = sorted(given)  # by code point, then (stable) by length
+        keys.sort(key=len if "".join(given).isascii() else _pg_len)
+        if len(_ORDERS) >= 4096:
+            _ORDERS.clear()
+        _ORDERS[given] = keys
+    return keys
+
+
 def _pg_order(v: Any) -> Any:
-    """``v`` with every object's keys in jsonb's order (dicts keep insertion order):
-    shorter keys (in UTF-8 bytes) first, then by bytes, which is code point order."""
-    t = type(v)
-    if t is dict:
-        keys = sorted(v)  # by code point, then (stable) by length
-        keys.sort(key=len if "".join(keys).isascii() else _pg_len)
-        return {k: _pg_order(v[k]) for k in keys}
-    if t is list:
-        return [_pg_order(x) for x in v]
+    """``v`` with every object's keys in jsonb's order (dicts keep insertion order)."""
+    if type(v) is dict:
+        out = {}
+        for k in _order_of(tuple(v)):
+            x = v[k]
+            out[k] = _pg_order(x) if type(x) in _CONTAINERS else x
+        return out
+    if type(v) is list:
+        return [_pg_order(x) if type(x) in _CONTAINERS else x for x in v]
     return v
 
 
@@ -304,29 +321,13 @@ def _slow_text(v: Any) -> str:
     return _encode(v)
 
 
-_ORDERS: dict[tuple[str, ...], list[str]] = {}  # an object's keys -> jsonb's order of them
-
-
 def jsonb_field(v: object) -> str:
     """JSON text as PostgreSQL writes the jsonb it makes of it; '?' when not JSON."""
     if type(v) is str:
         try:
             obj = _decode(v)
             if "{" in v:
-                if type(obj) is dict and v.count("{") == 1 and v.isascii():
-                    # One object, no other inside it, ASCII keys: byte length is len.
-                    # Rows of a table mostly share their keys: the order is kept.
-                    given = tuple(obj)
-                    keys = _ORDERS.get(given)
-                    if keys is None:
-                        keys = sorted(given)
-                        keys.sort(key=len)
-                        if len(_ORDERS) >= 1024:
-                            _ORDERS.clear()
-                        _ORDERS[given] = keys
-                    obj = {k: obj[k] for k in keys}
-                else:
-                    obj = _pg_order(obj)
+                obj = _pg_order(obj)
             text = _encode(obj)
             if "e-" in text:  # perhaps a small number (or only text holding "e-")
                 text = _slow_text(obj)
