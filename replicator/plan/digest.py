@@ -78,6 +78,9 @@ _PY_KINDS = frozenset({Kind.DOUBLE, Kind.JSONB})
 # Keys whose order is the same in both databases (text in the "C" collation).
 _KEY_KINDS = frozenset({*_INT_KINDS, *_TEXT_KINDS})
 FAST_KINDS = _SQL_KINDS | _PY_KINDS
+# One `||` chain of this many SQL-built fields stays well inside SQLite's expression
+# depth limit (1000, reached near 700 fields); a wider table is compared exactly.
+MAX_SQL_FIELDS = 300
 
 _D = "[0-9]"
 _DATE_GLOB = f"{_D * 4}-{_D * 2}-{_D * 2}"
@@ -404,6 +407,8 @@ def digest_plan(plan: TablePlan) -> DigestPlan | None:
         else:
             sq_parts.append(_sq_field(kind, ref, col.type.length))
             pg_sq.append(pg)
+    if len(sq_parts) > MAX_SQL_FIELDS:
+        return None
     keys = [ROWID if k == ROWID else sqlite_ident(k) for k in plan.key]
     text = " || ".join(f"({p})" for p in sq_parts) if sq_parts else "''"
     select = ", ".join([*keys, text, *py_cols])

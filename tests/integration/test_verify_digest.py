@@ -25,6 +25,7 @@ import psycopg
 import pytest
 from harness import snapshot_config
 
+from replicator.plan.digest import MAX_SQL_FIELDS
 from replicator.proof.verify import Verifier
 
 DIFF, SAME = True, False
@@ -268,6 +269,33 @@ def test_a_table_with_a_kind_without_a_text_form_is_compared_the_exact_way(
     with psycopg.connect(pg_dsn, autocommit=True) as pg:
         pg.execute("CREATE TABLE t (id bigint PRIMARY KEY, v numeric)")
         pg.execute("INSERT INTO t VALUES (1, 1.50), (2, 3)")
+
+    verdict = _verdict(path, pg_dsn)
+
+    assert verdict.method == "exact"
+    assert [ex["key"] for ex in verdict.examples] == [[2]]
+
+
+def test_a_table_too_wide_for_one_sqlite_expression_is_compared_the_exact_way(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    """Past MAX_SQL_FIELDS columns the row text could pass SQLite's expression depth
+    (at 800 it does: "Expression tree is too large")."""
+    width = max(800, MAX_SQL_FIELDS + 20)
+    cols = [f"c{i}" for i in range(width)]
+    path = tmp_path / "src.db"
+    src = sqlite3.connect(path)
+    src.execute(f"CREATE TABLE t (id INTEGER PRIMARY KEY, {', '.join(f'{c} TEXT' for c in cols)})")
+    marks = ", ".join("?" * (width + 1))
+    src.executemany(f"INSERT INTO t VALUES ({marks})", [(i, *["x"] * width) for i in (1, 2)])
+    src.commit()
+    src.close()
+    with psycopg.connect(pg_dsn, autocommit=True) as pg:
+        columns = ", ".join(f"{c} text" for c in cols)
+        pg.execute(f"CREATE TABLE t (id bigint PRIMARY KEY, {columns})")
+        values = ", ".join(["'x'"] * width)
+        pg.execute(f"INSERT INTO t VALUES (1, {values})")
+        pg.execute(f"INSERT INTO t VALUES (2, {values.replace(chr(39) + 'x', chr(39) + 'y', 1)})")
 
     verdict = _verdict(path, pg_dsn)
 
