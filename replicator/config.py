@@ -169,6 +169,10 @@ class StreamConfig:
         default=30.0,
         metadata=_doc("Seconds a graceful shutdown may take to finish the batch in hand."),
     )
+    verify_keep_seconds: float = field(
+        default=86400.0,
+        metadata=_doc("Seconds the log is kept after an identical verify, for verify --changed."),
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -148,6 +148,15 @@ def source_key_text(plan: TablePlan, kinds: Sequence[Kind], raw: Sequence[Any]) 
     return key_text(values)
 
 
+def source_key_text_of(plan: TablePlan, kinds: Sequence[Kind], key: Sequence[Any]) -> str:
+    """The key text of a source key (values in ``plan.key`` order), as
+    :func:`source_row_map` keys its row."""
+    raw: list[Any] = [None] * len(plan.columns)
+    for i, value in zip(plan.key_positions, key, strict=True):
+        raw[i] = value
+    return source_key_text(plan, kinds, raw)
+
+
 def target_row_map(
     plan: TablePlan, rows: Sequence[tuple[Any, ...]], kinds: Sequence[Kind]
 ) -> dict[str, tuple[Any, ...]]:

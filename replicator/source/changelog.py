@@ -461,6 +461,24 @@ def read_changes(
     return out
 
 
+def changed_keys(
+    conn: sqlite3.Connection, after: int, upto: int, table: str
+) -> list[tuple[Any, ...]]:
+    """The distinct keys of ``table`` the log holds changes of in (``after``, ``upto``]
+    (inserted, updated or deleted), in one short read transaction. The caller checks
+    first that nothing after ``after`` was pruned (:func:`pruned_past`)."""
+    conn.execute("BEGIN")
+    try:
+        rows = conn.execute(
+            f"SELECT DISTINCT CAST(key AS BLOB) FROM {sqlite_ident(CHANGELOG)} "
+            "WHERE seq > ? AND seq <= ? AND tbl = ?",
+            (after, upto, table),
+        ).fetchall()
+    finally:
+        conn.execute("COMMIT")
+    return [tuple(decode_value(v) for v in _loads(r[0])) for r in rows]
+
+
 def lag_by_table(conn: sqlite3.Connection, after: int) -> dict[str, tuple[int, float | None]]:
     """Per table: (changes after ``after``, captured_at of the oldest of them)."""
     rows = conn.execute(
@@ -504,10 +522,17 @@ class NotRegistered(ReplicatorError):
     """The consumer pruning the log is not registered in the source any more."""
 
 
-def prune(conn: sqlite3.Connection, upto: int, batch: int, consumer: str | None = None) -> int:
+def prune(
+    conn: sqlite3.Connection,
+    upto: int,
+    batch: int,
+    consumer: str | None = None,
+    keep_from: int | None = None,
+) -> int:
     """Delete log rows with seq <= ``upto`` (already durable in PostgreSQL), and never
-    above the lowest registered consumer's position, ``batch`` rows per write
-    transaction so the app's writers never wait long.
+    above the lowest registered consumer's position, nor above ``keep_from`` (kept
+    for an incremental verify), ``batch`` rows per write transaction so the app's
+    writers never wait long.
 
     With ``consumer``, first records that it has reached ``upto``; raises
     :class:`NotRegistered` (deleting nothing) when it is not registered.
@@ -520,6 +545,8 @@ def prune(conn: sqlite3.Connection, upto: int, batch: int, consumer: str | None 
                 raise NotRegistered(f"consumer {consumer} is not registered in the source")
             lowest = consumers.floor(conn)
             bound = upto if lowest is None else min(upto, lowest)
+            if keep_from is not None:
+                bound = min(bound, keep_from)
             cur = conn.execute(
                 f"DELETE FROM {sqlite_ident(CHANGELOG)} WHERE seq IN ("
                 f"SELECT seq FROM {sqlite_ident(CHANGELOG)} WHERE seq <= ? ORDER BY seq LIMIT ?)",

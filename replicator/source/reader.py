@@ -197,6 +197,11 @@ class ChunkReader:
     def count(self) -> int:
         return int(self.conn.execute(self.count_sql).fetchone()[0])
 
+    def count_keyed(self) -> int:
+        """Rows whose key holds no NULL (the rows the pages go through)."""
+        query = f"{self.count_sql} WHERE {self.present}"
+        return int(self.conn.execute(query).fetchone()[0])
+
     def max_key(self) -> tuple[Any, ...] | None:
         row = read_rows(self.conn, self.max_sql)
         return tuple(row[0]) if row else None
@@ -267,15 +272,33 @@ class ChunkReader:
         rows = self._page(self.checked_select, after, limit)
         return [r[:-1] for r in rows], [r[-1] for r in rows]
 
-    def _page(self, select: str, after: tuple[Any, ...] | None, limit: int) -> list[RawRow]:
+    def read_select(
+        self,
+        select: str,
+        after: tuple[Any, ...] | None,
+        limit: int,
+        upto: tuple[Any, ...] | None = None,
+    ) -> list[RawRow]:
+        """As :meth:`read` with the caller's select list (verify's digest texts,
+        built in SQL over this table's columns), keys up to ``upto`` when given."""
+        return self._page(select, after, limit, upto)
+
+    def _page(
+        self,
+        select: str,
+        after: tuple[Any, ...] | None,
+        limit: int,
+        upto: tuple[Any, ...] | None = None,
+    ) -> list[RawRow]:
         where: list[str] = [self.present]
         params: list[Any] = []
         if after is not None:
             marks, values = self._bind(after)
             where.append(f"({self.keys}) > ({marks})")
             params += values
-        if self.upper is not None:
-            marks, values = self._bind(self.upper)
+        bound = self.upper if upto is None else upto
+        if bound is not None:
+            marks, values = self._bind(bound)
             where.append(f"({self.keys}) <= ({marks})")
             params += values
         query = (

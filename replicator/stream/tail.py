@@ -48,6 +48,10 @@ class LogTail:
         self.consumer: str | None = None
         self.confirmed: int | None = None
         self.dropped = False
+        # Log entries after this position are kept for an incremental verify
+        # (replicator/state/verifymarks.py); None: nothing to keep.
+        self.keep_from: int | None = None
+        self.keep_checked = float("-inf")
 
     def worker(self) -> ReadAhead:
         """The read-ahead and pruning thread. Its connections are opened on the calling
@@ -127,7 +131,8 @@ class LogTail:
         batch = self.config.stream.prune_batch
         self.pruning_upto = upto
         consumer = self.consumer
-        self.worker().prune(lambda conn: changelog.prune(conn, upto, batch, consumer))
+        keep = self.keep_from
+        self.worker().prune(lambda conn: changelog.prune(conn, upto, batch, consumer, keep))
 
     def collect(self) -> None:
         if self.readahead is None:

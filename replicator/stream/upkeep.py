@@ -14,12 +14,15 @@ from typing import TYPE_CHECKING
 from replicator import metrics
 from replicator.source.changelog import Change
 from replicator.source.sqlite import SourceFileChanged
+from replicator.state import verifymarks
 from replicator.state.deadletter import count_open
 from replicator.stream.setup import follow_drift, setup
 from replicator.stream.sourcefile import lost
 
 if TYPE_CHECKING:
     from replicator.stream.daemon import Daemon
+
+KEEP_CHECK_EVERY = 10.0  # seconds between reads of the verify marks (what the log keeps)
 
 
 def after_batch(d: Daemon, changes: list[Change], busy: bool) -> None:
@@ -31,6 +34,12 @@ def after_batch(d: Daemon, changes: list[Change], busy: bool) -> None:
     now = time.monotonic()
     if d.lagger.due(now):
         sample_lag(d)
+    if now - d.tail.keep_checked >= KEEP_CHECK_EVERY and d.conn is not None:
+        d.tail.keep_checked = now
+        with d.conn.cursor() as cur:
+            d.tail.keep_from = verifymarks.keep_from(
+                cur, d.schema, d.config.stream.verify_keep_seconds
+            )
     d.tail.prune_if_due(d.position.seq, now)
     if d.tail.dropped:
         d.tail.dropped = False
