@@ -129,8 +129,9 @@ def reverse_uninstall(ctx: click.Context, yes: bool) -> None:
 def rollback(ctx: click.Context, dry_run: bool, timeout: float, as_json: bool) -> None:
     """Go / no-go for pointing the app back at SQLite: the mirror of cutover.
 
-    Checks the reverse lag reaches zero, verifies every table row by row and
-    that no reverse dead letter is open; on go moves SQLite's AUTOINCREMENT
+    Checks the reverse lag reaches zero, verifies every table row by row,
+    that no reverse dead letter is open and that PostgreSQL was not written
+    while the checks ran; on go moves SQLite's AUTOINCREMENT
     marks past PostgreSQL's sequences and records the rollback in the state
     schema. Exit 0 on go, 1 on no-go.
     """

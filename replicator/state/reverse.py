@@ -239,6 +239,21 @@ def depth(cur: psycopg.Cursor[Any], schema: str) -> tuple[int, datetime | None]:
     return int(row[0]), row[1]
 
 
+def capture_head(cur: psycopg.Cursor[Any], schema: str) -> int:
+    """The last ``seq`` the capture trigger handed out (0 before any): it moves with
+    every captured change, applied or not, committed or not (so a change deleted
+    once applied still shows that PostgreSQL was written)."""
+    if not _has_changes_table(cur, schema):
+        return 0
+    cur.execute(
+        "SELECT pg_sequence_last_value(pg_get_serial_sequence(format('%%I.%%I', %s::text, "
+        "%s::text), 'seq'))",
+        (schema, CHANGES),
+    )
+    row = cur.fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
 def depth_by_table(cur: psycopg.Cursor[Any], schema: str) -> dict[str, tuple[int, datetime]]:
     if not _has_changes_table(cur, schema):
         return {}

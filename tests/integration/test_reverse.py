@@ -175,6 +175,34 @@ def test_rollback_is_no_go_while_changes_wait_or_a_row_is_refused(
     assert report.go, report.render()
 
 
+def test_rollback_is_no_go_when_postgresql_is_written_after_the_table_was_verified(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    """The application writes once `verify` has passed (its writes were not stopped):
+    a GO then would point it back at a SQLite file that lacks that write."""
+    source = make_app_db(tmp_path / "app.db", accounts=5)
+    config = forward(source, pg_dsn)
+    reverse_init(config, out=lambda _line: None)
+
+    def out(line: str) -> None:
+        if line.startswith("[PASS] verify"):
+            pg_exec(pg_dsn, "UPDATE accounts SET score = 9.75 WHERE id = 1")
+
+    report = Rollback(config, out=out, timeout=1).run()
+    failed = [c for c in report.checks if not c.ok]
+    assert not report.go, report.render()
+    assert [c.name for c in failed] == ["PostgreSQL not written"], report.render()
+    assert "1 change(s) captured, 1 not yet in SQLite" in failed[0].detail
+    assert rows(source, "SELECT score FROM accounts WHERE id = 1") == [(0.25,)]
+    assert pg_rows(pg_dsn, "SELECT count(*) FROM replicator.meta WHERE key = 'rollback'") == [(0,)]
+
+    # Applied, and the application stopped: GO.
+    reverse_once(config)
+    report = Rollback(config, out=lambda _line: None, timeout=1).run()
+    assert report.go, report.render()
+    assert rows(source, "SELECT score FROM accounts WHERE id = 1") == [(9.75,)]
+
+
 # -- capture without superuser -------------------------------------------------------
 
 
