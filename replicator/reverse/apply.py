@@ -213,31 +213,67 @@ class ReverseApplier:
         batch: ReverseBatch,
         last: int | None,
     ) -> None:
+        """Write each changed key; a row SQLite refused is tried again after the
+        others while that helps. A key change in PostgreSQL (5 -> 105, then 4 -> 5)
+        arrives in the order of each key's last change, so the new row 105 can
+        meet the old row 5, not yet rewritten, on a UNIQUE column of SQLite's;
+        once row 5 is written, 105 fits. Rows refused in a whole pass that wrote
+        nothing stay refused (a cycle, such as two rows swapping a unique value,
+        or a constraint PostgreSQL does not have): dead letters."""
+        pending = list(rows)
+        while True:
+            again: list[tuple[bool, tuple[Any, ...], tuple[Any, ...]]] = []
+            letters: list[DeadLetter] = []
+            for item in pending:
+                letter = self._write_row(source, rplan, item, batch, last)
+                if letter is None:
+                    continue
+                letters.append(letter)
+                if letter.column is None:  # SQLite refused it, not the conversion
+                    again.append(item)
+            if not again or len(letters) == len(pending):
+                batch.letters.extend(letters)
+                return
+            batch.letters.extend(x for x in letters if x.column is not None)
+            pending = again
+
+    def _write_row(
+        self,
+        source: sqlite3.Connection,
+        rplan: ReversePlan,
+        item: tuple[bool, tuple[Any, ...], tuple[Any, ...]],
+        batch: ReverseBatch,
+        last: int | None,
+    ) -> DeadLetter | None:
+        """Write one key as PostgreSQL has it; the dead letter when it cannot be."""
         name = rplan.name
-        for present, key, values in rows:
-            skey = convert_target_key(rplan, key)
-            if isinstance(skey, Refused):
-                batch.letters.append(self._refused(rplan, key, skey, values, last))
-                continue
-            if not present:
-                if self._run(source, rplan, self._delete[name], skey, skey, values, batch, last):
-                    batch.deleted[name] += 1
-                continue
-            row = convert_target_row(rplan, values)
-            if isinstance(row, Refused):
-                batch.letters.append(self._refused(rplan, skey, row, values, last))
-                continue
-            update = self._update[name]
-            if update is not None:
-                params = rplan.update_values(row)
-                cur = self._run(source, rplan, update, params, skey, values, batch, last)
-                if cur is None:
-                    continue
-                if cur.rowcount > 0:
-                    batch.note_written(name, skey)
-                    continue
-            if self._run(source, rplan, self._insert[name], row, skey, values, batch, last):
+        present, key, values = item
+        skey = convert_target_key(rplan, key)
+        if isinstance(skey, Refused):
+            return self._refused(rplan, key, skey, values, last)
+        if not present:
+            cur = self._run(source, rplan, self._delete[name], skey, skey, values, last)
+            if isinstance(cur, DeadLetter):
+                return cur
+            batch.deleted[name] += 1
+            return None
+        row = convert_target_row(rplan, values)
+        if isinstance(row, Refused):
+            return self._refused(rplan, skey, row, values, last)
+        update = self._update[name]
+        if update is not None:
+            params = rplan.update_values(row)
+            cur = self._run(source, rplan, update, params, skey, values, last)
+            if isinstance(cur, DeadLetter):
+                return cur
+            if cur.rowcount > 0:
                 batch.note_written(name, skey)
+                return None
+        cur = self._run(source, rplan, self._insert[name], row, skey, values, last)
+        if isinstance(cur, DeadLetter):
+            return cur
+        batch.note_written(name, skey)
+        return None
 
     def _run(
         self,
@@ -247,28 +283,24 @@ class ReverseApplier:
         params: Sequence[object],
         key: SqliteRow,
         values: Sequence[object],
-        batch: ReverseBatch,
         last: int | None,
-    ) -> sqlite3.Cursor | None:
-        """Run one statement; a row SQLite refuses becomes a dead letter (the
-        statement alone is undone: SQLite's default ABORT keeps the transaction)."""
+    ) -> sqlite3.Cursor | DeadLetter:
+        """Run one statement; a row SQLite refuses is a dead letter (the statement
+        alone is undone: SQLite's default ABORT keeps the transaction)."""
         try:
             return source.execute(statement, tuple(params))
         except (sqlite3.IntegrityError, sqlite3.DataError, OverflowError) as exc:
-            batch.letters.append(
-                DeadLetter(
-                    table=rplan.name,
-                    key=tuple(key),
-                    column=None,
-                    raw_value=None,
-                    error=f"SQLite refused the row: {exc}",
-                    sqlstate=None,
-                    stage=STAGE,
-                    change=self._image(rplan, values),
-                    position=last,
-                )
+            return DeadLetter(
+                table=rplan.name,
+                key=tuple(key),
+                column=None,
+                raw_value=None,
+                error=f"SQLite refused the row: {exc}",
+                sqlstate=None,
+                stage=STAGE,
+                change=self._image(rplan, values),
+                position=last,
             )
-            return None
 
     def _refused(
         self,

@@ -203,6 +203,44 @@ def test_rollback_is_no_go_when_postgresql_is_written_after_the_table_was_verifi
     assert rows(source, "SELECT score FROM accounts WHERE id = 1") == [(9.75,)]
 
 
+def test_a_chain_of_key_changes_on_a_unique_column_comes_back_a_swap_is_a_dead_letter(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    """5 -> 105 then 4 -> 5 in PostgreSQL: the batch writes 105 before 5 (the order
+    of each key's last change), and 105 still meets SQLite's old row 5 on the UNIQUE
+    email. Tried again once row 5 is written, it fits. Two rows swapping their
+    emails is a cycle no order resolves: both are dead letters, and rollback says so."""
+    source = make_app_db(tmp_path / "app.db", accounts=8)
+    config = forward(source, pg_dsn)
+    reverse_init(config, out=lambda _line: None)
+    pg_exec(
+        pg_dsn,
+        "DELETE FROM tags WHERE account_id IN (4, 5)",
+        "UPDATE accounts SET id = 105 WHERE id = 5",
+        "UPDATE accounts SET id = 5 WHERE id = 4",
+    )
+    reverse_once(config)
+    assert pg_rows(pg_dsn, "SELECT count(*) FROM replicator.dead_letters") == [(0,)]
+    assert rows(source, "SELECT id, email FROM accounts WHERE id IN (4, 5, 105) ORDER BY id") == [
+        (5, "user4@example.com"),
+        (105, "user5@example.com"),
+    ]
+    assert_replicated(source, pg_dsn)
+
+    with psycopg.connect(pg_dsn, autocommit=True) as conn, conn.transaction():
+        conn.execute("UPDATE accounts SET email = 'swap' WHERE id = 6")
+        conn.execute("UPDATE accounts SET email = 'user6@example.com' WHERE id = 7")
+        conn.execute("UPDATE accounts SET email = 'user7@example.com' WHERE id = 6")
+    reverse_once(config)
+    letters = pg_rows(
+        pg_dsn,
+        "SELECT key FROM replicator.dead_letters WHERE resolved_at IS NULL ORDER BY key",
+    )
+    assert letters == [([6],), ([7],)]
+    report = Rollback(config, out=lambda _line: None, timeout=1).run()
+    assert not report.go, report.render()
+
+
 # -- capture without superuser -------------------------------------------------------
 
 
