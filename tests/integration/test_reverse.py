@@ -35,9 +35,11 @@ from replicator.config import Config
 from replicator.demo.sample import generate_reference_db
 from replicator.errors import DataError
 from replicator.plan.reverse import build_reverse_plans
+from replicator.proof.cutover import Cutover
 from replicator.proof.letters import retry_letters
 from replicator.proof.rollback import Rollback
 from replicator.proof.status import read_status
+from replicator.proof.verify import Verifier
 from replicator.reverse import position as rpos
 from replicator.reverse.apply import ReverseApplier
 from replicator.reverse.daemon import ReverseDaemon
@@ -239,6 +241,43 @@ def test_a_chain_of_key_changes_on_a_unique_column_comes_back_a_swap_is_a_dead_l
     assert letters == [([6],), ([7],)]
     report = Rollback(config, out=lambda _line: None, timeout=1).run()
     assert not report.go, report.render()
+
+
+def test_an_open_reverse_dead_letter_is_shown_not_held_by_the_forward_verify_and_cutover(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    """A reverse letter is a write made in PostgreSQL that SQLite refused. Once the
+    team is back on SQLite (a rollback forced past its NO-GO) and the row is
+    written there again, the forward verify compares the row itself: it is not a
+    row held from PostgreSQL, nor a blocker of the next cutover; it is listed."""
+    source = make_app_db(tmp_path / "app.db", accounts=5)
+    config = forward(source, pg_dsn)
+    reverse_init(config, out=lambda _line: None)
+    pg_exec(pg_dsn, "UPDATE accounts SET score = 'NaN' WHERE id = 2")
+    reverse_once(config)
+    # While the row differs, it is a difference, not a dead-lettered ("held") row.
+    report = Verifier(config).run()
+    (accounts,) = [t for t in report.tables if t.table == "accounts"]
+    assert (accounts.different, accounts.dead_lettered) == (1, 0), report.render()
+    assert (report.open_dead_letters, report.open_reverse_dead_letters) == (0, 1)
+    assert not report.ok
+
+    sqlite_exec(source, "UPDATE accounts SET score = 2.5 WHERE id = 2")
+    with DaemonThread(config) as daemon:
+        daemon.wait_streaming(timeout=60)
+        wait_until(
+            lambda: pg_rows(pg_dsn, "SELECT score FROM accounts WHERE id = 2") == [(2.5,)],
+            30,
+            "the forward stream to carry the row",
+        )
+        report = Verifier(config).run()
+        assert report.ok, report.render()
+        assert "1 open reverse dead letter(s)" in report.render()
+        cut = Cutover(config, dry_run=True, out=lambda _line: None).run()
+    assert cut.go, cut.render()
+    assert "1 open reverse dead letter(s), not blocking" in cut.render()
+    # The forward daemon's held rows (metrics, /readyz) did not count it either.
+    assert read_status(config).held == 0
 
 
 # -- capture without superuser -------------------------------------------------------
