@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from replicator.config import Config
-from replicator.errors import SourceError
+from replicator.errors import SourceError, TargetError
 from replicator.plan.tables import TablePlan, build_plans
 from replicator.reverse import position as rpos
 from replicator.source import changelog
@@ -30,7 +30,15 @@ def captured(plans: list[TablePlan]) -> list[state.CapturedTable]:
 
 
 def plan_tables(config: Config, conn: Connection, source: sqlite3.Connection) -> list[TablePlan]:
-    return build_plans(source, conn, config)
+    """The forward plans, each of a table PostgreSQL already has (the reverse
+    direction follows a snapshot and cutover; it creates nothing there)."""
+    plans = build_plans(source, conn, config)
+    if missing := [f"{p.schema}.{p.name}" for p in plans if not p.exists]:
+        raise TargetError(
+            f"PostgreSQL has no table {missing[0]} ({len(missing)} missing): the reverse "
+            "direction follows `replicator run` and `replicator cutover`, which create them"
+        )
+    return plans
 
 
 def require_guarded_source(source: sqlite3.Connection) -> None:
@@ -67,7 +75,8 @@ def reverse_init(config: Config, *, out: Callable[[str], None]) -> int:
 
 
 def reverse_uninstall(config: Config, *, out: Callable[[str], None]) -> int:
-    """Remove the capture triggers and function, and the SQLite reverse position."""
+    """Remove the capture triggers and function, and the SQLite reverse position (and
+    the origin table, unless forward triggers still read it)."""
     dsn = config.require_target()
     with (
         connect(dsn, connect_timeout=config.target.connect_timeout) as conn,
@@ -80,6 +89,7 @@ def reverse_uninstall(config: Config, *, out: Callable[[str], None]) -> int:
         try:
             source.execute("BEGIN IMMEDIATE")
             rpos.drop(source)
+            changelog.drop_origin_if_unused(source)
             source.execute("COMMIT")
         finally:
             source.close()

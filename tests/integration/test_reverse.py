@@ -33,17 +33,24 @@ from reverseutil import make_app_db, rows
 
 from replicator.config import Config
 from replicator.demo.sample import generate_reference_db
-from replicator.errors import DataError
+from replicator.errors import DataError, TargetError
 from replicator.plan.reverse import build_reverse_plans
 from replicator.proof.cutover import Cutover
 from replicator.proof.letters import retry_letters
 from replicator.proof.rollback import Rollback
+from replicator.proof.setup import remove_capture
 from replicator.proof.status import read_status
 from replicator.proof.verify import Verifier
 from replicator.reverse import position as rpos
 from replicator.reverse.apply import ReverseApplier
 from replicator.reverse.daemon import ReverseDaemon
-from replicator.reverse.setup import plan_tables, read_reverse_status, reverse_init
+from replicator.reverse.setup import (
+    plan_tables,
+    read_reverse_status,
+    reverse_init,
+    reverse_uninstall,
+)
+from replicator.source.changelog import ORIGIN
 from replicator.source.sqlite import open_source
 from replicator.state.reverse import lock_key
 from replicator.target.connection import connect
@@ -278,6 +285,40 @@ def test_an_open_reverse_dead_letter_is_shown_not_held_by_the_forward_verify_and
     assert "1 open reverse dead letter(s), not blocking" in cut.render()
     # The forward daemon's held rows (metrics, /readyz) did not count it either.
     assert read_status(config).held == 0
+
+
+def test_reverse_init_before_the_snapshot_is_a_clear_error(tmp_path: Path, pg_dsn: str) -> None:
+    source = make_app_db(tmp_path / "app.db", accounts=2)
+    with pytest.raises(TargetError, match=r"PostgreSQL has no table public\.\w+ \(2 missing\)"):
+        reverse_init(daemon_config(source, pg_dsn), out=lambda _line: None)
+
+
+def test_reverse_uninstall_leaves_no_object_of_ours_in_the_file_after_the_forward_one(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    """The runbook's order: `uninstall` at cutover, the reverse stream (which creates
+    the origin table again), rollback, `reverse uninstall`: the application's file
+    is as it was. With forward triggers still there, the origin table they read stays."""
+    source = make_app_db(tmp_path / "app.db", accounts=3)
+    config = forward(source, pg_dsn)
+    reverse_init(config, out=lambda _line: None)
+    pg_exec(pg_dsn, "UPDATE accounts SET score = 1.25 WHERE id = 1")
+    reverse_once(config)
+    reverse_uninstall(config, out=lambda _line: None)
+    assert ORIGIN in tables_of(source)  # the forward triggers read it
+    sqlite_exec(source, "UPDATE accounts SET score = 1.5 WHERE id = 1")  # still works
+
+    remove_capture(config, everything=True)
+    reverse_init(config, out=lambda _line: None)
+    pg_exec(pg_dsn, "UPDATE accounts SET score = 2.25 WHERE id = 2")
+    reverse_once(config)
+    reverse_uninstall(config, out=lambda _line: None)
+    assert tables_of(source) == {"accounts", "tags", "sqlite_sequence"}
+    assert rows(source, "SELECT score FROM accounts WHERE id = 2") == [(2.25,)]
+
+
+def tables_of(source: Path) -> set[str]:
+    return {r[0] for r in rows(source, "SELECT name FROM sqlite_schema WHERE type = 'table'")}
 
 
 # -- capture without superuser -------------------------------------------------------
