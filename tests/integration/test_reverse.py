@@ -22,9 +22,11 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
+from faultproxy import FaultProxy
 from harness import REPLICATOR, DaemonThread, daemon_config, daemon_env, wait_until
 from obsutil import http_get, pg_exec, pg_rows, scrape, sqlite_exec
 from oracle import assert_replicated
@@ -669,6 +671,42 @@ def test_a_locked_sqlite_file_and_a_killed_session_are_retried_not_fatal(
         thread.join(30)
     assert rows(source, "SELECT email FROM accounts WHERE id = 2") == [("reconnected@example.com",)]
     assert_replicated(source, pg_dsn)
+
+
+def test_postgresql_unreachable_for_a_while_is_retried_not_fatal(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    """The server goes away and refuses connections for a while (a restart): the
+    reverse daemon's reconnects fail, and it keeps trying until it is back."""
+    source = make_app_db(tmp_path / "app.db", accounts=3)
+    forward(source, pg_dsn)
+    with FaultProxy(urlsplit(pg_dsn).port or 5432, lifetime=300) as proxy:
+        config = daemon_config(source, proxy.dsn(pg_dsn))
+        reverse_init(config, out=lambda _line: None)
+        before = _retries("reverse_connection")
+        daemon, thread = _start_reverse(config)
+        try:
+            pg_exec(pg_dsn, "UPDATE accounts SET score = 1.25 WHERE id = 1")
+            wait_until(
+                lambda: rows(source, "SELECT score FROM accounts WHERE id = 1") == [(1.25,)],
+                30,
+                "the first change",
+            )
+            proxy.cut()
+            wait_until(lambda: proxy.refused >= 2, 60, "two refused reconnects")
+            assert thread.is_alive()
+            pg_exec(pg_dsn, "UPDATE accounts SET score = 2.25 WHERE id = 1")
+            proxy.restore()
+            wait_until(
+                lambda: rows(source, "SELECT score FROM accounts WHERE id = 1") == [(2.25,)],
+                60,
+                "the change made while it was away",
+            )
+            assert thread.is_alive()
+        finally:
+            daemon.stop.set()
+            thread.join(30)
+    assert _retries("reverse_connection") >= before + 2
 
 
 def test_a_truncate_in_postgresql_empties_the_sqlite_table_before_later_rows(
