@@ -28,6 +28,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
+from replicator.errors import ConfigError
 from replicator.identifiers import sqlite_ident
 from replicator.plan.reverse import (
     ReversePlan,
@@ -145,7 +146,7 @@ class ReverseApplier:
         (row present, key as target values, row as target values)."""
         keys: dict[str, dict[str, tuple[Any, ...]]] = {}
         for ch in changes:
-            if ch.table not in self.plans or ch.op == "T":
+            if ch.op == "T":
                 continue
             per = keys.setdefault(ch.table, {})
             text = json.dumps(list(ch.key))
@@ -168,6 +169,13 @@ class ReverseApplier:
     ) -> ReverseBatch:
         """Apply ``changes`` to SQLite in one write transaction with the position.
         The caller calls :meth:`finish` next."""
+        if unknown := sorted({c.table for c in changes} - set(self.plans)):
+            # Consumed, they would be lost: stop instead (a restart plans again).
+            raise ConfigError(
+                f"changes captured for {', '.join(unknown)}, which this reverse daemon "
+                "does not replicate (`reverse init` ran again with another configuration?): "
+                "restart it"
+            )
         started = time.monotonic()
         batch = ReverseBatch(changes=len(changes), by_table=Counter(c.table for c in changes))
         if changes:

@@ -34,7 +34,7 @@ from replicator.logs import get_logger
 from replicator.plan.reverse import build_reverse_plans
 from replicator.reverse import position as rpos
 from replicator.reverse.apply import ReverseApplier, ReverseBatch
-from replicator.reverse.setup import plan_tables, require_guarded_source
+from replicator.reverse.setup import plan_tables, require_captured, require_guarded_source
 from replicator.source.sqlite import open_source
 from replicator.state import reverse as state
 from replicator.state.migrations import ensure_state
@@ -189,6 +189,8 @@ class ReverseDaemon:
                 )
             self.open_letters = state.count_open_letters(cur, self.schema)
         plans = plan_tables(self.config, conn, source)
+        with conn.cursor() as cur:
+            require_captured(cur, self.schema, plans)
         applier = ReverseApplier(build_reverse_plans(source, plans), self.schema)
         applier.position = rpos.load(source)
         # The last batch committed before a stop or a crash: its changes may still

@@ -13,9 +13,12 @@ import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
 
 from replicator.config import Config
-from replicator.errors import SourceError, TargetError
+from replicator.errors import ConfigError, SourceError, TargetError
 from replicator.plan.tables import TablePlan, build_plans
 from replicator.reverse import position as rpos
 from replicator.source import changelog
@@ -41,6 +44,32 @@ def plan_tables(config: Config, conn: Connection, source: sqlite3.Connection) ->
     return plans
 
 
+def require_captured(cur: psycopg.Cursor[Any], schema: str, plans: list[TablePlan]) -> None:
+    """Refuse to run while the capture triggers and the plans disagree (the
+    configuration or the SQLite file changed since ``reverse init``): a captured
+    table without a plan would have its changes consumed with nowhere to go, a
+    planned table without a trigger would never see its writes."""
+    have = set(state.captured_tables(cur))
+    planned = {(p.schema, p.name) for p in plans}
+    names = {p.source.name for p in plans}
+    stray = sorted(f"{s}.{t}" for s, t in have - planned)
+    stray += [f"changes of {t}" for t in state.waiting_tables(cur, schema) if t not in names]
+    uncaptured = sorted(f"{s}.{t}" for s, t in planned - have)
+    if stray or uncaptured:
+        what = "; ".join(
+            part
+            for part in (
+                f"captured, not replicated: {', '.join(stray)}" if stray else "",
+                f"replicated, not captured: {', '.join(uncaptured)}" if uncaptured else "",
+            )
+            if part
+        )
+        raise ConfigError(
+            f"the reverse capture does not match the tables this configuration replicates "
+            f"({what}): run `replicator reverse init` again with it"
+        )
+
+
 def require_guarded_source(source: sqlite3.Connection) -> None:
     """Refuse to write to a source whose forward triggers would log the writes back."""
     if unguarded := changelog.unguarded_triggers(source):
@@ -63,6 +92,7 @@ def reverse_init(config: Config, *, out: Callable[[str], None]) -> int:
             plans = plan_tables(config, conn, source)
             with conn.transaction(), conn.cursor() as cur:
                 count = state.install_capture(cur, schema, captured(plans))
+                dropped = state.forget_uncaptured(cur, schema, [p.source.name for p in plans])
         # The position table now, not at the first batch: a schema change of the file
         # while a forward daemon runs (dual writes) is one it would have to look at.
         source.execute("BEGIN IMMEDIATE")
@@ -71,6 +101,8 @@ def reverse_init(config: Config, *, out: Callable[[str], None]) -> int:
     finally:
         source.close()
     out(f"reverse capture installed on {count} PostgreSQL table(s) (state schema {schema!r})")
+    if dropped:
+        out(f"forgot {dropped} waiting change(s) of tables this configuration no longer replicates")
     return count
 
 

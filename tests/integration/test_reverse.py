@@ -35,7 +35,7 @@ from reverseutil import make_app_db, rows
 
 from replicator.config import Config
 from replicator.demo.sample import generate_reference_db
-from replicator.errors import DataError, TargetError
+from replicator.errors import ConfigError, DataError, TargetError
 from replicator.plan.reverse import build_reverse_plans
 from replicator.proof.cutover import Cutover
 from replicator.proof.letters import retry_letters
@@ -317,6 +317,42 @@ def test_reverse_uninstall_leaves_no_object_of_ours_in_the_file_after_the_forwar
     reverse_uninstall(config, out=lambda _line: None)
     assert tables_of(source) == {"accounts", "tags", "sqlite_sequence"}
     assert rows(source, "SELECT score FROM accounts WHERE id = 2") == [(2.25,)]
+
+
+def test_a_capture_that_no_longer_matches_the_configuration_stops_the_daemon(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    """`reverse init` captured accounts and tags; the daemon now runs with tags
+    excluded. Its waiting change would be consumed with nowhere to go: it refuses
+    to start instead, and `reverse init` with the new configuration drops the
+    stray trigger and, saying so, its waiting change."""
+    source = make_app_db(tmp_path / "app.db", accounts=3)
+    config = forward(source, pg_dsn)
+    reverse_init(config, out=lambda _line: None)
+    pg_exec(pg_dsn, "UPDATE tags SET pinned = false WHERE account_id = 1")
+    narrow = daemon_config(source, pg_dsn, tables__exclude=["sqlite_*", "_replicator_*", "tags"])
+    with pytest.raises(
+        ConfigError, match=r"captured, not replicated: public\.tags, changes of tags"
+    ):
+        reverse_once(narrow)
+    assert read_reverse_status(config).pending == 1  # nothing consumed
+
+    said: list[str] = []
+    reverse_init(narrow, out=said.append)
+    assert (
+        said[-1] == "forgot 1 waiting change(s) of tables this configuration no longer replicates"
+    )
+    assert pg_rows(
+        pg_dsn,
+        "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'tags'::regclass AND NOT tgisinternal",
+    ) == [(0,)]
+    pg_exec(pg_dsn, "UPDATE accounts SET score = 3.5 WHERE id = 1")
+    reverse_once(narrow)
+    assert rows(source, "SELECT score FROM accounts WHERE id = 1") == [(3.5,)]
+
+    # The other way: a table replicated but not captured (init ran with the narrow one).
+    with pytest.raises(ConfigError, match=r"replicated, not captured: public\.tags"):
+        reverse_once(config)
 
 
 def tables_of(source: Path) -> set[str]:
