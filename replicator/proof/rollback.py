@@ -26,7 +26,7 @@ from replicator.identifiers import pg_ident
 from replicator.plan.ddl import target_sequences
 from replicator.plan.tables import TablePlan, build_plans
 from replicator.proof.verify import Verifier
-from replicator.reverse.setup import read_reverse_status
+from replicator.reverse.setup import read_reverse_status, require_captured
 from replicator.source.sqlite import open_source
 from replicator.state import reverse as state
 from replicator.target.connection import Connection, connect, first_line
@@ -120,9 +120,18 @@ class Rollback:
     def _installed(self) -> tuple[bool, str]:
         status = read_reverse_status(self.config)
         running = "running" if status.daemon_running else "not running"
-        return status.capture_tables > 0, (
-            f"{status.capture_tables} table(s) captured; reverse daemon {running}"
-        )
+        if status.capture_tables == 0:
+            return False, f"no table captured; reverse daemon {running}"
+        # Every replicated table captured, and nothing else: a write to a table
+        # without the trigger would pass the lag and quiet checks unseen.
+        conn = connect(self.config.require_target(), autocommit=True)
+        source = open_source(self.config.require_source(), readonly=True)
+        try:
+            with conn, conn.cursor() as cur:
+                require_captured(cur, self.schema, build_plans(source, conn, self.config))
+        finally:
+            source.close()
+        return True, f"{status.capture_tables} table(s) captured; reverse daemon {running}"
 
     def _lag_zero(self) -> tuple[bool, str]:
         deadline = time.monotonic() + self.timeout

@@ -353,6 +353,12 @@ def test_a_capture_that_no_longer_matches_the_configuration_stops_the_daemon(
     # The other way: a table replicated but not captured (init ran with the narrow one).
     with pytest.raises(ConfigError, match=r"replicated, not captured: public\.tags"):
         reverse_once(config)
+    # A write to it would pass every other check of rollback unseen: NO-GO, named.
+    pg_exec(pg_dsn, "UPDATE tags SET pinned = true WHERE account_id = 2")
+    report = Rollback(config, out=lambda _line: None, timeout=1).run()
+    (installed,) = [c for c in report.checks if c.name == "reverse capture installed"]
+    assert not report.go and not installed.ok, report.render()
+    assert "replicated, not captured: public.tags" in installed.detail
 
 
 def tables_of(source: Path) -> set[str]:
