@@ -59,6 +59,8 @@ class ReverseBatch:
     oldest_captured: float | None = None
     seconds: float = 0.0
 
+    # Keys whose SQLite row now is PostgreSQL's (written, or deleted as it is gone
+    # there): their open reverse letters are healed.
     keys: dict[str, list[SqliteRow]] = field(default_factory=dict)
     by_table: Counter[str] = field(default_factory=Counter)  # changes consumed per table
 
@@ -68,6 +70,10 @@ class ReverseBatch:
 
     def note_written(self, table: str, key: SqliteRow) -> None:
         self.written[table] += 1
+        self.keys.setdefault(table, []).append(key)
+
+    def note_deleted(self, table: str, key: SqliteRow) -> None:
+        self.deleted[table] += 1
         self.keys.setdefault(table, []).append(key)
 
 
@@ -263,7 +269,7 @@ class ReverseApplier:
             cur = self._run(source, rplan, self._delete[name], skey, skey, values, last)
             if isinstance(cur, DeadLetter):
                 return cur
-            batch.deleted[name] += 1
+            batch.note_deleted(name, skey)
             return None
         row = convert_target_row(rplan, values)
         if isinstance(row, Refused):
@@ -335,8 +341,9 @@ class ReverseApplier:
         return {c.source: _pg_json(v) for c, v in zip(rplan.columns, values, strict=True)}
 
     def heal(self, conn: Connection, batch: ReverseBatch) -> int:
-        """Resolve open reverse letters of keys this batch wrote (after :meth:`finish`;
-        skipped by a crash, a letter stays open: rollback then says no-go, the safe way)."""
+        """Resolve open reverse letters of keys this batch wrote or deleted (after
+        :meth:`finish`; skipped by a crash, a letter stays open: rollback then says
+        no-go, the safe way)."""
         if not batch.keys:
             return 0
         healed = 0

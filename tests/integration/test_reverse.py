@@ -185,6 +185,16 @@ def test_rollback_is_no_go_while_changes_wait_or_a_row_is_refused(
     report = Rollback(config, out=lambda _line: None).run()
     assert report.go, report.render()
 
+    # A refused row that PostgreSQL then deletes: gone on both sides, the letter heals.
+    pg_exec(pg_dsn, "UPDATE accounts SET score = 'NaN' WHERE id = 3")
+    reverse_once(config)
+    assert read_reverse_status(config).open_dead_letters == 1
+    pg_exec(pg_dsn, "DELETE FROM tags WHERE account_id = 3", "DELETE FROM accounts WHERE id = 3")
+    reverse_once(config)
+    assert read_reverse_status(config).open_dead_letters == 0
+    report = Rollback(config, out=lambda _line: None).run()
+    assert report.go, report.render()
+
 
 def test_rollback_is_no_go_when_postgresql_is_written_after_the_table_was_verified(
     tmp_path: Path, pg_dsn: str
