@@ -88,7 +88,7 @@ def reverse_status(ctx: click.Context, as_json: bool) -> None:
     def go() -> int:
         from replicator.reverse.setup import read_reverse_status
 
-        status = read_reverse_status(ctx.obj.config())
+        status = read_reverse_status(ctx.obj.config(), check_capture=True)
         if as_json:
             click.echo(
                 json.dumps(

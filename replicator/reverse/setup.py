@@ -142,15 +142,25 @@ class ReverseStatus:
     changes_applied: int = 0
     last_applied_at: float | None = None
     open_dead_letters: int = 0
+    # Why the captured tables are not the replicated ones (None: they are, or
+    # not looked at): a write to a replicated table without a trigger is never seen.
+    capture_mismatch: str | None = None
 
     @property
     def in_sync(self) -> bool:
-        return self.capture_tables > 0 and self.pending == 0 and self.open_dead_letters == 0
+        return (
+            self.capture_tables > 0
+            and self.capture_mismatch is None
+            and self.pending == 0
+            and self.open_dead_letters == 0
+        )
 
     @property
     def verdict(self) -> str:
         if self.capture_tables == 0:
             return "not set up: no capture trigger in PostgreSQL (replicator reverse init)"
+        if self.capture_mismatch is not None:
+            return self.capture_mismatch
         if self.open_dead_letters:
             return f"{self.open_dead_letters} row(s) SQLite refused (open reverse dead letters)"
         if self.pending:
@@ -172,7 +182,9 @@ class ReverseStatus:
         return "\n".join(lines)
 
 
-def read_reverse_status(config: Config) -> ReverseStatus:
+def read_reverse_status(config: Config, *, check_capture: bool = False) -> ReverseStatus:
+    """Where the reverse direction stands; with ``check_capture``, also whether
+    the captured tables are the ones the configuration replicates (it plans them)."""
     schema = config.target.state_schema
     status = ReverseStatus()
     with connect(config.require_target(), autocommit=True) as conn, conn.cursor() as cur:
@@ -184,6 +196,15 @@ def read_reverse_status(config: Config) -> ReverseStatus:
         status.daemon_running = state.lock_held(conn, schema)
         if status.capture_tables:
             status.open_dead_letters = state.count_open_letters(cur, schema)
+        source = open_source(config.require_source(), readonly=True)
+        try:
+            if check_capture and status.capture_tables:
+                try:
+                    require_captured(cur, schema, plan_tables(config, conn, source))
+                except (ConfigError, TargetError) as exc:
+                    status.capture_mismatch = str(exc)
+        finally:
+            source.close()
     source = open_source(config.require_source(), readonly=True)
     try:
         pos = rpos.load(source)

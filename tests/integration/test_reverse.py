@@ -363,6 +363,11 @@ def test_a_capture_that_no_longer_matches_the_configuration_stops_the_daemon(
     # The other way: a table replicated but not captured (init ran with the narrow one).
     with pytest.raises(ConfigError, match=r"replicated, not captured: public\.tags"):
         reverse_once(config)
+    # `reverse status` does not call that in sync, though nothing waits.
+    status = read_reverse_status(config, check_capture=True)
+    assert status.pending == 0 and status.open_dead_letters == 0 and not status.in_sync
+    assert "replicated, not captured: public.tags" in status.verdict
+    assert read_reverse_status(narrow, check_capture=True).in_sync
     # A write to it would pass every other check of rollback unseen: NO-GO, named.
     pg_exec(pg_dsn, "UPDATE tags SET pinned = true WHERE account_id = 2")
     report = Rollback(config, out=lambda _line: None, timeout=1).run()
