@@ -819,3 +819,26 @@ def test_a_table_keyed_by_its_rowid_and_a_text_key_come_back(tmp_path: Path, pg_
         ("theme", '{"dark":true}', "t"),
     ]
     assert_replicated(source, pg_dsn)
+
+
+def test_a_float4_column_comes_back_as_its_short_decimal(tmp_path: Path, pg_dsn: str) -> None:
+    """PostgreSQL `real` (float4) holds 0.1 as the float nearest in 24 bits; read as
+    a Python float it is 0.10000000149011612. The app wrote 0.1 and reads it back."""
+    source = tmp_path / "app.db"
+    sqlite_exec(source, "CREATE TABLE m (id INTEGER PRIMARY KEY, w REAL, v)")
+    sqlite_exec(source, "INSERT INTO m VALUES (1, 0.5, 2.5)")
+    pg_exec(pg_dsn, "CREATE TABLE m (id bigint PRIMARY KEY, w real, v real)")
+    config = forward(source, pg_dsn)
+    reverse_init(config, out=lambda _line: None)
+    pg_exec(
+        pg_dsn,
+        "INSERT INTO m VALUES (2, 0.1, 19.99), (3, 'Infinity', -3.4e38)",
+        "UPDATE m SET w = 1.1 WHERE id = 1",
+    )
+    reverse_once(config)
+    assert rows(source, "SELECT id, w, typeof(w), v, typeof(v) FROM m ORDER BY id") == [
+        (1, 1.1, "real", 2.5, "real"),
+        (2, 0.1, "real", 19.99, "real"),
+        (3, float("inf"), "real", -3.4e38, "real"),
+    ]
+    assert_replicated(source, pg_dsn)
