@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 
 from replicator.config import Config
-from replicator.errors import ConfigError, SourceError, TargetError
+from replicator.errors import ConfigError, LockHeldError, SourceError, TargetError
 from replicator.plan.tables import TablePlan, build_plans
 from replicator.reverse import position as rpos
 from replicator.source import changelog
@@ -110,12 +110,17 @@ def reverse_uninstall(config: Config, *, out: Callable[[str], None]) -> int:
     """Remove the capture triggers and function, and the SQLite reverse position (and
     the origin table, unless forward triggers still read it)."""
     dsn = config.require_target()
-    with (
-        connect(dsn, connect_timeout=config.target.connect_timeout) as conn,
-        conn.transaction(),
-        conn.cursor() as cur,
-    ):
-        count = state.remove_capture(cur, config.target.state_schema)
+    schema = config.target.state_schema
+    with connect(dsn, connect_timeout=config.target.connect_timeout) as conn:
+        if state.lock_held(conn, schema):
+            # Its next batch would create the position table again in the file.
+            raise LockHeldError(
+                f"a reverse daemon is running on state schema {schema!r}: stop it "
+                "(SIGTERM) first, then uninstall"
+            )
+        conn.commit()
+        with conn.transaction(), conn.cursor() as cur:
+            count = state.remove_capture(cur, schema)
     if config.source.path is not None:
         source = open_source(config.require_source())
         try:

@@ -35,7 +35,7 @@ from reverseutil import make_app_db, rows
 
 from replicator.config import Config
 from replicator.demo.sample import generate_reference_db
-from replicator.errors import ConfigError, DataError, TargetError
+from replicator.errors import ConfigError, DataError, LockHeldError, TargetError
 from replicator.plan.reverse import build_reverse_plans
 from replicator.proof.cutover import Cutover
 from replicator.proof.letters import retry_letters
@@ -322,6 +322,13 @@ def test_reverse_uninstall_leaves_no_object_of_ours_in_the_file_after_the_forwar
 
     remove_capture(config, everything=True)
     reverse_init(config, out=lambda _line: None)
+    daemon, thread = _start_reverse(config)
+    try:  # uninstalled under a running daemon, its next batch would recreate the position
+        with pytest.raises(LockHeldError, match="stop it"):
+            reverse_uninstall(config, out=lambda _line: None)
+    finally:
+        daemon.stop.set()
+        thread.join(30)
     pg_exec(pg_dsn, "UPDATE accounts SET score = 2.25 WHERE id = 2")
     reverse_once(config)
     reverse_uninstall(config, out=lambda _line: None)
