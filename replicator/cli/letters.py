@@ -120,7 +120,10 @@ def dead_letters_retry(
 def dead_letters_discard(
     ctx: click.Context, ids: tuple[int, ...], table: str | None, every: bool, yes: bool
 ) -> None:
-    """Accept that these rows will not be in PostgreSQL (kept, marked 'discarded')."""
+    """Accept that these rows will not be written (kept, marked 'discarded').
+
+    Into PostgreSQL; for a letter of the reverse direction, into SQLite.
+    """
     _letters_selection(ids, table, every)
 
     def go() -> int:

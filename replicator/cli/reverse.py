@@ -88,7 +88,7 @@ def reverse_status(ctx: click.Context, as_json: bool) -> None:
     def go() -> int:
         from replicator.reverse.setup import read_reverse_status
 
-        status = read_reverse_status(ctx.obj.config())
+        status = read_reverse_status(ctx.obj.config(), check_capture=True)
         if as_json:
             click.echo(
                 json.dumps(
@@ -129,8 +129,9 @@ def reverse_uninstall(ctx: click.Context, yes: bool) -> None:
 def rollback(ctx: click.Context, dry_run: bool, timeout: float, as_json: bool) -> None:
     """Go / no-go for pointing the app back at SQLite: the mirror of cutover.
 
-    Checks the reverse lag reaches zero, verifies every table row by row and
-    that no reverse dead letter is open; on go moves SQLite's AUTOINCREMENT
+    Checks the reverse lag reaches zero, verifies every table row by row,
+    that no reverse dead letter is open and that PostgreSQL was not written
+    while the checks ran; on go moves SQLite's AUTOINCREMENT
     marks past PostgreSQL's sequences and records the rollback in the state
     schema. Exit 0 on go, 1 on no-go.
     """

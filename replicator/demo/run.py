@@ -122,7 +122,7 @@ class StatusLine:
             progress = load_progress(cur, self.schema).values()
             position = load_position(cur, self.schema)
             applied = changes_applied(cur, self.schema)
-            dead = sum(count_open(cur, self.schema).values())
+            dead = sum(count_open(cur, self.schema, "forward").values())
         source = open_source(self.db, readonly=True)
         try:
             head = changelog.head_position(source) if changelog.changelog_exists(source) else 0

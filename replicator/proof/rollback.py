@@ -3,7 +3,9 @@
 The mirror of :mod:`replicator.proof.cutover`. Checks: the reverse capture is
 installed; every change made in PostgreSQL reached the SQLite file (reverse lag
 zero, waiting for the reverse daemon when it runs); ``verify`` finds SQLite and
-PostgreSQL identical row by row; no row is held in a reverse dead letter. On
+PostgreSQL identical row by row; no row is held in a reverse dead letter; and
+PostgreSQL was not written while the checks ran (a write to a table already
+verified would otherwise pass unseen: the mirror of cutover's quiet check). On
 GO (and not ``--dry-run``): SQLite's AUTOINCREMENT marks are moved past every id
 PostgreSQL handed out, and the rollback is recorded in the state schema with the
 steps that remain for the operator.
@@ -24,7 +26,7 @@ from replicator.identifiers import pg_ident
 from replicator.plan.ddl import target_sequences
 from replicator.plan.tables import TablePlan, build_plans
 from replicator.proof.verify import Verifier
-from replicator.reverse.setup import read_reverse_status
+from replicator.reverse.setup import read_reverse_status, require_captured
 from replicator.source.sqlite import open_source
 from replicator.state import reverse as state
 from replicator.target.connection import Connection, connect, first_line
@@ -81,6 +83,7 @@ class Rollback:
         self.timeout = timeout
         self.out = out
         self.schema = config.target.state_schema
+        self._head: int | None = None  # capture head when the lag reached zero
 
     def _step(self, report: RollbackReport, name: str, fn: Callable[[], tuple[bool, str]]) -> bool:
         started = time.monotonic()
@@ -94,10 +97,13 @@ class Rollback:
 
     def run(self) -> RollbackReport:
         report = RollbackReport(dry_run=self.dry_run)
+        self._head = None
         if self._step(report, "reverse capture installed", self._installed):
             self._step(report, "reverse lag zero", self._lag_zero)
         self._step(report, "verify", self._verify)
         self._step(report, "no reverse dead letters", self._letters)
+        if self._head is not None:
+            self._step(report, "PostgreSQL not written", self._not_written)
         if self.dry_run:
             return report
         if report.go:
@@ -114,9 +120,18 @@ class Rollback:
     def _installed(self) -> tuple[bool, str]:
         status = read_reverse_status(self.config)
         running = "running" if status.daemon_running else "not running"
-        return status.capture_tables > 0, (
-            f"{status.capture_tables} table(s) captured; reverse daemon {running}"
-        )
+        if status.capture_tables == 0:
+            return False, f"no table captured; reverse daemon {running}"
+        # Every replicated table captured, and nothing else: a write to a table
+        # without the trigger would pass the lag and quiet checks unseen.
+        conn = connect(self.config.require_target(), autocommit=True)
+        source = open_source(self.config.require_source(), readonly=True)
+        try:
+            with conn, conn.cursor() as cur:
+                require_captured(cur, self.schema, build_plans(source, conn, self.config))
+        finally:
+            source.close()
+        return True, f"{status.capture_tables} table(s) captured; reverse daemon {running}"
 
     def _lag_zero(self) -> tuple[bool, str]:
         deadline = time.monotonic() + self.timeout
@@ -127,9 +142,28 @@ class Rollback:
         if status.pending:
             why = "" if status.daemon_running else " (reverse daemon not running to apply them)"
             return False, f"{status.pending} change(s) not yet applied to SQLite{why}"
+        self._head = self._capture_head()
         return (
             True,
             f"every change made in PostgreSQL is in SQLite ({status.changes_applied} applied)",
+        )
+
+    def _capture_head(self) -> int:
+        with connect(self.config.require_target(), autocommit=True) as conn, conn.cursor() as cur:
+            return state.capture_head(cur, self.schema)
+
+    def _not_written(self) -> tuple[bool, str]:
+        """No change captured since the lag reached zero, and none waiting: what
+        verify compared is what PostgreSQL holds now."""
+        assert self._head is not None
+        head = self._capture_head()
+        status = read_reverse_status(self.config)
+        if head == self._head and not status.pending:
+            return True, "no change captured in PostgreSQL while the checks ran"
+        return False, (
+            f"PostgreSQL was written while the checks ran ({head - self._head} change(s) "
+            f"captured, {status.pending} not yet in SQLite): stop the application's writes "
+            "to PostgreSQL, then run rollback again"
         )
 
     def _verify(self) -> tuple[bool, str]:

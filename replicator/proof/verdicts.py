@@ -52,6 +52,9 @@ class VerifyReport:
     sequences_behind: list[dict[str, Any]] = field(default_factory=list)
     json_invalid: list[dict[str, Any]] = field(default_factory=list)
     open_dead_letters: int = 0
+    # Rows SQLite refused in the reverse direction: shown, not a difference of this
+    # direction (a row they concern that still differs is counted by the comparison).
+    open_reverse_dead_letters: int = 0
     position: int | None = None
     seconds: float = 0.0
     changed: bool = False  # verify --changed: see each table's scope_note
@@ -110,6 +113,12 @@ class VerifyReport:
             lines.append(
                 f"{self.open_dead_letters} open dead letter(s): rows the target does not hold "
                 "(see `replicator dead-letters list`)"
+            )
+        if self.open_reverse_dead_letters:
+            lines.append(
+                f"{self.open_reverse_dead_letters} open reverse dead letter(s): writes made in "
+                "PostgreSQL that SQLite refused (not a difference by themselves; "
+                "`replicator dead-letters list`, then fix or discard them)"
             )
         differences = sum(t.differences for t in self.tables)
         lettered = sum(t.dead_lettered for t in self.tables)

@@ -169,7 +169,12 @@ class Verifier:
             report.sequences_behind = dbchecks.sequences(conn, plans, repair)
             report.json_invalid = dbchecks.json_columns(conn, plans)
             with conn.cursor() as cur:
-                report.open_dead_letters = sum(deadletter.count_open(cur, self.schema).values())
+                report.open_dead_letters = sum(
+                    deadletter.count_open(cur, self.schema, "forward").values()
+                )
+                report.open_reverse_dead_letters = sum(
+                    deadletter.count_open(cur, self.schema, "reverse").values()
+                )
                 position = load_position(cur, self.schema)
             report.position = position.seq if position else None
         finally:

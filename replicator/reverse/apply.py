@@ -28,6 +28,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
+from replicator.errors import ConfigError
 from replicator.identifiers import sqlite_ident
 from replicator.plan.reverse import (
     ReversePlan,
@@ -58,6 +59,8 @@ class ReverseBatch:
     oldest_captured: float | None = None
     seconds: float = 0.0
 
+    # Keys whose SQLite row now is PostgreSQL's (written, or deleted as it is gone
+    # there): their open reverse letters are healed.
     keys: dict[str, list[SqliteRow]] = field(default_factory=dict)
     by_table: Counter[str] = field(default_factory=Counter)  # changes consumed per table
 
@@ -67,6 +70,10 @@ class ReverseBatch:
 
     def note_written(self, table: str, key: SqliteRow) -> None:
         self.written[table] += 1
+        self.keys.setdefault(table, []).append(key)
+
+    def note_deleted(self, table: str, key: SqliteRow) -> None:
+        self.deleted[table] += 1
         self.keys.setdefault(table, []).append(key)
 
 
@@ -145,7 +152,7 @@ class ReverseApplier:
         (row present, key as target values, row as target values)."""
         keys: dict[str, dict[str, tuple[Any, ...]]] = {}
         for ch in changes:
-            if ch.table not in self.plans or ch.op == "T":
+            if ch.op == "T":
                 continue
             per = keys.setdefault(ch.table, {})
             text = json.dumps(list(ch.key))
@@ -168,6 +175,13 @@ class ReverseApplier:
     ) -> ReverseBatch:
         """Apply ``changes`` to SQLite in one write transaction with the position.
         The caller calls :meth:`finish` next."""
+        if unknown := sorted({c.table for c in changes} - set(self.plans)):
+            # Consumed, they would be lost: stop instead (a restart plans again).
+            raise ConfigError(
+                f"changes captured for {', '.join(unknown)}, which this reverse daemon "
+                "does not replicate (`reverse init` ran again with another configuration?): "
+                "restart it"
+            )
         started = time.monotonic()
         batch = ReverseBatch(changes=len(changes), by_table=Counter(c.table for c in changes))
         if changes:
@@ -213,31 +227,67 @@ class ReverseApplier:
         batch: ReverseBatch,
         last: int | None,
     ) -> None:
+        """Write each changed key; a row SQLite refused is tried again after the
+        others while that helps. A key change in PostgreSQL (5 -> 105, then 4 -> 5)
+        arrives in the order of each key's last change, so the new row 105 can
+        meet the old row 5, not yet rewritten, on a UNIQUE column of SQLite's;
+        once row 5 is written, 105 fits. Rows refused in a whole pass that wrote
+        nothing stay refused (a cycle, such as two rows swapping a unique value,
+        or a constraint PostgreSQL does not have): dead letters."""
+        pending = list(rows)
+        while True:
+            again: list[tuple[bool, tuple[Any, ...], tuple[Any, ...]]] = []
+            letters: list[DeadLetter] = []
+            for item in pending:
+                letter = self._write_row(source, rplan, item, batch, last)
+                if letter is None:
+                    continue
+                letters.append(letter)
+                if letter.column is None:  # SQLite refused it, not the conversion
+                    again.append(item)
+            if not again or len(letters) == len(pending):
+                batch.letters.extend(letters)
+                return
+            batch.letters.extend(x for x in letters if x.column is not None)
+            pending = again
+
+    def _write_row(
+        self,
+        source: sqlite3.Connection,
+        rplan: ReversePlan,
+        item: tuple[bool, tuple[Any, ...], tuple[Any, ...]],
+        batch: ReverseBatch,
+        last: int | None,
+    ) -> DeadLetter | None:
+        """Write one key as PostgreSQL has it; the dead letter when it cannot be."""
         name = rplan.name
-        for present, key, values in rows:
-            skey = convert_target_key(rplan, key)
-            if isinstance(skey, Refused):
-                batch.letters.append(self._refused(rplan, key, skey, values, last))
-                continue
-            if not present:
-                if self._run(source, rplan, self._delete[name], skey, skey, values, batch, last):
-                    batch.deleted[name] += 1
-                continue
-            row = convert_target_row(rplan, values)
-            if isinstance(row, Refused):
-                batch.letters.append(self._refused(rplan, skey, row, values, last))
-                continue
-            update = self._update[name]
-            if update is not None:
-                params = rplan.update_values(row)
-                cur = self._run(source, rplan, update, params, skey, values, batch, last)
-                if cur is None:
-                    continue
-                if cur.rowcount > 0:
-                    batch.note_written(name, skey)
-                    continue
-            if self._run(source, rplan, self._insert[name], row, skey, values, batch, last):
+        present, key, values = item
+        skey = convert_target_key(rplan, key)
+        if isinstance(skey, Refused):
+            return self._refused(rplan, key, skey, values, last)
+        if not present:
+            cur = self._run(source, rplan, self._delete[name], skey, skey, values, last)
+            if isinstance(cur, DeadLetter):
+                return cur
+            batch.note_deleted(name, skey)
+            return None
+        row = convert_target_row(rplan, values)
+        if isinstance(row, Refused):
+            return self._refused(rplan, skey, row, values, last)
+        update = self._update[name]
+        if update is not None:
+            params = rplan.update_values(row)
+            cur = self._run(source, rplan, update, params, skey, values, last)
+            if isinstance(cur, DeadLetter):
+                return cur
+            if cur.rowcount > 0:
                 batch.note_written(name, skey)
+                return None
+        cur = self._run(source, rplan, self._insert[name], row, skey, values, last)
+        if isinstance(cur, DeadLetter):
+            return cur
+        batch.note_written(name, skey)
+        return None
 
     def _run(
         self,
@@ -247,28 +297,24 @@ class ReverseApplier:
         params: Sequence[object],
         key: SqliteRow,
         values: Sequence[object],
-        batch: ReverseBatch,
         last: int | None,
-    ) -> sqlite3.Cursor | None:
-        """Run one statement; a row SQLite refuses becomes a dead letter (the
-        statement alone is undone: SQLite's default ABORT keeps the transaction)."""
+    ) -> sqlite3.Cursor | DeadLetter:
+        """Run one statement; a row SQLite refuses is a dead letter (the statement
+        alone is undone: SQLite's default ABORT keeps the transaction)."""
         try:
             return source.execute(statement, tuple(params))
         except (sqlite3.IntegrityError, sqlite3.DataError, OverflowError) as exc:
-            batch.letters.append(
-                DeadLetter(
-                    table=rplan.name,
-                    key=tuple(key),
-                    column=None,
-                    raw_value=None,
-                    error=f"SQLite refused the row: {exc}",
-                    sqlstate=None,
-                    stage=STAGE,
-                    change=self._image(rplan, values),
-                    position=last,
-                )
+            return DeadLetter(
+                table=rplan.name,
+                key=tuple(key),
+                column=None,
+                raw_value=None,
+                error=f"SQLite refused the row: {exc}",
+                sqlstate=None,
+                stage=STAGE,
+                change=self._image(rplan, values),
+                position=last,
             )
-            return None
 
     def _refused(
         self,
@@ -295,8 +341,9 @@ class ReverseApplier:
         return {c.source: _pg_json(v) for c, v in zip(rplan.columns, values, strict=True)}
 
     def heal(self, conn: Connection, batch: ReverseBatch) -> int:
-        """Resolve open reverse letters of keys this batch wrote (after :meth:`finish`;
-        skipped by a crash, a letter stays open: rollback then says no-go, the safe way)."""
+        """Resolve open reverse letters of keys this batch wrote or deleted (after
+        :meth:`finish`; skipped by a crash, a letter stays open: rollback then says
+        no-go, the safe way)."""
         if not batch.keys:
             return 0
         healed = 0

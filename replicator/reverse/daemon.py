@@ -34,7 +34,7 @@ from replicator.logs import get_logger
 from replicator.plan.reverse import build_reverse_plans
 from replicator.reverse import position as rpos
 from replicator.reverse.apply import ReverseApplier, ReverseBatch
-from replicator.reverse.setup import plan_tables, require_guarded_source
+from replicator.reverse.setup import plan_tables, require_captured, require_guarded_source
 from replicator.source.sqlite import open_source
 from replicator.state import reverse as state
 from replicator.state.migrations import ensure_state
@@ -79,6 +79,7 @@ class ReverseDaemon:
         self.source: sqlite3.Connection | None = None
         self.applier: ReverseApplier | None = None
         self.open_letters = 0
+        self.connected_once = False
         # /metrics (the replicator_reverse_* series), /healthz and /readyz of this
         # process; its own address, since a forward daemon may hold the default one.
         self.metrics_address = metrics_address
@@ -153,11 +154,19 @@ class ReverseDaemon:
         if self.conn is not None and self.source is not None and self.applier is not None:
             return self.conn, self.source, self.applier
         self._close()
-        conn = connect(
-            self.config.require_target(),
-            autocommit=True,
-            connect_timeout=self.config.target.connect_timeout,
-        )
+        try:
+            conn = connect(
+                self.config.require_target(),
+                autocommit=True,
+                connect_timeout=self.config.target.connect_timeout,
+            )
+        except ConfigError as exc:
+            if not self.connected_once:
+                raise  # a wrong URL at start: say so and exit, not retry forever
+            # It connected before: the server is restarting or unreachable for a
+            # while, which is worth a retry (with backoff), not an exit.
+            raise psycopg.OperationalError(str(exc)) from exc
+        self.connected_once = True
         self.conn = conn
         if not state.try_lock(conn, self.schema):
             raise LockHeldError(
@@ -180,6 +189,8 @@ class ReverseDaemon:
                 )
             self.open_letters = state.count_open_letters(cur, self.schema)
         plans = plan_tables(self.config, conn, source)
+        with conn.cursor() as cur:
+            require_captured(cur, self.schema, plans)
         applier = ReverseApplier(build_reverse_plans(source, plans), self.schema)
         applier.position = rpos.load(source)
         # The last batch committed before a stop or a crash: its changes may still

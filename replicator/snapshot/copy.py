@@ -202,7 +202,7 @@ class Snapshotter:
             parts = checkpoint.load_parts(cur, self.schema, name)
             # Open dead letters of this table (an earlier run, or the stream): a key
             # copied again gets a fresh verdict, so they are superseded, never doubled.
-            supersede = deadletter.count_open(cur, self.schema).get(name, 0) > 0
+            supersede = deadletter.count_open(cur, self.schema, "forward").get(name, 0) > 0
         progress = self._null_keys(source, conn, plan, progress)
         if parts and not fresh:  # a split table resumed: its row gets today's count
             with conn.transaction(), conn.cursor() as cur:

@@ -169,6 +169,16 @@ def end_foreign_write(conn: sqlite3.Connection) -> None:
     conn.execute(f"DELETE FROM {sqlite_ident(ORIGIN)}")
 
 
+def drop_origin_if_unused(conn: sqlite3.Connection) -> bool:
+    """In the caller's write transaction: drop the origin table when no trigger of
+    ours reads it any more (``replicator uninstall`` ran, then the reverse direction
+    created it again): the application's file keeps no object of ours."""
+    if installed_triggers(conn):
+        return False
+    conn.execute(f"DROP TABLE IF EXISTS {sqlite_ident(ORIGIN)}")
+    return True
+
+
 def changelog_exists(conn: sqlite3.Connection) -> bool:
     row = conn.execute(
         "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?", (CHANGELOG,)

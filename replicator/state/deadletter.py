@@ -209,9 +209,10 @@ def open_keys(
     *,
     except_sqlstate: str | None = None,
 ) -> list[tuple[str, Any]]:
-    """(table, stored key as JSON) of every open dead letter, of ``tables`` when given,
-    but for those of ``except_sqlstate``."""
-    where = [sql.SQL("resolved_at IS NULL")]
+    """(table, stored key as JSON) of every open dead letter of the forward direction,
+    of ``tables`` when given, but for those of ``except_sqlstate``. A reverse letter
+    (a row SQLite refused) does not hold a row from PostgreSQL."""
+    where = [sql.SQL("resolved_at IS NULL AND direction = 'forward'")]
     params: list[Any] = []
     if tables is not None:
         where.append(sql.SQL("table_name = ANY(%s)"))

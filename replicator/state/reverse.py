@@ -113,8 +113,19 @@ class CapturedTable:
 
 def install_capture(cur: psycopg.Cursor[Any], schema: str, tables: Sequence[CapturedTable]) -> int:
     """(Re)create the trigger function and one trigger per table, in the caller's
-    transaction (so no change slips between an old trigger and a new one)."""
+    transaction (so no change slips between an old trigger and a new one). A table
+    captured before and not given now (no longer replicated) loses its triggers;
+    see :func:`forget_uncaptured` for its waiting changes."""
     cur.execute(_function_sql(schema))
+    wanted = {(t.schema, t.name) for t in tables}
+    for nsp, rel in captured_tables(cur):
+        if (nsp, rel) not in wanted:
+            for name in (TRIGGER, TRUNCATE_TRIGGER):
+                cur.execute(
+                    sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
+                        pg_ident(name), pg_ident(nsp, rel)
+                    )
+                )
     for t in tables:
         cur.execute(
             sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
@@ -173,6 +184,24 @@ def remove_capture(cur: psycopg.Cursor[Any], schema: str) -> int:
     if _has_changes_table(cur, schema):
         cur.execute(sql.SQL("DELETE FROM {}").format(pg_ident(schema, CHANGES)))
     return len(tables)
+
+
+def forget_uncaptured(cur: psycopg.Cursor[Any], schema: str, tables: Sequence[str]) -> int:
+    """Delete the waiting changes of every source table not in ``tables`` (those
+    ``init`` no longer captures: they have nowhere to go); returns how many."""
+    cur.execute(
+        sql.SQL("DELETE FROM {} WHERE NOT table_name = ANY(%s)").format(pg_ident(schema, CHANGES)),
+        (list(tables),),
+    )
+    return cur.rowcount
+
+
+def waiting_tables(cur: psycopg.Cursor[Any], schema: str) -> list[str]:
+    """The source tables that have changes waiting."""
+    if not _has_changes_table(cur, schema):
+        return []
+    cur.execute(sql.SQL("SELECT DISTINCT table_name FROM {}").format(pg_ident(schema, CHANGES)))
+    return sorted(str(r[0]) for r in cur.fetchall())
 
 
 def _has_changes_table(cur: psycopg.Cursor[Any], schema: str) -> bool:
@@ -237,6 +266,21 @@ def depth(cur: psycopg.Cursor[Any], schema: str) -> tuple[int, datetime | None]:
     row = cur.fetchone()
     assert row is not None
     return int(row[0]), row[1]
+
+
+def capture_head(cur: psycopg.Cursor[Any], schema: str) -> int:
+    """The last ``seq`` the capture trigger handed out (0 before any): it moves with
+    every captured change, applied or not, committed or not (so a change deleted
+    once applied still shows that PostgreSQL was written)."""
+    if not _has_changes_table(cur, schema):
+        return 0
+    cur.execute(
+        "SELECT pg_sequence_last_value(pg_get_serial_sequence(format('%%I.%%I', %s::text, "
+        "%s::text), 'seq'))",
+        (schema, CHANGES),
+    )
+    row = cur.fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
 
 
 def depth_by_table(cur: psycopg.Cursor[Any], schema: str) -> dict[str, tuple[int, datetime]]:

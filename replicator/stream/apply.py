@@ -116,7 +116,7 @@ class Applier:
 
     def load_open_dead_letters(self, conn: Connection) -> None:
         with conn.cursor() as cur:
-            self.open_dead = Counter(deadletter.count_open(cur, self.schema))
+            self.open_dead = Counter(deadletter.count_open(cur, self.schema, "forward"))
 
     def load_waiting(self, conn: Connection, source: sqlite3.Connection) -> None:
         """Rows waiting for a parent (see stream/waiting.py), indexed from the open dead

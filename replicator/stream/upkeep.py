@@ -95,7 +95,7 @@ def beat(d: Daemon, *, force: bool = False) -> None:
     last_error = d.errors.last_error or None
     if d.heartbeat.beat(d.conn, tables, d.state, last_error, force=force):
         with d.conn.cursor() as cur:
-            open_letters = count_open(cur, d.schema)
+            open_letters = count_open(cur, d.schema, "forward")
         metrics.set_open_dead_letters(tables, open_letters)
         reconciled = d.cursors is None or d.cursors.reconciled
         d.health.note_held(sum(open_letters.values()), reconciled=reconciled)

@@ -22,9 +22,11 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
+from faultproxy import FaultProxy
 from harness import REPLICATOR, DaemonThread, daemon_config, daemon_env, wait_until
 from obsutil import http_get, pg_exec, pg_rows, scrape, sqlite_exec
 from oracle import assert_replicated
@@ -33,15 +35,24 @@ from reverseutil import make_app_db, rows
 
 from replicator.config import Config
 from replicator.demo.sample import generate_reference_db
-from replicator.errors import DataError
+from replicator.errors import ConfigError, DataError, LockHeldError, TargetError
 from replicator.plan.reverse import build_reverse_plans
+from replicator.proof.cutover import Cutover
 from replicator.proof.letters import retry_letters
 from replicator.proof.rollback import Rollback
+from replicator.proof.setup import remove_capture
 from replicator.proof.status import read_status
+from replicator.proof.verify import Verifier
 from replicator.reverse import position as rpos
 from replicator.reverse.apply import ReverseApplier
 from replicator.reverse.daemon import ReverseDaemon
-from replicator.reverse.setup import plan_tables, read_reverse_status, reverse_init
+from replicator.reverse.setup import (
+    plan_tables,
+    read_reverse_status,
+    reverse_init,
+    reverse_uninstall,
+)
+from replicator.source.changelog import ORIGIN
 from replicator.source.sqlite import open_source
 from replicator.state.reverse import lock_key
 from replicator.target.connection import connect
@@ -173,6 +184,207 @@ def test_rollback_is_no_go_while_changes_wait_or_a_row_is_refused(
     reverse_once(config)  # the next change of the row heals it
     report = Rollback(config, out=lambda _line: None).run()
     assert report.go, report.render()
+
+    # A refused row that PostgreSQL then deletes: gone on both sides, the letter heals.
+    pg_exec(pg_dsn, "UPDATE accounts SET score = 'NaN' WHERE id = 3")
+    reverse_once(config)
+    assert read_reverse_status(config).open_dead_letters == 1
+    pg_exec(pg_dsn, "DELETE FROM tags WHERE account_id = 3", "DELETE FROM accounts WHERE id = 3")
+    reverse_once(config)
+    assert read_reverse_status(config).open_dead_letters == 0
+    report = Rollback(config, out=lambda _line: None).run()
+    assert report.go, report.render()
+
+
+def test_rollback_is_no_go_when_postgresql_is_written_after_the_table_was_verified(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    """The application writes once `verify` has passed (its writes were not stopped):
+    a GO then would point it back at a SQLite file that lacks that write."""
+    source = make_app_db(tmp_path / "app.db", accounts=5)
+    config = forward(source, pg_dsn)
+    reverse_init(config, out=lambda _line: None)
+
+    def out(line: str) -> None:
+        if line.startswith("[PASS] verify"):
+            pg_exec(pg_dsn, "UPDATE accounts SET score = 9.75 WHERE id = 1")
+
+    report = Rollback(config, out=out, timeout=1).run()
+    failed = [c for c in report.checks if not c.ok]
+    assert not report.go, report.render()
+    assert [c.name for c in failed] == ["PostgreSQL not written"], report.render()
+    assert "1 change(s) captured, 1 not yet in SQLite" in failed[0].detail
+    assert rows(source, "SELECT score FROM accounts WHERE id = 1") == [(0.25,)]
+    assert pg_rows(pg_dsn, "SELECT count(*) FROM replicator.meta WHERE key = 'rollback'") == [(0,)]
+
+    # Applied, and the application stopped: GO.
+    reverse_once(config)
+    report = Rollback(config, out=lambda _line: None, timeout=1).run()
+    assert report.go, report.render()
+    assert rows(source, "SELECT score FROM accounts WHERE id = 1") == [(9.75,)]
+
+
+def test_a_chain_of_key_changes_on_a_unique_column_comes_back_a_swap_is_a_dead_letter(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    """5 -> 105 then 4 -> 5 in PostgreSQL: the batch writes 105 before 5 (the order
+    of each key's last change), and 105 still meets SQLite's old row 5 on the UNIQUE
+    email. Tried again once row 5 is written, it fits. Two rows swapping their
+    emails is a cycle no order resolves: both are dead letters, and rollback says so."""
+    source = make_app_db(tmp_path / "app.db", accounts=8)
+    config = forward(source, pg_dsn)
+    reverse_init(config, out=lambda _line: None)
+    pg_exec(
+        pg_dsn,
+        "DELETE FROM tags WHERE account_id IN (4, 5)",
+        "UPDATE accounts SET id = 105 WHERE id = 5",
+        "UPDATE accounts SET id = 5 WHERE id = 4",
+    )
+    reverse_once(config)
+    assert pg_rows(pg_dsn, "SELECT count(*) FROM replicator.dead_letters") == [(0,)]
+    assert rows(source, "SELECT id, email FROM accounts WHERE id IN (4, 5, 105) ORDER BY id") == [
+        (5, "user4@example.com"),
+        (105, "user5@example.com"),
+    ]
+    assert_replicated(source, pg_dsn)
+
+    with psycopg.connect(pg_dsn, autocommit=True) as conn, conn.transaction():
+        conn.execute("UPDATE accounts SET email = 'swap' WHERE id = 6")
+        conn.execute("UPDATE accounts SET email = 'user6@example.com' WHERE id = 7")
+        conn.execute("UPDATE accounts SET email = 'user7@example.com' WHERE id = 6")
+    reverse_once(config)
+    letters = pg_rows(
+        pg_dsn,
+        "SELECT key FROM replicator.dead_letters WHERE resolved_at IS NULL ORDER BY key",
+    )
+    assert letters == [([6],), ([7],)]
+    report = Rollback(config, out=lambda _line: None, timeout=1).run()
+    assert not report.go, report.render()
+
+
+def test_an_open_reverse_dead_letter_is_shown_not_held_by_the_forward_verify_and_cutover(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    """A reverse letter is a write made in PostgreSQL that SQLite refused. Once the
+    team is back on SQLite (a rollback forced past its NO-GO) and the row is
+    written there again, the forward verify compares the row itself: it is not a
+    row held from PostgreSQL, nor a blocker of the next cutover; it is listed."""
+    source = make_app_db(tmp_path / "app.db", accounts=5)
+    config = forward(source, pg_dsn)
+    reverse_init(config, out=lambda _line: None)
+    pg_exec(pg_dsn, "UPDATE accounts SET score = 'NaN' WHERE id = 2")
+    reverse_once(config)
+    # While the row differs, it is a difference, not a dead-lettered ("held") row.
+    report = Verifier(config).run()
+    (accounts,) = [t for t in report.tables if t.table == "accounts"]
+    assert (accounts.different, accounts.dead_lettered) == (1, 0), report.render()
+    assert (report.open_dead_letters, report.open_reverse_dead_letters) == (0, 1)
+    assert not report.ok
+
+    sqlite_exec(source, "UPDATE accounts SET score = 2.5 WHERE id = 2")
+    with DaemonThread(config) as daemon:
+        daemon.wait_streaming(timeout=60)
+        wait_until(
+            lambda: pg_rows(pg_dsn, "SELECT score FROM accounts WHERE id = 2") == [(2.5,)],
+            30,
+            "the forward stream to carry the row",
+        )
+        report = Verifier(config).run()
+        assert report.ok, report.render()
+        assert "1 open reverse dead letter(s)" in report.render()
+        cut = Cutover(config, dry_run=True, out=lambda _line: None).run()
+    assert cut.go, cut.render()
+    assert "1 open reverse dead letter(s), not blocking" in cut.render()
+    # The forward daemon's held rows (metrics, /readyz) did not count it either.
+    assert read_status(config).held == 0
+
+
+def test_reverse_init_before_the_snapshot_is_a_clear_error(tmp_path: Path, pg_dsn: str) -> None:
+    source = make_app_db(tmp_path / "app.db", accounts=2)
+    with pytest.raises(TargetError, match=r"PostgreSQL has no table public\.\w+ \(2 missing\)"):
+        reverse_init(daemon_config(source, pg_dsn), out=lambda _line: None)
+
+
+def test_reverse_uninstall_leaves_no_object_of_ours_in_the_file_after_the_forward_one(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    """The runbook's order: `uninstall` at cutover, the reverse stream (which creates
+    the origin table again), rollback, `reverse uninstall`: the application's file
+    is as it was. With forward triggers still there, the origin table they read stays."""
+    source = make_app_db(tmp_path / "app.db", accounts=3)
+    config = forward(source, pg_dsn)
+    reverse_init(config, out=lambda _line: None)
+    pg_exec(pg_dsn, "UPDATE accounts SET score = 1.25 WHERE id = 1")
+    reverse_once(config)
+    reverse_uninstall(config, out=lambda _line: None)
+    assert ORIGIN in tables_of(source)  # the forward triggers read it
+    sqlite_exec(source, "UPDATE accounts SET score = 1.5 WHERE id = 1")  # still works
+
+    remove_capture(config, everything=True)
+    reverse_init(config, out=lambda _line: None)
+    daemon, thread = _start_reverse(config)
+    try:  # uninstalled under a running daemon, its next batch would recreate the position
+        with pytest.raises(LockHeldError, match="stop it"):
+            reverse_uninstall(config, out=lambda _line: None)
+    finally:
+        daemon.stop.set()
+        thread.join(30)
+    pg_exec(pg_dsn, "UPDATE accounts SET score = 2.25 WHERE id = 2")
+    reverse_once(config)
+    reverse_uninstall(config, out=lambda _line: None)
+    assert tables_of(source) == {"accounts", "tags", "sqlite_sequence"}
+    assert rows(source, "SELECT score FROM accounts WHERE id = 2") == [(2.25,)]
+
+
+def test_a_capture_that_no_longer_matches_the_configuration_stops_the_daemon(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    """`reverse init` captured accounts and tags; the daemon now runs with tags
+    excluded. Its waiting change would be consumed with nowhere to go: it refuses
+    to start instead, and `reverse init` with the new configuration drops the
+    stray trigger and, saying so, its waiting change."""
+    source = make_app_db(tmp_path / "app.db", accounts=3)
+    config = forward(source, pg_dsn)
+    reverse_init(config, out=lambda _line: None)
+    pg_exec(pg_dsn, "UPDATE tags SET pinned = false WHERE account_id = 1")
+    narrow = daemon_config(source, pg_dsn, tables__exclude=["sqlite_*", "_replicator_*", "tags"])
+    with pytest.raises(
+        ConfigError, match=r"captured, not replicated: public\.tags, changes of tags"
+    ):
+        reverse_once(narrow)
+    assert read_reverse_status(config).pending == 1  # nothing consumed
+
+    said: list[str] = []
+    reverse_init(narrow, out=said.append)
+    assert (
+        said[-1] == "forgot 1 waiting change(s) of tables this configuration no longer replicates"
+    )
+    assert pg_rows(
+        pg_dsn,
+        "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'tags'::regclass AND NOT tgisinternal",
+    ) == [(0,)]
+    pg_exec(pg_dsn, "UPDATE accounts SET score = 3.5 WHERE id = 1")
+    reverse_once(narrow)
+    assert rows(source, "SELECT score FROM accounts WHERE id = 1") == [(3.5,)]
+
+    # The other way: a table replicated but not captured (init ran with the narrow one).
+    with pytest.raises(ConfigError, match=r"replicated, not captured: public\.tags"):
+        reverse_once(config)
+    # `reverse status` does not call that in sync, though nothing waits.
+    status = read_reverse_status(config, check_capture=True)
+    assert status.pending == 0 and status.open_dead_letters == 0 and not status.in_sync
+    assert "replicated, not captured: public.tags" in status.verdict
+    assert read_reverse_status(narrow, check_capture=True).in_sync
+    # A write to it would pass every other check of rollback unseen: NO-GO, named.
+    pg_exec(pg_dsn, "UPDATE tags SET pinned = true WHERE account_id = 2")
+    report = Rollback(config, out=lambda _line: None, timeout=1).run()
+    (installed,) = [c for c in report.checks if c.name == "reverse capture installed"]
+    assert not report.go and not installed.ok, report.render()
+    assert "replicated, not captured: public.tags" in installed.detail
+
+
+def tables_of(source: Path) -> set[str]:
+    return {r[0] for r in rows(source, "SELECT name FROM sqlite_schema WHERE type = 'table'")}
 
 
 # -- capture without superuser -------------------------------------------------------
@@ -525,6 +737,42 @@ def test_a_locked_sqlite_file_and_a_killed_session_are_retried_not_fatal(
     assert_replicated(source, pg_dsn)
 
 
+def test_postgresql_unreachable_for_a_while_is_retried_not_fatal(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    """The server goes away and refuses connections for a while (a restart): the
+    reverse daemon's reconnects fail, and it keeps trying until it is back."""
+    source = make_app_db(tmp_path / "app.db", accounts=3)
+    forward(source, pg_dsn)
+    with FaultProxy(urlsplit(pg_dsn).port or 5432, lifetime=300) as proxy:
+        config = daemon_config(source, proxy.dsn(pg_dsn))
+        reverse_init(config, out=lambda _line: None)
+        before = _retries("reverse_connection")
+        daemon, thread = _start_reverse(config)
+        try:
+            pg_exec(pg_dsn, "UPDATE accounts SET score = 1.25 WHERE id = 1")
+            wait_until(
+                lambda: rows(source, "SELECT score FROM accounts WHERE id = 1") == [(1.25,)],
+                30,
+                "the first change",
+            )
+            proxy.cut()
+            wait_until(lambda: proxy.refused >= 2, 60, "two refused reconnects")
+            assert thread.is_alive()
+            pg_exec(pg_dsn, "UPDATE accounts SET score = 2.25 WHERE id = 1")
+            proxy.restore()
+            wait_until(
+                lambda: rows(source, "SELECT score FROM accounts WHERE id = 1") == [(2.25,)],
+                60,
+                "the change made while it was away",
+            )
+            assert thread.is_alive()
+        finally:
+            daemon.stop.set()
+            thread.join(30)
+    assert _retries("reverse_connection") >= before + 2
+
+
 def test_a_truncate_in_postgresql_empties_the_sqlite_table_before_later_rows(
     tmp_path: Path, pg_dsn: str
 ) -> None:
@@ -576,5 +824,28 @@ def test_a_table_keyed_by_its_rowid_and_a_text_key_come_back(tmp_path: Path, pg_
         ("beta", "[1, 2.50]", "f"),
         ("locale", '"en"', "t"),
         ("theme", '{"dark":true}', "t"),
+    ]
+    assert_replicated(source, pg_dsn)
+
+
+def test_a_float4_column_comes_back_as_its_short_decimal(tmp_path: Path, pg_dsn: str) -> None:
+    """PostgreSQL `real` (float4) holds 0.1 as the float nearest in 24 bits; read as
+    a Python float it is 0.10000000149011612. The app wrote 0.1 and reads it back."""
+    source = tmp_path / "app.db"
+    sqlite_exec(source, "CREATE TABLE m (id INTEGER PRIMARY KEY, w REAL, v)")
+    sqlite_exec(source, "INSERT INTO m VALUES (1, 0.5, 2.5)")
+    pg_exec(pg_dsn, "CREATE TABLE m (id bigint PRIMARY KEY, w real, v real)")
+    config = forward(source, pg_dsn)
+    reverse_init(config, out=lambda _line: None)
+    pg_exec(
+        pg_dsn,
+        "INSERT INTO m VALUES (2, 0.1, 19.99), (3, 'Infinity', -3.4e38)",
+        "UPDATE m SET w = 1.1 WHERE id = 1",
+    )
+    reverse_once(config)
+    assert rows(source, "SELECT id, w, typeof(w), v, typeof(v) FROM m ORDER BY id") == [
+        (1, 1.1, "real", 2.5, "real"),
+        (2, 0.1, "real", 19.99, "real"),
+        (3, float("inf"), "real", -3.4e38, "real"),
     ]
     assert_replicated(source, pg_dsn)
