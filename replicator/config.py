@@ -124,6 +124,16 @@ class SnapshotConfig:
             "next run."
         ),
     )
+    sql_conversion: bool = field(
+        default=True,
+        metadata=_doc(
+            "Into an empty table: let SQLite put the values it can convert exactly into "
+            "COPY's text form (integers, booleans, doubles, text, ISO-8601 timestamps and "
+            "dates, JSON that json_valid() accepts, blobs), so that Python handles only "
+            "the other values. Same target values and dead letters either way; false "
+            "converts every value in Python."
+        ),
+    )
     parallel_tables: int = field(
         default=2,
         metadata=_doc(
