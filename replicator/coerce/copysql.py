@@ -132,6 +132,9 @@ def _timestamp(ref: str, aware: bool) -> str:
         f"WHEN {text} AND {ref} GLOB '{naive[0]}' AND {hour} THEN {naive_as}",
         f"WHEN {text} AND ({zoned_any}) AND {hour} THEN {_VALUE} || {ref}",
         f"WHEN {text} AND ({naive_any}) AND {hour} THEN {naive_as}",
+        # a date alone: its midnight (UTC)
+        f"WHEN {text} AND {ref} GLOB '{day}' THEN {_VALUE} || {ref} || "
+        + ("' 00:00:00+00'" if aware else "' 00:00:00'"),
     )
 
 
