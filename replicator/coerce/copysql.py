@@ -149,9 +149,7 @@ def _date(ref: str) -> str:
 def _json(ref: str) -> str:
     # As the snapshot's converter trusts json_valid() (coerce.text.convert_valid);
     # jsonb's \u0000 and lone surrogate escapes are looked for in the chunk's bytes.
-    return _case(
-        ref, f"WHEN typeof({ref}) = 'text' AND json_valid({ref}) THEN {_VALUE} || {ref}"
-    )
+    return _case(ref, f"WHEN typeof({ref}) = 'text' AND json_valid({ref}) THEN {_VALUE} || {ref}")
 
 
 def _bytea(ref: str) -> str:

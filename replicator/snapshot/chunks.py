@@ -97,9 +97,7 @@ class Prefetcher:
         self.rows = rows
         self.max_bytes = max_bytes
         self.text = text
-        self.queue: queue.Queue[Chunk | TextChunk | BaseException | None] = queue.Queue(
-            maxsize=1
-        )
+        self.queue: queue.Queue[Chunk | TextChunk | BaseException | None] = queue.Queue(maxsize=1)
         self.stopping = threading.Event()
         self.thread = threading.Thread(
             target=self._run, args=(after,), name=f"read:{plan.source.name}", daemon=True
