@@ -17,7 +17,9 @@ GIN index makes PostgreSQL the bottleneck of both paths, and the two of
 ``bench/schemas.py``, where the client is. For the light and the wide one,
 ``<schema>_raw_indexed`` (the raw path below into the existing tables of
 ``LIGHT_PG_SCHEMA`` / ``WIDE_PG_SCHEMA``), ``<schema>_repl_indexed`` (the replicator
-into the same, ``create_tables = false``), ``<schema>_repl_create`` (the replicator
+into the same, ``create_tables = false``), ``<schema>_repl_indexed_python`` (the same
+with ``snapshot.sql_conversion = false``: every value converted in Python, for
+comparison), ``<schema>_repl_create`` (the replicator
 creating the tables) and ``<schema>_raw_created`` (the raw path into the complete schema
 the replicator ends with), as for the reference schema:
 
@@ -104,7 +106,7 @@ REFERENCE_STEPS = (
 )
 # The light and wide schemas (bench/schemas.py): the raw path and the replicator into
 # the existing tables, and into the tables the replicator creates.
-SCHEMA_STEPS = ("raw_indexed", "repl_indexed", "repl_create", "raw_created")
+SCHEMA_STEPS = ("raw_indexed", "repl_indexed", "repl_indexed_python", "repl_create", "raw_created")
 LIGHT_STEPS = tuple(f"light_{s}" for s in SCHEMA_STEPS)
 WIDE_STEPS = tuple(f"wide_{s}" for s in SCHEMA_STEPS)
 ALL_STEPS = REFERENCE_STEPS + LIGHT_STEPS + WIDE_STEPS
@@ -243,7 +245,9 @@ def exec_sql(dsn: str, statements: list[str]) -> None:
             conn.execute(s)
 
 
-def replicator_env(create_tables: bool, defer_indexes: bool | None = None) -> dict[str, str]:
+def replicator_env(
+    create_tables: bool, defer_indexes: bool | None = None, sql_conversion: bool = True
+) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
@@ -253,6 +257,8 @@ def replicator_env(create_tables: bool, defer_indexes: bool | None = None) -> di
     env["REPLICATOR_METRICS_ADDRESS"] = ""
     if defer_indexes is not None:
         env["REPLICATOR_SNAPSHOT_DEFER_INDEXES"] = "true" if defer_indexes else "false"
+    if not sql_conversion:
+        env["REPLICATOR_SNAPSHOT_SQL_CONVERSION"] = "false"
     return env
 
 
@@ -265,6 +271,7 @@ def run_replicator(
     py_spy: bool,
     defer_indexes: bool | None = None,
     config: Path = CONFIG,
+    sql_conversion: bool = True,
 ) -> tuple[float, bl.MemoryWatch, str, float | None, float | None]:
     cmd = [
         *bl.replicator_command(),
@@ -283,7 +290,10 @@ def run_replicator(
     started = time.perf_counter()
     with out_path.open("w") as out, err_path.open("w") as err:
         proc = subprocess.Popen(
-            cmd, stdout=out, stderr=err, env=replicator_env(create_tables, defer_indexes)
+            cmd,
+            stdout=out,
+            stderr=err,
+            env=replicator_env(create_tables, defer_indexes, sql_conversion),
         )
         watch = bl.MemoryWatch(proc)
         spy = None
@@ -451,6 +461,7 @@ class Bench:
         create: bool,
         defer_indexes: bool | None = None,
         source: Source | None = None,
+        sql_conversion: bool = True,
     ) -> StepResult:
         name, dsn = self.fresh(step, reference_schema=not create, source=source)
         config = source.config if source is not None else CONFIG
@@ -464,6 +475,7 @@ class Bench:
                 py_spy=self.args.py_spy,
                 defer_indexes=defer_indexes,
                 config=config,
+                sql_conversion=sql_conversion,
             )
         dead = parse_summary(summary)
         ok, note = self.check_counts(dsn, expected, dead)
@@ -481,6 +493,7 @@ class Bench:
             what = (
                 f"{source.kind} schema (as {source.kind}_raw_indexed), bench/schemas.py's "
                 "light_config_toml (snapshot defaults: chunk_rows 5000, parallel_tables 2)"
+                + ("" if sql_conversion else "; sql_conversion = false: every value in Python")
             )
         r = StepResult(
             step=step,
@@ -542,9 +555,13 @@ class Bench:
                     ddl = "reference" if base == "raw_indexed" else "created"
                     self.results[step] = self.raw(step, src.db, src.counts, ddl, src)
                 else:
-                    create = base == "repl_create"
                     self.results[step] = self.repl(
-                        step, src.db, src.counts, create=create, source=src
+                        step,
+                        src.db,
+                        src.counts,
+                        create=base == "repl_create",
+                        source=src,
+                        sql_conversion=base != "repl_indexed_python",
                     )
                 continue
             assert big is not None and big_counts is not None
@@ -620,11 +637,13 @@ class Bench:
         rows = []
         for step in steps:
             r = R[step]
+            target, rel, ok = "-", "1.00x" if "_raw_" in step else "n/a", None
             base_name = {
                 f"{kind}_repl_indexed": (f"{kind}_raw_indexed", 0.9),
                 f"{kind}_repl_create": (f"{kind}_raw_created", 1.0),
             }.get(step)
-            target, rel, ok = "-", "1.00x" if "_raw_" in step else "n/a", None
+            if step == f"{kind}_repl_indexed_python" and f"{kind}_raw_indexed" in R:
+                rel = f"{r.rate / R[f'{kind}_raw_indexed'].rate:.2f}x"
             if base_name is not None:
                 base, need = R.get(base_name[0]), base_name[1]
                 ok = (r.peak_mb or 0) < RSS_TARGET_MB
