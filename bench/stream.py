@@ -21,7 +21,10 @@ indexed schema and a copy of a cached reference-app SQLite database
    ``artifacts``, ``artifact_scores`` and ``discovery_labels``; then
    ``replicator run`` starts and the time until the position committed in
    PostgreSQL reaches the log's head is measured. The daemon's VmRSS is sampled
-   throughout and its VmHWM is read when the drain ends.
+   throughout and its VmHWM is read when the drain ends. Before it, the same
+   backlog is replayed as bare staging merges into a copy of the target
+   (``bench/merge_bound.py``): PostgreSQL's own statement time for those changes,
+   the bound one session can reach; the catch-up is reported as a ratio to it.
 3. Latency, with the daemon caught up and running: a writer process inserts
    rows into ``snapshots`` at a fixed rate, each in its own transaction (the row
    carries its sequence number and its own time stamp), and records the time
@@ -597,6 +600,14 @@ class Catchup:
     others_cores: float
     cpu_note: str = ""
     startup: float = 0.0
+    bound: Any = None  # merge_bound.Bound: PostgreSQL's own statement time for the backlog
+
+    @property
+    def ratio(self) -> float | None:
+        """The replicator's rate after its start-up over the bound's."""
+        if self.bound is None or not self.bound.rate:
+            return None
+        return float(self.rate_streaming / self.bound.rate)
 
     @property
     def changes(self) -> int:
@@ -659,6 +670,7 @@ class Bench:
             f"({backlog['changes'] / backlog['seconds']:,.0f}/s written): {backlog['mix']}"
         )
         bl.checkpoint(self.args.dsn)
+        bound = self.bound(db, backlog, label)
         target = backlog["after"]
         with self.sampler.window(f"catchup-{label}") as w:
             d = Daemon(db, dsn, f"catchup-{label}")
@@ -696,6 +708,7 @@ class Bench:
             load=w.describe(),
             others_cores=w.others_cores(),
             startup=t_stream - t0,
+            bound=bound,
         )
         bl.log(
             f"catch-up {label}: {c.changes:,} changes in {c.wall_from_start:.1f}s from start = "
@@ -704,6 +717,40 @@ class Bench:
         )
         self.current = d
         return c
+
+    def bound(self, db: Path, backlog: dict[str, Any], label: str) -> Any:
+        """The same backlog replayed as bare staging merges (bench/merge_bound.py) into a
+        copy of the target as the catch-up finds it; None with --no-bound."""
+        if self.args.no_bound:
+            return None
+        import merge_bound
+        import psycopg
+        from psycopg import sql
+
+        name = f"{DBNAME}_bound"
+        bl.drop_database(self.args.dsn, name)
+        with psycopg.connect(self.args.dsn, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                    sql.Identifier(name), sql.Identifier(DBNAME)
+                )
+            )
+        bl.checkpoint(self.args.dsn)
+        try:
+            bl.log(f"bound {label}: the backlog as bare staging merges into a copy ...")
+            with self.sampler.window(f"bound-{label}") as w:
+                bound = merge_bound.replay(
+                    db, bl.dsn_for(self.args.dsn, name), CONFIG, backlog["before"], backlog["after"]
+                )
+            bound.load = w.describe()
+        finally:
+            bl.drop_database(self.args.dsn, name)
+        bl.checkpoint(self.args.dsn)
+        bl.log(
+            f"bound {label}: {bound.changes:,} changes in {bound.seconds:.1f}s of statements = "
+            f"{bound.rate:,.0f}/s ({bound.batches} batches; {bound.load})"
+        )
+        return bound
 
     def latency(self, db: Path, dsn: str, d: Daemon, rate: float, first_seq: int) -> Latency:
         seconds = self.args.latency_seconds
@@ -887,6 +934,17 @@ class Bench:
                     bl.verdict(ok),
                 ]
             )
+            if c.bound is not None and c.ratio is not None:
+                rows.append(
+                    [
+                        f"catch-up ÷ PostgreSQL's bound, backlog {c.changes:,}",
+                        f"{c.ratio:.2f}x: {c.rate_streaming:,.0f}/s against {c.bound.rate:,.0f}/s "
+                        f"(the same changes as bare staging merges: {c.bound.seconds:.1f} s of "
+                        f"statements in {c.bound.batches} batches)",
+                        "≥ 0.90x",
+                        bl.verdict(c.ratio >= 0.9),
+                    ]
+                )
         if self.catchups:
             peaks = [c.hwm_mb for c in self.catchups]
             # Flat: a backlog 10x larger costs less than 15% more memory. (No absolute
@@ -943,6 +1001,20 @@ class Bench:
                 f"touched tables equal in both databases afterwards: {c.counts_ok}. "
                 f"Load: {c.load}."
             )
+            if c.bound is not None:
+                b = c.bound
+                lines.append(
+                    f"- PostgreSQL's bound ({c.label}): `bench/merge_bound.py` replayed the same "
+                    f"{b.changes:,} changes into a copy of the target (CREATE DATABASE ... "
+                    "TEMPLATE, made before the catch-up) in batches of 10,000, coalesced per row "
+                    "as the daemon does, as bare statements: per batch a COPY into a temporary "
+                    "staging table and one INSERT ... ON CONFLICT DO UPDATE per table, a COPY of "
+                    "the deleted keys and one DELETE ... USING per table, and a commit "
+                    f"(synchronous_commit on). {b.rows_upserted:,} rows upserted, "
+                    f"{b.rows_deleted:,} deleted; statement time {b.seconds:.1f} s (converting "
+                    f"and formatting them beforehand, not counted: {b.prepare_seconds:.1f} s). "
+                    f"Load: {b.load}."
+                )
         for lt in self.latencies:
             h = lt.hist
             lines.append(
@@ -1029,6 +1101,11 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=bl.REPO / "docs" / "benchmarks.md")
     parser.add_argument("--steps", default=",".join(ALL_STEPS), help=f"subset of {ALL_STEPS}")
     parser.add_argument("--keep", action="store_true", help="keep bench_stream and the work DB")
+    parser.add_argument(
+        "--no-bound",
+        action="store_true",
+        help="skip PostgreSQL's bound (bench/merge_bound.py) next to each catch-up",
+    )
     parser.add_argument(
         "--py-spy",
         action="store_true",
