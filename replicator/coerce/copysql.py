@@ -35,7 +35,11 @@ from replicator.coerce.types import JSON_KINDS, Kind, PgType
 
 MARK_NULL = "\x1c"  # (file separator) before nothing: the value is NULL
 MARK_VALUE = "\x1f"  # (unit separator) before each value's text
-ROW_SEPARATOR = "\x1e"  # (record separator) between two rows' texts
+# The first column's marks, which also start the row: SQLite joins rows with nothing
+# between them, and each row starts with exactly one of these.
+ROW_NULL = "\x1d"  # (group separator)
+ROW_VALUE = "\x1e"  # (record separator)
+_MARKS = (MARK_NULL, MARK_VALUE, ROW_NULL, ROW_VALUE)
 
 # The marks as SQL literals (a literal, not char(): no function call per value).
 _NULL = f"'{MARK_NULL}'"
@@ -164,6 +168,7 @@ def copy_text_expr(
     json_valid: bool = True,
     signed_zero: bool = False,
     rowid_alias: bool = False,
+    first: bool = False,
 ) -> str | None:
     """The SQLite expression giving ``ref``'s value (an SQLite column reference, quoted)
     in COPY text form for a column of type ``t`` (see the module's docstring); None when
@@ -171,7 +176,20 @@ def copy_text_expr(
 
     ``json_valid`` and ``signed_zero`` say whether this SQLite has ``json_valid()``
     and ``atan2()``: without them, JSON columns have no expression, and a double's
-    zero goes to Python. ``rowid_alias``: ``ref`` is the table's INTEGER PRIMARY KEY."""
+    zero goes to Python. ``rowid_alias``: ``ref`` is the table's INTEGER PRIMARY KEY.
+    ``first``: the row's first column, marked with :data:`ROW_NULL` and
+    :data:`ROW_VALUE` instead."""
+    if any(m in ref for m in _MARKS):
+        return None  # (a column name holding a mark: not worth a special case)
+    expr = _expr(t, ref, json_valid, signed_zero, rowid_alias)
+    if expr is None or not first:
+        return expr
+    return expr.replace(MARK_NULL, ROW_NULL).replace(MARK_VALUE, ROW_VALUE)
+
+
+def _expr(
+    t: PgType, ref: str, json_valid: bool, signed_zero: bool, rowid_alias: bool
+) -> str | None:
     kind = t.kind
     if kind in (Kind.SMALLINT, Kind.INTEGER, Kind.BIGINT):
         return _integer(ref, kind, rowid_alias and kind is Kind.BIGINT)

@@ -15,14 +15,25 @@ from __future__ import annotations
 import sqlite3
 
 from replicator.coerce import Kind
-from replicator.coerce.copysql import MARK_NULL, MARK_VALUE, ROW_SEPARATOR, copy_text_expr
+from replicator.coerce.copysql import (
+    MARK_NULL,
+    MARK_VALUE,
+    ROW_NULL,
+    ROW_VALUE,
+    copy_text_expr,
+)
 from replicator.identifiers import sqlite_ident
 from replicator.plan.tables import TablePlan
 from replicator.source.sqlite import ROWID
 
 _NULL = MARK_NULL.encode()
 _VALUE = MARK_VALUE.encode()
-_ROW = ROW_SEPARATOR.encode()
+_ROW_NULL = ROW_NULL.encode()
+_ROW_VALUE = ROW_VALUE.encode()
+# A value's mark becomes a tab, the first column's a newline (the first row's is cut).
+_MARKS_TO_TEXT = bytes.maketrans(_VALUE + _ROW_VALUE, b"\t\n")
+# The characters COPY's text format escapes, with their escapes (the backslash first).
+_ESCAPES = ((b"\\", b"\\\\"), (b"\t", b"\\t"), (b"\n", b"\\n"), (b"\r", b"\\r"))
 # What jsonb refuses that json_valid() accepts (coerce.text's convert_valid checks it).
 _JSONB_ESCAPES = (b"\\u0000", b"\\ud", b"\\uD")
 
@@ -42,7 +53,7 @@ def row_text_sql(plan: TablePlan, conn: sqlite3.Connection) -> str | None:
     json_valid = _has(conn, "json_valid('1')")
     signed_zero = _has(conn, "atan2(0.0, -1)")
     parts = []
-    for col in plan.columns:
+    for i, col in enumerate(plan.columns):
         ref = ROWID if col.source == ROWID else sqlite_ident(col.source)
         expr = copy_text_expr(
             col.type,
@@ -50,6 +61,7 @@ def row_text_sql(plan: TablePlan, conn: sqlite3.Connection) -> str | None:
             json_valid=json_valid,
             signed_zero=signed_zero,
             rowid_alias=col.source in (ROWID, plan.source.rowid_alias),
+            first=i == 0,
         )
         if expr is None:
             return None
@@ -65,13 +77,15 @@ class CopyText:
         self.jsonb = any(c.type.kind is Kind.JSONB for c in plan.columns)
 
     def convert(self, joined: bytes, rows: int) -> bytes | None:
-        """``joined`` (``rows`` rows of marked text, joined by the row separator) as the
-        bytes of a COPY in text format; None when Python must convert the chunk: a value
-        holds one of the marks, a NUL, text that is not UTF-8, or (jsonb) an escape
-        jsonb may refuse."""
-        marks = joined.count(_NULL) + joined.count(_VALUE)
-        if marks != rows * self.width or joined.count(_ROW) != rows - 1:
+        """``joined`` (``rows`` rows of marked text, as SQLite joined them) as the bytes of
+        a COPY in text format; None when Python must convert the chunk: a value holds one
+        of the marks, a NUL, text that is not UTF-8, or (jsonb) an escape jsonb may
+        refuse. (Each step a single pass in C over the chunk, skipped when it has
+        nothing to do.)"""
+        if joined.count(_ROW_VALUE) + joined.count(_ROW_NULL) != rows:
             return None
+        if joined.count(_VALUE) + joined.count(_NULL) != rows * (self.width - 1):
+            return None  # (values can only add marks: equal counts mean none holds one)
         if b"\x00" in joined:
             return None
         if not joined.isascii():
@@ -79,15 +93,14 @@ class CopyText:
                 joined.decode("utf-8")
             except UnicodeDecodeError:
                 return None
-        if self.jsonb and b"\\u" in joined and any(e in joined for e in _JSONB_ESCAPES):
+        if self.jsonb and b"\\" in joined and any(e in joined for e in _JSONB_ESCAPES):
             return None
-        text = (
-            joined.replace(b"\\", b"\\\\")
-            .replace(b"\t", b"\\t")
-            .replace(b"\n", b"\\n")
-            .replace(b"\r", b"\\r")
-            .replace(_NULL, b"\t\\N")
-            .replace(_VALUE, b"\t")
-            .replace(_ROW + b"\t", b"\n")
-        )
-        return text[1:] + b"\n"  # (the first row's first tab)
+        for char, escaped in _ESCAPES:
+            if char in joined:
+                joined = joined.replace(char, escaped)
+        text = joined.translate(_MARKS_TO_TEXT)
+        if _NULL in text:
+            text = text.replace(_NULL, b"\t\\N")
+        if _ROW_NULL in text:
+            text = text.replace(_ROW_NULL, b"\n\\N")
+        return text[1:] + b"\n"  # (the first row's newline)

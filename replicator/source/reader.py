@@ -287,7 +287,7 @@ class ChunkReader:
         where, params = self._where(after)
         page = f"FROM {self.table} WHERE {where} ORDER BY {self.keys} LIMIT ?"
         joined = (
-            "SELECT CAST(group_concat(_replicator_text, char(30)) AS BLOB), count(*),"
+            "SELECT CAST(group_concat(_replicator_text, '') AS BLOB), count(*),"
             f" count(_replicator_text) FROM (SELECT {row_sql} AS _replicator_text {page})"
         )
         try:
