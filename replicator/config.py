@@ -127,11 +127,8 @@ class SnapshotConfig:
     sql_conversion: bool = field(
         default=True,
         metadata=_doc(
-            "Into an empty table: let SQLite put the values it can convert exactly into "
-            "COPY's text form (integers, booleans, doubles, text, ISO-8601 timestamps and "
-            "dates, JSON that json_valid() accepts, blobs), so that Python handles only "
-            "the other values. Same target values and dead letters either way; false "
-            "converts every value in Python."
+            "Into an empty table, SQLite writes the COPY text of the values it converts "
+            "exactly (docs/type-mapping.md), Python the rest; false: Python converts all."
         ),
     )
     parallel_tables: int = field(

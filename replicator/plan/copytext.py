@@ -4,7 +4,7 @@ empty table (``snapshot.sql_conversion``).
 :func:`row_text_sql` joins the columns' SQLite expressions
 (:func:`replicator.coerce.copysql.copy_text_expr`) into one expression per row:
 each value behind its mark, NULL as a whole when a value must be converted in
-Python. :func:`to_copy_text` turns a chunk of such rows, joined by SQLite, into
+Python. :meth:`CopyText.copy_bytes` turns a chunk of such rows, joined by SQLite, into
 the bytes COPY reads, or says why it cannot (then the chunk is converted in
 Python: what the converters decide is the rule, this is only a faster way to
 the same values).
@@ -76,7 +76,7 @@ class CopyText:
         self.width = len(plan.columns)
         self.jsonb = any(c.type.kind is Kind.JSONB for c in plan.columns)
 
-    def convert(self, joined: bytes, rows: int) -> bytes | None:
+    def copy_bytes(self, joined: bytes, rows: int) -> bytes | None:
         """``joined`` (``rows`` rows of marked text, as SQLite joined them) as the bytes of
         a COPY in text format; None when Python must convert the chunk: a value holds one
         of the marks, a NUL, text that is not UTF-8, or (jsonb) an escape jsonb may

@@ -139,13 +139,13 @@ class Prefetcher:
         self, text: TextPlan, after: tuple[Any, ...] | None, limit: int
     ) -> TextChunk | tuple[list[RawRow], list[int] | None] | None:
         """The next chunk as COPY text; or, when its text cannot be used as it is
-        (``CopyText.convert``), the same rows read to be converted in Python; None at
+        (``CopyText.copy_bytes``), the same rows read to be converted in Python; None at
         the end of the range."""
         page = self.reader.read_text(after, limit, text.row_sql)
         if not page.rows or page.last_key is None:
             return None
         done = page.rows - len(page.left)
-        payload = text.copy_text.convert(page.text, done) if done else b""
+        payload = text.copy_text.copy_bytes(page.text, done) if done else b""
         if payload is None:
             return self.reader.read_checked(after, page.rows)
         converted = convert_rows(self.plan, page.left, "snapshot", page.valid)

@@ -403,7 +403,7 @@ def test_sqlite_gives_text_for_plain_values_and_null_for_the_rest(
     reader = ChunkReader(src, plan, check_json=True)
     page = reader.read_text(None, 1, row_sql)  # the first row: every value plain
     assert page.rows == 1 and not page.left
-    text = CopyText(plan).convert(page.text, 1)
+    text = CopyText(plan).copy_bytes(page.text, 1)
     assert text is not None and text.endswith(b"\n")
     fields = text[:-1].split(b"\t")
     ratio = fields.pop(7)
