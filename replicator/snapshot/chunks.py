@@ -33,6 +33,8 @@ from replicator.target.writer import TableWriter, write_isolating
 
 CHUNK_ATTEMPTS = 5  # a chunk rolled back by a deadlock between two ranges is tried again
 SIZE_SAMPLE = 64  # rows of a chunk whose size sets the next chunk's (snapshot.chunk_bytes)
+MOSTLY_TEXT = 20  # a chunk read as text is a miss when more than 1/20 of it goes to Python
+TEXT_MISSES = 0.25  # a range goes on in Python once more than this share of chunks miss
 
 Chunk = tuple[list[RawRow], Converted]
 
@@ -97,6 +99,7 @@ class Prefetcher:
         self.rows = rows
         self.max_bytes = max_bytes
         self.text = text
+        self.text_chunks = self.text_misses = 0  # chunks read as text, and those mostly not
         self.queue: queue.Queue[Chunk | TextChunk | BaseException | None] = queue.Queue(maxsize=1)
         self.stopping = threading.Event()
         self.thread = threading.Thread(
@@ -146,6 +149,20 @@ class Prefetcher:
             return None
         done = page.rows - len(page.left)
         payload = text.copy_text.copy_bytes(page.text, done) if done else b""
+        # Rows SQLite leaves to Python are read twice, a chunk it cannot write is read
+        # again whole: when that is the rule rather than the exception (JSON full of
+        # surrogate escapes, offsets into a timestamp without time zone), this range
+        # goes on in Python alone, which is then the faster way.
+        self.text_chunks += 1
+        if payload is None or len(page.left) * MOSTLY_TEXT > page.rows:
+            self.text_misses += 1
+            if self.text_misses >= 2 and self.text_misses > self.text_chunks * TEXT_MISSES:
+                self.text = None
+                get_logger(table=self.plan.source.name).info(
+                    "sql_conversion_off",
+                    chunks=self.text_chunks,
+                    reason="too many values left to Python",
+                )
         if payload is None:
             return self.reader.read_checked(after, page.rows)
         converted = convert_rows(self.plan, page.left, "snapshot", page.valid)
