@@ -34,6 +34,9 @@ raw_indexed
 repl_indexed
     ``replicator snapshot`` (a subprocess, ``config/reference-app.toml``:
     ``create_tables = false``, coercion and dead-lettering on) into the same schema.
+repl_indexed_python
+    (information) the same with ``snapshot.sql_conversion = false``: every value
+    converted in Python (the path before SQLite wrote COPY text), for comparison.
 repl_indexed_defer
     (information) the same with ``snapshot.defer_indexes = true``: each empty
     table is loaded without its plain secondary indexes, which are built again
@@ -96,6 +99,7 @@ CONFIG = bl.code_root() / "config" / "reference-app.toml"  # of the commit run (
 REFERENCE_STEPS = (
     "raw_indexed",
     "repl_indexed",
+    "repl_indexed_python",
     "repl_indexed_defer",
     "repl_create",
     "raw_created",
@@ -487,6 +491,7 @@ class Bench:
             else "reference schema (as raw_indexed), config/reference-app.toml "
             f"(chunk_rows {chunk_rows()}"
             + (", defer_indexes = true" if defer_indexes else "")
+            + ("" if sql_conversion else ", sql_conversion = false: every value in Python")
             + ")"
         )
         if source is not None and source.pg_schema is not None and not create:
@@ -572,6 +577,10 @@ class Bench:
             elif step == "repl_indexed_defer":
                 self.results[step] = self.repl(
                     step, big, big_counts, create=False, defer_indexes=True
+                )
+            elif step == "repl_indexed_python":
+                self.results[step] = self.repl(
+                    step, big, big_counts, create=False, sql_conversion=False
                 )
             elif step == "repl_create":
                 self.results[step] = self.repl(step, big, big_counts, create=True)
@@ -740,7 +749,7 @@ class Bench:
                 rel = ratio(r, R.get("repl_small")) if step == "repl_small_bad" else "n/a"
             elif step == "raw_pk":
                 rel = ratio(r, raw_n)
-            elif step == "repl_indexed_defer":
+            elif step in ("repl_indexed_defer", "repl_indexed_python"):
                 rel = ratio(r, raw_i)
             else:
                 rel = "1.00x" if step in ("raw_indexed", "raw_created", "raw_noindex") else "n/a"
