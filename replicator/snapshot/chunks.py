@@ -34,6 +34,7 @@ from replicator.target.writer import TableWriter, write_isolating
 CHUNK_ATTEMPTS = 5  # a chunk rolled back by a deadlock between two ranges is tried again
 SIZE_SAMPLE = 64  # rows of a chunk whose size sets the next chunk's (snapshot.chunk_bytes)
 MOSTLY_TEXT = 20  # a chunk read as text is a miss when more than 1/20 of it goes to Python
+TEXT_COPIES = 2  # a chunk read as text takes about twice its text in memory
 TEXT_MISSES = 0.25  # a range goes on in Python once more than this share of chunks miss
 
 Chunk = tuple[list[RawRow], Converted]
@@ -119,8 +120,10 @@ class Prefetcher:
                         self._put(None)
                         return
                     if isinstance(item, TextChunk):
-                        if self.max_bytes:  # the text is what the chunk holds
-                            per_row = max(1.0, len(item.text) / item.rows)
+                        if self.max_bytes:
+                            # The text is what the chunk holds; it is copied once or
+                            # twice on its way (SQLite's, then the escaped one).
+                            per_row = max(1.0, TEXT_COPIES * len(item.text) / item.rows)
                             limit = max(1, min(self.rows, int(self.max_bytes / per_row)))
                         self._put(item)
                         after = item.last_key
