@@ -35,6 +35,7 @@ CHUNK_ATTEMPTS = 5  # a chunk rolled back by a deadlock between two ranges is tr
 SIZE_SAMPLE = 64  # rows of a chunk whose size sets the next chunk's (snapshot.chunk_bytes)
 MOSTLY_TEXT = 20  # a chunk read as text is a miss when more than 1/20 of it goes to Python
 TEXT_COPIES = 2  # a chunk read as text takes about twice its text in memory
+WIDE_ROW = 1024  # bytes of text a row from which a range goes on in Python
 TEXT_MISSES = 0.25  # a range goes on in Python once more than this share of chunks miss
 
 Chunk = tuple[list[RawRow], Converted]
@@ -157,7 +158,14 @@ class Prefetcher:
         # surrogate escapes, offsets into a timestamp without time zone), this range
         # goes on in Python alone, which is then the faster way.
         self.text_chunks += 1
-        if payload is None or len(page.left) * MOSTLY_TEXT > page.rows:
+        if done and len(page.text) > WIDE_ROW * done:
+            # Long values: copying them is the work, not converting them, and binary
+            # COPY moves them once, where text is made, escaped and parsed again.
+            self.text = None
+            get_logger(table=self.plan.source.name).info(
+                "sql_conversion_off", chunks=self.text_chunks, reason="wide rows"
+            )
+        elif payload is None or len(page.left) * MOSTLY_TEXT > page.rows:
             self.text_misses += 1
             if self.text_misses >= 2 and self.text_misses > self.text_chunks * TEXT_MISSES:
                 self.text = None
