@@ -148,7 +148,14 @@ class Prefetcher:
         """The next chunk as COPY text; or, when its text cannot be used as it is
         (``CopyText.copy_bytes``), the same rows read to be converted in Python; None at
         the end of the range."""
-        page = self.reader.read_text(after, limit, text.row_sql)
+        try:
+            page = self.reader.read_text(after, limit, text.row_sql)
+        except sqlite3.DataError:  # "string or blob too big": the chunk's text, joined
+            self.text = None
+            get_logger(table=self.plan.source.name).info(
+                "sql_conversion_off", chunks=self.text_chunks, reason="text too big"
+            )
+            return self.reader.read_checked(after, limit)
         if not page.rows or page.last_key is None:
             return None
         done = page.rows - len(page.left)

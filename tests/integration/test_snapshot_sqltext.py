@@ -444,3 +444,31 @@ def test_sqlite_gives_text_for_plain_values_and_null_for_the_rest(
         "WHERE typeof(flag) IN ('text', 'real', 'blob') OR flag NOT IN (0, 1)"
     ).fetchone()
     assert others is not None and others[0] >= 10 and others[1] == 0
+
+
+def test_a_chunk_too_big_for_sqlites_text_goes_on_in_python(tmp_path: Path, pg_dsn: str) -> None:
+    """SQLite's text of a chunk longer than SQLite holds ("string or blob too big")
+    is no error: the range goes on in Python."""
+    source = tmp_path / "kinds.db"
+    total = make_source(source)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA fast")
+        conn.execute(TARGET.format(schema="fast"))
+        config = config_for(source, pg_dsn, "fast", create_tables=False)
+        src = sqlite3.connect(source, check_same_thread=False)  # (read in a thread)
+        (plan,) = build_plans(src, conn, config)
+    row_sql = row_text_sql(plan, src)
+    assert row_sql is not None
+    src.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 2000)  # a few rows' text at most
+    text = chunks.TextPlan(row_sql, CopyText(plan), chunks.Rereader(source, 5000, plan))
+    prefetch = chunks.Prefetcher(
+        ChunkReader(src, plan, check_json=True), plan, None, 100, text=text
+    )
+    read = 0
+    try:
+        while (chunk := prefetch.get()) is not None:
+            assert not isinstance(chunk, chunks.TextChunk)  # (each too big as text)
+            read += len(chunk[0])
+    finally:
+        prefetch.close()
+    assert read == total
