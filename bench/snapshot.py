@@ -1,15 +1,30 @@
 #!/usr/bin/env python3
 """Snapshot throughput and memory: the replicator against a raw sqlite3 | psql COPY.
 
-    python bench/snapshot.py [--artifacts 1000000] [--small-artifacts 100000]
+    python bench/snapshot.py [--schema reference|light|wide|all]
+                             [--artifacts 1000000] [--small-artifacts 100000]
+                             [--light-rows 1000000,2000000,500000] [--wide-rows 200000]
                              [--dsn postgresql://postgres@127.0.0.1:5432/postgres]
                              [--out docs/benchmarks.md] [--steps a,b,...] [--py-spy]
                              [--code worktree|COMMIT]
 
-A quick version: ``--artifacts 20000 --small-artifacts 5000 --no-write``. Full size
-takes 6-11 minutes on a 2-core machine (generating the 1M database once: ~70 s).
+A quick version: ``--artifacts 20000 --small-artifacts 5000 --light-rows 2000,3000,1000
+--wide-rows 500 --no-write``. Full size (``--schema all``, the default) takes 10-20
+minutes on a 2-core machine (generating the databases once: a few minutes more).
 
-One run measures, each into a freshly created database ``bench_snap_<step>``:
+Each schema is measured in every run (``--schema all``): the reference app's, whose
+GIN index makes PostgreSQL the bottleneck of both paths, and the two of
+``bench/schemas.py``, where the client is. For the light and the wide one,
+``<schema>_raw_indexed`` (the raw path below into the existing tables of
+``LIGHT_PG_SCHEMA`` / ``WIDE_PG_SCHEMA``), ``<schema>_repl_indexed`` (the replicator
+into the same, ``create_tables = false``), ``<schema>_repl_indexed_python`` (the same
+with ``snapshot.sql_conversion = false``: every value converted in Python, for
+comparison), ``<schema>_repl_create`` (the replicator
+creating the tables) and ``<schema>_raw_created`` (the raw path into the complete schema
+the replicator ends with), as for the reference schema:
+
+One run of the reference schema measures, each into a freshly created database
+``bench_snap_<step>``:
 
 raw_indexed
     ``sqlite3 -csv DB "SELECT cols" | psql -c "\\copy t (cols) FROM STDIN CSV"`` per
@@ -19,6 +34,9 @@ raw_indexed
 repl_indexed
     ``replicator snapshot`` (a subprocess, ``config/reference-app.toml``:
     ``create_tables = false``, coercion and dead-lettering on) into the same schema.
+repl_indexed_python
+    (information) the same with ``snapshot.sql_conversion = false``: every value
+    converted in Python (the path before SQLite wrote COPY text), for comparison.
 repl_indexed_defer
     (information) the same with ``snapshot.defer_indexes = true``: each empty
     table is loaded without its plain secondary indexes, which are built again
@@ -74,11 +92,14 @@ import benchlib as bl
 
 bl.ensure_venv()
 
+import schemas as bs  # noqa: E402
+
 TABLES = bl.REPLICATED_TABLES
 CONFIG = bl.code_root() / "config" / "reference-app.toml"  # of the commit run (--code)
-ALL_STEPS = (
+REFERENCE_STEPS = (
     "raw_indexed",
     "repl_indexed",
+    "repl_indexed_python",
     "repl_indexed_defer",
     "repl_create",
     "raw_created",
@@ -87,7 +108,31 @@ ALL_STEPS = (
     "repl_small",
     "repl_small_bad",
 )
+# The light and wide schemas (bench/schemas.py): the raw path and the replicator into
+# the existing tables, and into the tables the replicator creates.
+SCHEMA_STEPS = ("raw_indexed", "repl_indexed", "repl_indexed_python", "repl_create", "raw_created")
+LIGHT_STEPS = tuple(f"light_{s}" for s in SCHEMA_STEPS)
+WIDE_STEPS = tuple(f"wide_{s}" for s in SCHEMA_STEPS)
+ALL_STEPS = REFERENCE_STEPS + LIGHT_STEPS + WIDE_STEPS
 RSS_TARGET_MB = 150.0
+
+
+@dataclass
+class Source:
+    """One source database and how it is copied: the reference app's, or a bench schema's."""
+
+    kind: str  # "reference", "light" or "wide"
+    db: Path
+    tables: tuple[str, ...]
+    config: Path  # the replicator's configuration for it
+    counts: dict[str, int]
+    pg_schema: str | None = None  # the existing tables' DDL (None: the reference schema)
+
+
+def bench_source(kind: str, db: Path, tables: tuple[str, ...], pg_schema: str) -> Source:
+    config = bl.OUT / f"snapshot-{kind}.toml"
+    config.write_text(bs.light_config_toml(db, create_tables=False))
+    return Source(kind, db, tables, config, bl.sqlite_counts(db, tables), pg_schema)
 
 
 @dataclass
@@ -129,10 +174,10 @@ def column_names(db: Path, table: str) -> list[str]:
         conn.close()
 
 
-def raw_copy(db: Path, dsn: str, log_path: Path) -> float:
+def raw_copy(db: Path, dsn: str, log_path: Path, tables: tuple[str, ...] = TABLES) -> float:
     """sqlite3 -csv | psql \\copy for every table, one after the other; returns seconds."""
     parts = ["set -eo pipefail"]
-    for t in TABLES:
+    for t in tables:
         cols = ", ".join(f'"{c}"' for c in column_names(db, t))
         select = f'SELECT {cols} FROM "{t}"'
         copy = f'\\copy "{t}" ({cols}) FROM STDIN CSV'
@@ -151,7 +196,9 @@ def raw_copy(db: Path, dsn: str, log_path: Path) -> float:
     return wall
 
 
-def replicator_ddl(db: Path, dsn: str, *, keep_pk: bool, post_load: bool = False) -> list[str]:
+def replicator_ddl(
+    db: Path, dsn: str, *, keep_pk: bool, post_load: bool = False, config_path: Path = CONFIG
+) -> list[str]:
     """The CREATE TABLE statements the replicator itself issues for this source.
 
     With ``post_load``, followed by every statement it runs after its load
@@ -165,7 +212,7 @@ def replicator_ddl(db: Path, dsn: str, *, keep_pk: bool, post_load: bool = False
     from replicator.target.connection import connect
 
     config = load_config(
-        CONFIG,
+        config_path,
         env={},
         overrides={
             "source.path": str(db),
@@ -202,7 +249,9 @@ def exec_sql(dsn: str, statements: list[str]) -> None:
             conn.execute(s)
 
 
-def replicator_env(create_tables: bool, defer_indexes: bool | None = None) -> dict[str, str]:
+def replicator_env(
+    create_tables: bool, defer_indexes: bool | None = None, sql_conversion: bool = True
+) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
@@ -212,6 +261,8 @@ def replicator_env(create_tables: bool, defer_indexes: bool | None = None) -> di
     env["REPLICATOR_METRICS_ADDRESS"] = ""
     if defer_indexes is not None:
         env["REPLICATOR_SNAPSHOT_DEFER_INDEXES"] = "true" if defer_indexes else "false"
+    if not sql_conversion:
+        env["REPLICATOR_SNAPSHOT_SQL_CONVERSION"] = "false"
     return env
 
 
@@ -223,11 +274,13 @@ def run_replicator(
     create_tables: bool,
     py_spy: bool,
     defer_indexes: bool | None = None,
+    config: Path = CONFIG,
+    sql_conversion: bool = True,
 ) -> tuple[float, bl.MemoryWatch, str, float | None, float | None]:
     cmd = [
         *bl.replicator_command(),
         "-c",
-        str(CONFIG),
+        str(config),
         "--source",
         str(db),
         "--target",
@@ -241,7 +294,10 @@ def run_replicator(
     started = time.perf_counter()
     with out_path.open("w") as out, err_path.open("w") as err:
         proc = subprocess.Popen(
-            cmd, stdout=out, stderr=err, env=replicator_env(create_tables, defer_indexes)
+            cmd,
+            stdout=out,
+            stderr=err,
+            env=replicator_env(create_tables, defer_indexes, sql_conversion),
         )
         watch = bl.MemoryWatch(proc)
         spy = None
@@ -318,11 +374,16 @@ class Bench:
         self.sampler = bl.LoadSampler().start()
         self.results: dict[str, StepResult] = {}
 
-    def fresh(self, step: str, *, reference_schema: bool) -> tuple[str, str]:
+    def fresh(
+        self, step: str, *, reference_schema: bool, source: Source | None = None
+    ) -> tuple[str, str]:
         name = f"bench_snap_{step}"
         dsn = bl.recreate_database(self.admin, name)
         if reference_schema:
-            bl.apply_reference_schema(dsn)
+            if source is not None and source.pg_schema is not None:
+                exec_sql(dsn, [source.pg_schema])
+            else:
+                bl.apply_reference_schema(dsn)
         bl.checkpoint(self.admin)
         return name, dsn
 
@@ -331,18 +392,29 @@ class Bench:
             bl.drop_database(self.admin, name)
 
     def check_counts(self, dsn: str, expected: dict[str, int], dead: int = 0) -> tuple[bool, str]:
-        got = bl.pg_counts(dsn, TABLES)
+        tables = tuple(expected)
+        got = bl.pg_counts(dsn, tables)
         missing = sum(expected.values()) - sum(got.values())
-        ok = missing == dead and all(got[t] <= expected[t] for t in TABLES)
+        ok = missing == dead and all(got[t] <= expected[t] for t in tables)
         note = "" if ok else f"row counts differ: expected {expected}, got {got}"
         if not ok:
             bl.log(note)
         return ok, note
 
-    def raw(self, step: str, db: Path, expected: dict[str, int], ddl: str) -> StepResult:
-        name, dsn = self.fresh(step, reference_schema=(ddl == "reference"))
+    def raw(
+        self,
+        step: str,
+        db: Path,
+        expected: dict[str, int],
+        ddl: str,
+        source: Source | None = None,
+    ) -> StepResult:
+        name, dsn = self.fresh(step, reference_schema=(ddl == "reference"), source=source)
+        config = source.config if source is not None else CONFIG
         what = {
-            "reference": "reference schema: PKs, 4 UNIQUE, 5 FKs, 7 b-tree + 1 GIN index",
+            "reference": "reference schema: PKs, 4 UNIQUE, 5 FKs, 7 b-tree + 1 GIN index"
+            if source is None or source.pg_schema is None
+            else f"{source.kind} schema (bench/schemas.py): PKs, one UNIQUE each, no FK, no GIN",
             "nopk": "replicator's CREATE TABLE (its column types) without the PRIMARY KEY: "
             "no index, no FK",
             "pk": "replicator's CREATE TABLE (its column types) with the PRIMARY KEY only",
@@ -352,7 +424,11 @@ class Bench:
         }[ddl]
         if ddl != "reference":
             statements = replicator_ddl(
-                db, dsn, keep_pk=(ddl in ("pk", "created")), post_load=(ddl == "created")
+                db,
+                dsn,
+                keep_pk=(ddl in ("pk", "created")),
+                post_load=(ddl == "created"),
+                config_path=config,
             )
             exec_sql(dsn, statements)
             bl.checkpoint(self.admin)
@@ -364,7 +440,7 @@ class Bench:
                 what += f" ({n_pk} PKs, {n_unique} UNIQUE, {n_index} b-tree indexes, {n_fk} FKs)"
         bl.log(f"{step}: raw sqlite3 | psql COPY into {name} ...")
         with self.sampler.window(step) as w:
-            wall = raw_copy(db, dsn, bl.OUT / f"snapshot-{step}.log")
+            wall = raw_copy(db, dsn, bl.OUT / f"snapshot-{step}.log", tuple(expected))
         ok, note = self.check_counts(dsn, expected)
         self.finish(name)
         r = StepResult(
@@ -388,8 +464,11 @@ class Bench:
         *,
         create: bool,
         defer_indexes: bool | None = None,
+        source: Source | None = None,
+        sql_conversion: bool = True,
     ) -> StepResult:
-        name, dsn = self.fresh(step, reference_schema=not create)
+        name, dsn = self.fresh(step, reference_schema=not create, source=source)
+        config = source.config if source is not None else CONFIG
         bl.log(f"{step}: replicator snapshot into {name} (create_tables={create}) ...")
         with self.sampler.window(step) as w:
             wall, watch, summary, copy_seconds, tail = run_replicator(
@@ -399,6 +478,8 @@ class Bench:
                 create_tables=create,
                 py_spy=self.args.py_spy,
                 defer_indexes=defer_indexes,
+                config=config,
+                sql_conversion=sql_conversion,
             )
         dead = parse_summary(summary)
         ok, note = self.check_counts(dsn, expected, dead)
@@ -410,8 +491,15 @@ class Bench:
             else "reference schema (as raw_indexed), config/reference-app.toml "
             f"(chunk_rows {chunk_rows()}"
             + (", defer_indexes = true" if defer_indexes else "")
+            + ("" if sql_conversion else ", sql_conversion = false: every value in Python")
             + ")"
         )
+        if source is not None and source.pg_schema is not None and not create:
+            what = (
+                f"{source.kind} schema (as {source.kind}_raw_indexed), bench/schemas.py's "
+                "light_config_toml (snapshot defaults: chunk_rows 5000, parallel_tables 2)"
+                + ("" if sql_conversion else "; sql_conversion = false: every value in Python")
+            )
         r = StepResult(
             step=step,
             rows=sum(expected.values()),
@@ -439,8 +527,16 @@ class Bench:
     def run(self) -> None:
         a = self.args
         steps = a.steps
-        big = bl.reference_db(a.artifacts, a.seed, bad_values=False)
-        big_counts = bl.sqlite_counts(big, TABLES)
+        reference = any(st in REFERENCE_STEPS for st in steps)
+        big = bl.reference_db(a.artifacts, a.seed, bad_values=False) if reference else None
+        big_counts = bl.sqlite_counts(big, TABLES) if big is not None else None
+        self.schemas: dict[str, Source] = {}
+        if any(st in LIGHT_STEPS for st in steps):
+            db = bs.light_db(*a.light_rows, seed=a.seed)
+            self.schemas["light"] = bench_source("light", db, bs.LIGHT_TABLES, bs.LIGHT_PG_SCHEMA)
+        if any(st in WIDE_STEPS for st in steps):
+            db = bs.wide_db(a.wide_rows, seed=a.seed)
+            self.schemas["wide"] = bench_source("wide", db, bs.WIDE_TABLES, bs.WIDE_PG_SCHEMA)
         small = small_counts = bad = bad_counts = None
         if "repl_small" in steps:
             small = bl.reference_db(a.small_artifacts, a.seed, bad_values=False)
@@ -457,6 +553,23 @@ class Bench:
         self.top_before = bl.top_snapshot()
         started = time.perf_counter()
         for step in steps:
+            kind, _, base = step.partition("_")
+            if kind in self.schemas:
+                src = self.schemas[kind]
+                if base in ("raw_indexed", "raw_created"):
+                    ddl = "reference" if base == "raw_indexed" else "created"
+                    self.results[step] = self.raw(step, src.db, src.counts, ddl, src)
+                else:
+                    self.results[step] = self.repl(
+                        step,
+                        src.db,
+                        src.counts,
+                        create=base == "repl_create",
+                        source=src,
+                        sql_conversion=base != "repl_indexed_python",
+                    )
+                continue
+            assert big is not None and big_counts is not None
             if step == "raw_indexed":
                 self.results[step] = self.raw(step, big, big_counts, "reference")
             elif step == "repl_indexed":
@@ -464,6 +577,10 @@ class Bench:
             elif step == "repl_indexed_defer":
                 self.results[step] = self.repl(
                     step, big, big_counts, create=False, defer_indexes=True
+                )
+            elif step == "repl_indexed_python":
+                self.results[step] = self.repl(
+                    step, big, big_counts, create=False, sql_conversion=False
                 )
             elif step == "repl_create":
                 self.results[step] = self.repl(step, big, big_counts, create=True)
@@ -487,10 +604,6 @@ class Bench:
     # -- report ----------------------------------------------------------------
 
     def report(self, info: dict[str, str]) -> str:
-        a = self.args
-        R = self.results
-        big, big_counts = self.sources["big"]
-        assert big is not None and big_counts is not None
         lines = ["## Snapshot", ""]
         lines += bl.machine_lines(info)
         lines += bl.code_change_note(info)
@@ -499,6 +612,104 @@ class Bench:
             "",
             f"Command: `{cmd}` (whole run {self.total_seconds / 60:.1f} min, "
             "database generation excluded).",
+            "",
+        ]
+        if any(st in REFERENCE_STEPS for st in self.args.steps):
+            lines += self.reference_report()
+        for kind in self.schemas:
+            lines += self.schema_report(kind)
+        lines += [
+            "Machine load (`uptime`) before: `"
+            + self.uptime_before.strip()
+            + "`; after: `"
+            + self.uptime_after.strip()
+            + "`.",
+            "",
+        ]
+        return "\n".join(lines)
+
+    def schema_report(self, kind: str) -> list[str]:
+        """The light or wide schema's four steps: the replicator against the raw path
+        into the existing tables and into the complete schema it creates."""
+        src = self.schemas[kind]
+        R = self.results
+        steps = [st for st in self.args.steps if st.startswith(f"{kind}_")]
+        total = sum(src.counts.values())
+        lines = [
+            f"### {kind.capitalize()} schema",
+            "",
+            f"Source: `{src.db.name}` (bench/schemas.py), {total:,} rows "
+            f"({', '.join(f'{t} {n:,}' for t, n in src.counts.items())}); "
+            f"{src.db.stat().st_size / 2**20:,.0f} MiB. No bad values.",
+            "",
+        ]
+        rows = []
+        for step in steps:
+            r = R[step]
+            target, rel, ok = "-", "1.00x" if "_raw_" in step else "n/a", None
+            base_name = {
+                f"{kind}_repl_indexed": (f"{kind}_raw_indexed", 0.9),
+                f"{kind}_repl_create": (f"{kind}_raw_created", 1.0),
+            }.get(step)
+            if step == f"{kind}_repl_indexed_python" and f"{kind}_raw_indexed" in R:
+                rel = f"{r.rate / R[f'{kind}_raw_indexed'].rate:.2f}x"
+            if base_name is not None:
+                base, need = R.get(base_name[0]), base_name[1]
+                ok = (r.peak_mb or 0) < RSS_TARGET_MB
+                if base is not None:
+                    rel = f"{r.rate / base.rate:.2f}x"
+                    target = f"≥ {need:.2f}x {base_name[0]}; RSS < 150 MB"
+                    ok = ok and r.rate >= need * base.rate
+                else:
+                    target = f"RSS < 150 MB ({base_name[0]} not run)"
+            rows.append(
+                [
+                    f"`{step}`",
+                    bl.fmt_int(r.rows),
+                    f"{r.wall:.1f}",
+                    bl.fmt_int(r.rate),
+                    rel,
+                    f"{r.peak_mb:.0f}" if r.peak_mb is not None else "-",
+                    f"{r.cpu_seconds:.0f}" if r.cpu_seconds is not None else "-",
+                    f"{r.others_cores:.2f}",
+                    target,
+                    bl.verdict(ok) if ok is not None else "-",
+                ]
+            )
+        lines += bl.table(
+            [
+                "step",
+                "rows",
+                "wall s",
+                "rows/s",
+                "vs baseline",
+                "peak RSS MB",
+                "replicator CPU s",
+                "other procs (cores)",
+                "target",
+                "result",
+            ],
+            rows,
+        )
+        lines += ["", "What each side had:", ""]
+        for step in steps:
+            r = R[step]
+            extra = f" Peak RSS {r.peak_mb:.0f} MB." if r.peak_mb is not None else ""
+            if r.dead_letters:
+                extra += f" {r.dead_letters} rows dead-lettered."
+            if not r.counts_ok:
+                extra += f" **Row-count check failed**: {r.note}"
+            lines.append(f"- `{step}`: {r.what}.{extra} Load: {r.load}.")
+        lines.append("")
+        return lines
+
+    def reference_report(self) -> list[str]:
+        a = self.args
+        R = self.results
+        big, big_counts = self.sources["big"]
+        assert big is not None and big_counts is not None
+        lines = [
+            "### Reference schema",
             "",
             f"Source: `{big.name}`, {a.artifacts:,} artifacts, no bad values, "
             f"{sum(big_counts.values()):,} rows in the 10 replicated tables "
@@ -514,7 +725,8 @@ class Bench:
         def ratio(r: StepResult, base: StepResult | None) -> str:
             return f"{r.rate / base.rate:.2f}x" if base else "n/a"
 
-        for step in a.steps:
+        ref_steps = [st for st in a.steps if st in REFERENCE_STEPS]
+        for step in ref_steps:
             r = R[step]
             target = ""
             ok: bool | None = None
@@ -537,7 +749,7 @@ class Bench:
                 rel = ratio(r, R.get("repl_small")) if step == "repl_small_bad" else "n/a"
             elif step == "raw_pk":
                 rel = ratio(r, raw_n)
-            elif step == "repl_indexed_defer":
+            elif step in ("repl_indexed_defer", "repl_indexed_python"):
                 rel = ratio(r, raw_i)
             else:
                 rel = "1.00x" if step in ("raw_indexed", "raw_created", "raw_noindex") else "n/a"
@@ -601,7 +813,7 @@ class Bench:
             "What each side had:",
             "",
         ]
-        for step in a.steps:
+        for step in ref_steps:
             r = R[step]
             extra = ""
             if r.peak_mb is not None and r.rss_profile:
@@ -641,14 +853,8 @@ class Bench:
             "`sqlite3` and `psql` as two processes in a pipe next to the PostgreSQL "
             "backend, so it uses both cores.",
             "",
-            "Machine load (`uptime`) before: `"
-            + self.uptime_before.strip()
-            + "`; after: `"
-            + self.uptime_after.strip()
-            + "`.",
-            "",
         ]
-        return "\n".join(lines)
+        return lines
 
 
 def main() -> int:
@@ -662,6 +868,19 @@ def main() -> int:
     )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(
+        "--schema",
+        default="all",
+        choices=("reference", "light", "wide", "all"),
+        help="which sources to measure (their default steps): the reference app's, the "
+        "light schema, the wide-text one (bench/schemas.py), or all three",
+    )
+    parser.add_argument(
+        "--light-rows",
+        default="1000000,2000000,500000",
+        help="rows of the light schema's artifacts, artifact_scores and tweets",
+    )
+    parser.add_argument("--wide-rows", type=int, default=200_000, help="rows of the wide schema")
+    parser.add_argument(
         "--code",
         default="worktree",
         help="replicator code to run: 'worktree' (the files on disk) or a git commit/ref, "
@@ -670,7 +889,7 @@ def main() -> int:
     parser.add_argument("--dsn", default=bl.DEFAULT_DSN, help="an admin DSN (may CREATE DATABASE)")
     parser.add_argument("--out", type=Path, default=bl.REPO / "docs" / "benchmarks.md")
     parser.add_argument(
-        "--steps", default=",".join(ALL_STEPS), help=f"comma-separated subset of {ALL_STEPS}"
+        "--steps", default="", help=f"comma-separated subset of {ALL_STEPS} (overrides --schema)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the bench_snap_* databases")
     parser.add_argument(
@@ -681,7 +900,18 @@ def main() -> int:
     )
     parser.add_argument("--no-write", action="store_true", help="print the section only")
     args = parser.parse_args()
-    args.steps = [s.strip() for s in args.steps.split(",") if s.strip()]
+    by_schema = {
+        "reference": REFERENCE_STEPS,
+        "light": LIGHT_STEPS,
+        "wide": WIDE_STEPS,
+        "all": ALL_STEPS,
+    }
+    args.steps = [s.strip() for s in args.steps.split(",") if s.strip()] or list(
+        by_schema[args.schema]
+    )
+    args.light_rows = tuple(int(n) for n in args.light_rows.split(","))
+    if len(args.light_rows) != 3:
+        parser.error("--light-rows takes three numbers")
     unknown = set(args.steps) - set(ALL_STEPS)
     if unknown:
         parser.error(f"unknown steps: {sorted(unknown)}")

@@ -21,7 +21,10 @@ indexed schema and a copy of a cached reference-app SQLite database
    ``artifacts``, ``artifact_scores`` and ``discovery_labels``; then
    ``replicator run`` starts and the time until the position committed in
    PostgreSQL reaches the log's head is measured. The daemon's VmRSS is sampled
-   throughout and its VmHWM is read when the drain ends.
+   throughout and its VmHWM is read when the drain ends. Before it, the same
+   backlog is replayed as bare staging merges into a copy of the target
+   (``bench/merge_bound.py``): PostgreSQL's own statement time for those changes,
+   the bound one session can reach; the catch-up is reported as a ratio to it.
 3. Latency, with the daemon caught up and running: a writer process inserts
    rows into ``snapshots`` at a fixed rate, each in its own transaction (the row
    carries its sequence number and its own time stamp), and records the time
@@ -67,7 +70,9 @@ bl.ensure_venv()
 
 CONFIG = bl.code_root() / "config" / "reference-app.toml"  # of the commit run (--code)
 DBNAME = "bench_stream"
-ALL_STEPS = ("catchup", "latency", "triggers")
+ALL_STEPS = ("catchup", "catchup_light", "latency", "triggers")
+LIGHT_DBNAME = "bench_stream_light"
+LIGHT_TABLES = ("artifacts", "artifact_scores", "tweets")
 LATENCY_NAME = "bench-latency"
 WARMUP_SECONDS = 2.0
 
@@ -93,12 +98,12 @@ def _kill_leftovers() -> None:
 class Daemon:
     """`replicator run` as a subprocess, with its JSON log parsed as it arrives."""
 
-    def __init__(self, db: Path, dsn: str, tag: str) -> None:
+    def __init__(self, db: Path, dsn: str, tag: str, config: Path = CONFIG) -> None:
         self.tag = tag
         cmd = [
             *bl.replicator_command(),
             "-c",
-            str(CONFIG),
+            str(config),
             "--source",
             str(db),
             "--target",
@@ -396,6 +401,81 @@ def write_backlog(db: Path, changes: int, tag: str) -> dict[str, Any]:
     }
 
 
+def write_light_backlog(db: Path, changes: int, tag: str) -> dict[str, Any]:
+    """:func:`write_backlog`'s mix on the light schema (bench/schemas.py): in rounds of
+    2,000 changes, 35% artifact INSERTs (copies with new ids and source_ids), 30%
+    artifact UPDATEs (published_at and meta), 20% artifact_scores UPDATEs, 10% tweet
+    INSERTs, 5% tweet DELETEs (of tweets inserted a round earlier)."""
+    conn = sqlite3.connect(db, isolation_level=None, timeout=30)
+    conn.execute("PRAGMA synchronous = NORMAL")
+    before = head(db)
+    lo, original_hi = conn.execute("SELECT min(id), max(id) FROM artifacts").fetchone()
+    scores_lo, scores_hi = conn.execute("SELECT min(id), max(id) FROM artifact_scores").fetchone()
+    rounds = max(1, round(changes / 2000))
+    n_ins, n_upd, n_sco, n_twi, n_del = 700, 600, 400, 200, 100
+    started = time.perf_counter()
+    ins_cursor = upd_cursor = lo
+    sco_cursor = scores_lo
+    ts = now_sql()
+    conn.execute("BEGIN IMMEDIATE")
+    for r in range(rounds):
+        hi = ins_cursor + n_ins - 1
+        conn.execute(
+            "INSERT INTO artifacts (source_id, published_at, meta, is_public, score)"
+            " SELECT source_id || ':bk' || ? || '.' || ?, published_at, meta, is_public, score"
+            " FROM artifacts WHERE id BETWEEN ? AND ?",
+            (tag, r, ins_cursor, hi),
+        )
+        ins_cursor = hi + 1 if hi + 1 <= original_hi else lo
+        max_id = conn.execute("SELECT max(id) FROM artifacts").fetchone()[0]
+        hi = upd_cursor + n_upd - 1
+        conn.execute(
+            "UPDATE artifacts SET published_at = ?, meta = json_set(meta, '$.fetch_count',"
+            " coalesce(json_extract(meta, '$.fetch_count'), 0) + 1) || ''"
+            " WHERE id BETWEEN ? AND ? AND meta IS NOT NULL",
+            (ts, upd_cursor, hi),
+        )
+        upd_cursor = hi + 1 if hi + 1 <= max_id else lo
+        hi = sco_cursor + n_sco - 1
+        conn.execute(
+            "UPDATE artifact_scores SET value = (abs(random()) % 1000) / 1000.0,"
+            " flagged = abs(random()) % 2, computed_at = ? WHERE id BETWEEN ? AND ?",
+            (ts, sco_cursor, hi),
+        )
+        sco_cursor = hi + 1 if hi + 1 <= scores_hi else scores_lo
+        conn.execute(
+            "INSERT INTO tweets (tweet_id, created_at, tags, is_reply, salience)"
+            " SELECT 'bk-' || ? || '-' || ? || '-' || id, ?, tags, is_reply, salience"
+            " FROM tweets WHERE tweet_id NOT LIKE 'bk-%' ORDER BY id LIMIT ?",
+            (tag, r, ts, n_twi),
+        )
+        if r >= 1:
+            conn.execute(
+                "DELETE FROM tweets WHERE id IN (SELECT id FROM tweets WHERE tweet_id LIKE ?"
+                " ORDER BY id LIMIT ?)",
+                (f"bk-{tag}-{r - 1}-%", n_del),
+            )
+        if (r + 1) % 50 == 0:
+            conn.execute("COMMIT")
+            conn.execute("BEGIN IMMEDIATE")
+    conn.execute("COMMIT")
+    seconds = time.perf_counter() - started
+    after = head(db)
+    mix = conn.execute(
+        "SELECT tbl, op, count(*) FROM _replicator_changelog WHERE seq > ? GROUP BY 1, 2"
+        " ORDER BY 1, 2",
+        (before,),
+    ).fetchall()
+    conn.close()
+    return {
+        "before": before,
+        "after": after,
+        "changes": after - before,
+        "seconds": seconds,
+        "mix": {f"{t}.{op}": n for t, op, n in mix},
+    }
+
+
 # --------------------------------------------------------------------------- latency
 
 
@@ -597,6 +677,14 @@ class Catchup:
     others_cores: float
     cpu_note: str = ""
     startup: float = 0.0
+    bound: Any = None  # merge_bound.Bound: PostgreSQL's own statement time for the backlog
+
+    @property
+    def ratio(self) -> float | None:
+        """The replicator's rate after its start-up over the bound's."""
+        if self.bound is None or not self.bound.rate:
+            return None
+        return float(self.rate_streaming / self.bound.rate)
 
     @property
     def changes(self) -> int:
@@ -637,6 +725,9 @@ class Bench:
         self.trig: dict[str, Any] | None = None
         self.snapshot_seconds = 0.0
         self.current: Daemon | None = None
+        self.light = False  # the catch-up being run is the light schema's
+        self.light_catchups: list[Catchup] = []
+        self.light_snapshot_seconds = 0.0
 
     def spy(self, d: Daemon, tag: str) -> subprocess.Popen[bytes] | None:
         if not self.args.py_spy:
@@ -645,23 +736,31 @@ class Bench:
 
     def compare_counts(self, db: Path, dsn: str) -> bool:
         tables = ["artifacts", "artifact_scores", "discovery_labels", "snapshots"]
+        if self.light:
+            tables = list(LIGHT_TABLES)
         src = bl.sqlite_counts(db, tables)
         dst = bl.pg_counts(dsn, tables)
         if src != dst:
             bl.log(f"row counts differ: sqlite {src} postgres {dst}")
         return src == dst
 
-    def catchup(self, db: Path, dsn: str, changes: int, label: str) -> Catchup:
+    def catchup(
+        self, db: Path, dsn: str, changes: int, label: str, config: Path = CONFIG
+    ) -> Catchup:
         bl.log(f"catch-up {label}: writing a backlog of ~{changes:,} changes (daemon stopped) ...")
-        backlog = write_backlog(db, changes, label)
+        if self.light:
+            backlog = write_light_backlog(db, changes, label)
+        else:
+            backlog = write_backlog(db, changes, label)
         bl.log(
             f"backlog: {backlog['changes']:,} changes in {backlog['seconds']:.1f}s "
             f"({backlog['changes'] / backlog['seconds']:,.0f}/s written): {backlog['mix']}"
         )
         bl.checkpoint(self.args.dsn)
+        bound = self.bound(db, backlog, label, config)
         target = backlog["after"]
         with self.sampler.window(f"catchup-{label}") as w:
-            d = Daemon(db, dsn, f"catchup-{label}")
+            d = Daemon(db, dsn, f"catchup-{label}", config)
             spy = self.spy(d, f"catchup-{label}")
             t0 = d.started
             trace: list[tuple[float, int]] = []
@@ -696,6 +795,7 @@ class Bench:
             load=w.describe(),
             others_cores=w.others_cores(),
             startup=t_stream - t0,
+            bound=bound,
         )
         bl.log(
             f"catch-up {label}: {c.changes:,} changes in {c.wall_from_start:.1f}s from start = "
@@ -704,6 +804,41 @@ class Bench:
         )
         self.current = d
         return c
+
+    def bound(self, db: Path, backlog: dict[str, Any], label: str, config: Path = CONFIG) -> Any:
+        """The same backlog replayed as bare staging merges (bench/merge_bound.py) into a
+        copy of the target as the catch-up finds it; None with --no-bound."""
+        if self.args.no_bound:
+            return None
+        import merge_bound
+        import psycopg
+        from psycopg import sql
+
+        source_db = LIGHT_DBNAME if self.light else DBNAME
+        name = f"{source_db}_bound"
+        bl.drop_database(self.args.dsn, name)
+        with psycopg.connect(self.args.dsn, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                    sql.Identifier(name), sql.Identifier(source_db)
+                )
+            )
+        bl.checkpoint(self.args.dsn)
+        try:
+            bl.log(f"bound {label}: the backlog as bare staging merges into a copy ...")
+            with self.sampler.window(f"bound-{label}") as w:
+                bound = merge_bound.replay(
+                    db, bl.dsn_for(self.args.dsn, name), config, backlog["before"], backlog["after"]
+                )
+            bound.load = w.describe()
+        finally:
+            bl.drop_database(self.args.dsn, name)
+        bl.checkpoint(self.args.dsn)
+        bl.log(
+            f"bound {label}: {bound.changes:,} changes in {bound.seconds:.1f}s of statements = "
+            f"{bound.rate:,.0f}/s ({bound.batches} batches; {bound.load})"
+        )
+        return bound
 
     def latency(self, db: Path, dsn: str, d: Daemon, rate: float, first_seq: int) -> Latency:
         seconds = self.args.latency_seconds
@@ -843,6 +978,8 @@ class Bench:
                 bl.drop_database(a.dsn, DBNAME)
                 for suffix in ("", "-wal", "-shm"):
                     Path(f"{db}{suffix}").unlink(missing_ok=True)
+        if "catchup_light" in a.steps:
+            self.run_light()
         if "triggers" in a.steps:
             bl.log(f"trigger overhead: {a.trigger_writes:,} inserts and updates, each side ...")
             with self.sampler.window("triggers") as w:
@@ -854,6 +991,46 @@ class Bench:
         self.uptime_after = bl.uptime()
         self.top_after = bl.top_snapshot()
         self.sampler.stop()
+
+    def run_light(self) -> None:
+        """The two catch-ups again on the light schema (bench/schemas.py): no GIN, so
+        PostgreSQL's bound is higher and the replicator's own work shows."""
+        import schemas
+
+        a = self.args
+        base = schemas.light_db(*a.light_rows, seed=a.seed)
+        self.light_base = base
+        db = bl.OUT / "stream-light-work.db"
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{db}{suffix}").unlink(missing_ok=True)
+        shutil.copyfile(base, db)
+        config = bl.OUT / "stream-light.toml"
+        config.write_text(schemas.light_config_toml(db, create_tables=False))
+        dsn = bl.recreate_database(a.dsn, LIGHT_DBNAME)
+        import psycopg
+
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(schemas.LIGHT_PG_SCHEMA)
+        self.light = True
+        try:
+            bl.log(f"light: initial snapshot of {base.name} by replicator run ...")
+            t = time.time()
+            d = Daemon(db, dsn, "light-initial", config)
+            d.wait_for("streaming", timeout=1800)
+            self.light_snapshot_seconds = time.time() - t
+            d.stop()
+            sizes = ((max(1000, a.changes // 10), "light-small"), (a.changes, "light-large"))
+            for changes, label in sizes:
+                c = self.catchup(db, dsn, changes, label, config)
+                self.light_catchups.append(c)
+                assert self.current is not None
+                self.current.stop()
+        finally:
+            self.light = False
+            if not a.keep:
+                bl.drop_database(a.dsn, LIGHT_DBNAME)
+                for suffix in ("", "-wal", "-shm"):
+                    Path(f"{db}{suffix}").unlink(missing_ok=True)
 
     # -- report ------------------------------------------------------------------
 
@@ -876,17 +1053,30 @@ class Bench:
             "",
         ]
         rows = []
-        for c in self.catchups:
+        for c in [*self.catchups, *self.light_catchups]:
+            light = c.label.startswith("light")
+            schema = " (light schema)" if light else ""
             ok = c.rate >= 20_000
             rows.append(
                 [
-                    f"catch-up, backlog {c.changes:,}",
+                    f"catch-up{schema}, backlog {c.changes:,}",
                     f"{c.rate:,.0f} changes/s ({c.wall_from_start:.1f} s from process start; "
                     f"{c.rate_streaming:,.0f}/s after its {c.startup:.1f} s start-up)",
-                    "≥ 20,000 changes/s",
-                    bl.verdict(ok),
+                    "(reported)" if light else "≥ 20,000 changes/s",
+                    "-" if light else bl.verdict(ok),
                 ]
             )
+            if c.bound is not None and c.ratio is not None:
+                rows.append(
+                    [
+                        f"catch-up ÷ PostgreSQL's bound{schema}, backlog {c.changes:,}",
+                        f"{c.ratio:.2f}x: {c.rate_streaming:,.0f}/s against {c.bound.rate:,.0f}/s "
+                        f"(the same changes as bare staging merges: {c.bound.seconds:.1f} s of "
+                        f"statements in {c.bound.batches} batches)",
+                        "≥ 0.90x",
+                        bl.verdict(c.ratio >= 0.9),
+                    ]
+                )
         if self.catchups:
             peaks = [c.hwm_mb for c in self.catchups]
             # Flat: a backlog 10x larger costs less than 15% more memory. (No absolute
@@ -933,7 +1123,16 @@ class Bench:
                 )
         lines += bl.table(["measurement", "figure", "target", "result"], rows)
         lines += ["", "Details:", ""]
-        for c in self.catchups:
+        if self.light_catchups:
+            lines.append(
+                f"- Light schema: a copy of `{self.light_base.name}` (bench/schemas.py), "
+                "target: its existing tables (LIGHT_PG_SCHEMA: PKs, one UNIQUE each, no FK, "
+                "no GIN); `replicator run` with bench/schemas.py's light_config_toml (default "
+                f"`[stream]`); its initial snapshot and start-up took "
+                f"{self.light_snapshot_seconds:.0f} s. The backlog: write_light_backlog, the "
+                "reference mix's proportions on these tables."
+            )
+        for c in [*self.catchups, *self.light_catchups]:
             lines.append(
                 f"- Catch-up ({c.label}): backlog written in {c.backlog['seconds']:.1f} s "
                 f"with the daemon stopped: {c.backlog['mix']}. Drain time is from spawning "
@@ -943,6 +1142,20 @@ class Bench:
                 f"touched tables equal in both databases afterwards: {c.counts_ok}. "
                 f"Load: {c.load}."
             )
+            if c.bound is not None:
+                b = c.bound
+                lines.append(
+                    f"- PostgreSQL's bound ({c.label}): `bench/merge_bound.py` replayed the same "
+                    f"{b.changes:,} changes into a copy of the target (CREATE DATABASE ... "
+                    "TEMPLATE, made before the catch-up) in batches of 10,000, coalesced per row "
+                    "as the daemon does, as bare statements: per batch a COPY into a temporary "
+                    "staging table and one INSERT ... ON CONFLICT DO UPDATE per table, a COPY of "
+                    "the deleted keys and one DELETE ... USING per table, and a commit "
+                    f"(synchronous_commit on). {b.rows_upserted:,} rows upserted, "
+                    f"{b.rows_deleted:,} deleted; statement time {b.seconds:.1f} s (converting "
+                    f"and formatting them beforehand, not counted: {b.prepare_seconds:.1f} s). "
+                    f"Load: {b.load}."
+                )
         for lt in self.latencies:
             h = lt.hist
             lines.append(
@@ -1009,6 +1222,11 @@ def main() -> int:
     parser.add_argument("--changes", type=int, default=1_000_000, help="the large backlog")
     parser.add_argument("--base-artifacts", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--light-rows",
+        default="100000,200000,50000",
+        help="catchup_light: rows of the light schema's artifacts, artifact_scores and tweets",
+    )
     parser.add_argument("--rates", default="1000,5000", help="changes/s for the latency runs")
     parser.add_argument("--latency-seconds", type=float, default=30.0)
     parser.add_argument(
@@ -1030,6 +1248,11 @@ def main() -> int:
     parser.add_argument("--steps", default=",".join(ALL_STEPS), help=f"subset of {ALL_STEPS}")
     parser.add_argument("--keep", action="store_true", help="keep bench_stream and the work DB")
     parser.add_argument(
+        "--no-bound",
+        action="store_true",
+        help="skip PostgreSQL's bound (bench/merge_bound.py) next to each catch-up",
+    )
+    parser.add_argument(
         "--py-spy",
         action="store_true",
         help="profile the daemon with py-spy (100 Hz, --idle, non-blocking) during each "
@@ -1038,6 +1261,7 @@ def main() -> int:
     )
     parser.add_argument("--no-write", action="store_true", help="print the section only")
     args = parser.parse_args()
+    args.light_rows = tuple(int(n) for n in args.light_rows.split(","))
     args.rates = [float(x) for x in args.rates.split(",") if x.strip()]
     args.steps = [s.strip() for s in args.steps.split(",") if s.strip()]
     unknown = set(args.steps) - set(ALL_STEPS)

@@ -21,6 +21,7 @@ from replicator import metrics
 from replicator.coerce import json_safe
 from replicator.config import Config
 from replicator.logs import get_logger, json_lines
+from replicator.plan.copytext import CopyText, row_text_sql
 from replicator.plan.ddl import (
     SCHEMA_REFUSALS,
     advance_sequences,
@@ -32,7 +33,7 @@ from replicator.plan.landing import schema_report
 from replicator.plan.nullkeys import nullable_key, sync_null_keys
 from replicator.plan.tables import TablePlan, build_plans, require_includes
 from replicator.snapshot import indexes
-from replicator.snapshot.chunks import ChunkWriter, Prefetcher
+from replicator.snapshot.chunks import ChunkWriter, Prefetcher, Rereader, TextPlan
 from replicator.snapshot.jobs import ChunkHook, ChunkReport, TableJob
 from replicator.snapshot.orphans import KEPT, name_source_orphans
 from replicator.snapshot.parallel import copy_parallel
@@ -312,15 +313,38 @@ class Snapshotter:
         reader = ChunkReader(source, job.plan, check_json=True)
         reader.upper = part.key_to if part.key_to is not None else job.upper
         snap = self.config.snapshot
-        prefetch = Prefetcher(reader, job.plan, part.after, snap.chunk_rows, snap.chunk_bytes)
+        again = Rereader(self.path, self.config.source.busy_timeout_ms, job.plan)
+        text = self._text_plan(source, conn, job, again)
+        prefetch = Prefetcher(
+            reader, job.plan, part.after, snap.chunk_rows, snap.chunk_bytes, text=text
+        )
         try:
-            writer = ChunkWriter(conn, job, self.schema, stop=snap.on_error == "stop")
+            writer = ChunkWriter(conn, job, self.schema, stop=snap.on_error == "stop", text=text)
             writer.copy(part, prefetch, report)
         finally:
             prefetch.close()
+            again.close()
         # (After the read-ahead thread is done with the source connection.)
         if name_source_orphans(source, conn, self.schema, job.plan):
             self.log.warning("source_orphans", table=job.name, reason=KEPT + " is not in SQLite")
+
+    def _text_plan(
+        self, source: sqlite3.Connection, conn: Connection, job: TableJob, again: Rereader
+    ) -> TextPlan | None:
+        """How to read this table's rows as COPY text (snapshot.sql_conversion), when
+        they are copied straight into the empty table and every column has an SQLite
+        expression; None: converted in Python."""
+        if (
+            not self.config.snapshot.sql_conversion
+            or job.progress.method != "copy"
+            or job.supersede  # (each chunk's keys are needed to supersede dead letters)
+            or conn.info.encoding != "utf-8"
+        ):
+            return None
+        row_sql = row_text_sql(job.plan, source)
+        if row_sql is None:
+            return None
+        return TextPlan(row_sql, CopyText(job.plan), again)
 
     def complete(self, conn: Connection, job: TableJob, *, show: bool) -> TableResult:
         """Once every range of a table is copied: mark it done, build the indexes

@@ -20,6 +20,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from replicator.errors import SourceError
@@ -112,6 +113,17 @@ def read_rows(conn: sqlite3.Connection, query: str, params: Sequence[Any] = ()) 
             return fetch(conn, query, params)
     except sqlite3.OperationalError as exc:
         raise SourceError(f"reading the source failed: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class TextPage:
+    """A page of rows read as text by :meth:`ChunkReader.read_text`."""
+
+    text: bytes  # the rows SQLite gave text for, joined by SQLite
+    rows: int  # rows in the page, those in ``left`` included
+    last_key: tuple[Any, ...] | None  # the page's last key (None: no row)
+    left: list[RawRow]  # the rows SQLite gave NULL for, as read (in key order)
+    valid: list[int] | None  # their JSON check (see read_checked), if any
 
 
 class ReadColumn(Protocol):
@@ -283,13 +295,47 @@ class ChunkReader:
         built in SQL over this table's columns), keys up to ``upto`` when given."""
         return self._page(select, after, limit, upto)
 
-    def _page(
-        self,
-        select: str,
-        after: tuple[Any, ...] | None,
-        limit: int,
-        upto: tuple[Any, ...] | None = None,
-    ) -> list[RawRow]:
+    def read_text(self, after: tuple[Any, ...] | None, limit: int, row_sql: str) -> TextPage:
+        """The next ``limit`` rows after ``after`` (up to ``upper``) as SQLite's
+        ``row_sql`` gives them (``replicator.plan.copytext``), joined into one value
+        by SQLite, with the rows it gave NULL for as :meth:`read_checked` reads them;
+        all in one read transaction."""
+        where, params = self._where(after)
+        page = f"FROM {self.table} WHERE {where} ORDER BY {self.keys} LIMIT ?"
+        joined = (
+            "SELECT CAST(group_concat(_replicator_text, '') AS BLOB), count(*),"
+            f" count(_replicator_text) FROM (SELECT {row_sql} AS _replicator_text {page})"
+        )
+        try:
+            with read_transaction(self.conn):
+                found = self.conn.execute(joined, (*params, limit)).fetchone()
+                text, rows, done = found[0] or b"", int(found[1]), int(found[2])
+                if not rows:
+                    return TextPage(b"", 0, None, [], None)
+                last = fetch(
+                    self.conn, f"SELECT {self.keys} {page} OFFSET ?", (*params, 1, rows - 1)
+                )
+                left: list[RawRow] = []
+                valid: list[int] | None = None
+                if done < rows:  # a subquery with LIMIT: each row's text is made once
+                    select = self.checked_select or self.select
+                    left = fetch(
+                        self.conn,
+                        f"SELECT * FROM (SELECT {row_sql} AS _replicator_text, {select} {page}) "
+                        "WHERE _replicator_text IS NULL",
+                        (*params, limit),
+                    )
+                    left = [r[1:] for r in left]
+                    if self.checked_select is not None:
+                        valid = [r[-1] for r in left]
+                        left = [r[:-1] for r in left]
+        except sqlite3.OperationalError as exc:
+            raise SourceError(f"reading the source failed: {exc}") from exc
+        return TextPage(text, rows, tuple(last[0]), left, valid)
+
+    def _where(
+        self, after: tuple[Any, ...] | None, upto: tuple[Any, ...] | None = None
+    ) -> tuple[str, list[Any]]:
         where: list[str] = [self.present]
         params: list[Any] = []
         if after is not None:
@@ -301,10 +347,17 @@ class ChunkReader:
             marks, values = self._bind(bound)
             where.append(f"({self.keys}) <= ({marks})")
             params += values
-        query = (
-            f"SELECT {select} FROM {self.table} WHERE {' AND '.join(where)} "
-            f"ORDER BY {self.keys} LIMIT ?"
-        )
+        return " AND ".join(where), params
+
+    def _page(
+        self,
+        select: str,
+        after: tuple[Any, ...] | None,
+        limit: int,
+        upto: tuple[Any, ...] | None = None,
+    ) -> list[RawRow]:
+        where, params = self._where(after, upto)
+        query = f"SELECT {select} FROM {self.table} WHERE {where} ORDER BY {self.keys} LIMIT ?"
         return read_rows(self.conn, query, (*params, limit))
 
 

@@ -149,6 +149,7 @@ class TableWriter:
             self.binary_types = [BINARY_COPY_TYPES[k] for k in kinds]
             self.copy_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(table, cols)
         self.json = any(k in JSON_KINDS for k in kinds)
+        self.text_copy_sql = sql.SQL("COPY {} ({}) FROM STDIN").format(table, cols)
         self.stage_copy_sql = sql.SQL("COPY {} ({}) FROM STDIN").format(self.stage, cols)
         self.create_stage_sql = sql.SQL(
             "CREATE TEMP TABLE IF NOT EXISTS {} AS SELECT {} FROM {} WITH NO DATA"
@@ -194,6 +195,11 @@ class TableWriter:
                 # this cursor's own map: only its COPY finds these, by type OID
                 cur.adapters.register_dumper(_JsonText, dumper)
         _copy(cur, self.copy_sql, rows, self.binary_types)
+
+    def copy_text(self, cur: Cursor, payload: bytes) -> None:
+        """COPY rows already in COPY's text format (UTF-8) straight into the table."""
+        with cur.copy(self.text_copy_sql) as copy:
+            copy.write(payload)
 
     def upsert(self, cur: Cursor, rows: Sequence[Row], *, payload: bytes | None = None) -> None:
         """Insert or update rows by key: staging + merge when large, else pipelined.

@@ -236,7 +236,12 @@ def test_wide_rows_come_in_smaller_chunks(tmp_path: Path, pg_dsn: str) -> None:
         + rows_script("wide", 2000, "i, printf('%.*c', 5000, 'x') || i"),
     )
     config = snapshot_config(
-        source, pg_dsn, parallel_tables=1, chunk_rows=1000, chunk_bytes=100_000
+        source,
+        pg_dsn,
+        parallel_tables=1,
+        chunk_rows=1000,
+        chunk_bytes=100_000,
+        sql_conversion=False,
     )
     hook = Hook()
     snapshot(config, hook)
@@ -245,6 +250,24 @@ def test_wide_rows_come_in_smaller_chunks(tmp_path: Path, pg_dsn: str) -> None:
     assert sizes[0] == SIZE_SAMPLE * 4  # a small first chunk sizes the others
     # ~5 KB a row: 100 KB holds 19 or 20 of them, not chunk_rows
     assert 15 <= max(sizes[1:]) <= 20, sizes
+    assert sum(sizes) == 2000
+    assert_replicated(source, pg_dsn)
+
+
+def test_wide_rows_read_as_text_come_in_smaller_chunks(tmp_path: Path, pg_dsn: str) -> None:
+    source = sqlite_from_script(
+        tmp_path / "wide.db",
+        "CREATE TABLE wide (id INTEGER PRIMARY KEY, body TEXT);"
+        + rows_script("wide", 2000, "i, printf('%.*c', 500, 'x') || i"),
+    )
+    config = snapshot_config(source, pg_dsn, parallel_tables=1, chunk_rows=1000, chunk_bytes=10_000)
+    hook = Hook()
+    snapshot(config, hook)
+
+    sizes = hook.chunk_sizes("wide")
+    assert sizes[0] == SIZE_SAMPLE * 4
+    # ~500 bytes of text a row, held about twice over (SQLite's text, then COPY's)
+    assert 8 <= max(sizes[1:]) <= 10, sizes
     assert sum(sizes) == 2000
     assert_replicated(source, pg_dsn)
 
