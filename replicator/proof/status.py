@@ -34,6 +34,7 @@ from replicator.plan.tables import select_tables
 from replicator.source import changelog, consumers
 from replicator.source.sqlite import list_tables, open_source, read_transaction
 from replicator.state import reverse as reverse_state
+from replicator.state import verifymarks
 from replicator.state.checkpoint import (
     consumer_id,
     count_cursor_tables,
@@ -113,6 +114,8 @@ class Status:
     consumers: list[ConsumerStatus] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     reverse: str | None = None  # the reverse direction, once `replicator reverse init` ran
+    # The change log kept past what the targets applied, for `verify --changed`.
+    log_kept: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -170,6 +173,7 @@ def _read(conn: Connection, config: Config, schema: str) -> Status:
         # The reverse direction's letters are rows SQLite refused: not held from the target.
         dead = count_open(cur, schema, direction="forward")
         way_back = _reverse_line(conn, cur, schema)
+        hold = verifymarks.log_hold(cur, schema, config.stream.verify_keep_seconds)
         waiting = count_waiting(cur, schema)
         cursors = load_cursor_states(cur, schema) if count_cursor_tables(cur, schema) else {}
         me = consumer_id(cur, schema, create=False)
@@ -184,6 +188,12 @@ def _read(conn: Connection, config: Config, schema: str) -> Status:
         unreconciled=sorted(n for n, c in cursors.items() if c.reconciled_at is None),
         reverse=way_back,
     )
+    if hold is not None and applied is not None and hold[0] < applied:
+        status.log_kept = (
+            f"kept from position {hold[0]} (not pruned) for `replicator verify --changed`: "
+            f"an identical verify at {hold[1]:%Y-%m-%d %H:%M:%S %Z}; pruned again "
+            f"stream.verify_keep_seconds ({config.stream.verify_keep_seconds:g} s) after it"
+        )
 
     path = config.require_source()
     names: list[str] = []
@@ -204,6 +214,11 @@ def _read(conn: Connection, config: Config, schema: str) -> Status:
                 head = changelog.head_position(source) if has_log else None
                 if has_log and applied is not None:
                     lag = changelog.lag_by_table(source, applied)
+                if status.log_kept and hold is not None and head is not None:
+                    # Pruned while the hold was off (a shorter keep): nothing is kept.
+                    status.log_kept = (
+                        None if changelog.pruned_past(source, hold[0], head) else status.log_kept
+                    )
                 registered = consumers.registered(source)
                 counts = {
                     n: int(source.execute(f"SELECT count(*) FROM {sqlite_ident(n)}").fetchone()[0])
@@ -517,6 +532,8 @@ def render(status: Status) -> str:
                 )
             )
     lines += [f"warning: {w}" for w in status.warnings]
+    if status.log_kept:
+        lines.append(f"change log: {status.log_kept}")
     if status.reverse:
         lines.append(f"reverse: {status.reverse}")
     lines.append(f"verdict: {status.verdict}")

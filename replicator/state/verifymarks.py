@@ -61,3 +61,19 @@ def keep_from(cur: Cursor, schema: str, within_seconds: float) -> int | None:
     )
     row = cur.fetchone()
     return None if row is None or row[0] is None else int(row[0])
+
+
+def log_hold(cur: Cursor, schema: str, within_seconds: float) -> tuple[int, datetime] | None:
+    """(lowest position, earliest time) of the identical verify marks that hold the change
+    log back from pruning now, for ``replicator status`` to show (None: nothing held)."""
+    if within_seconds <= 0:
+        return None
+    cur.execute(
+        sql.SQL(
+            "SELECT min(position), min(verified_at) FROM {} WHERE identical "
+            "AND verified_at > now() - make_interval(secs => %s)"
+        ).format(pg_ident(schema, "verify_marks")),
+        (within_seconds,),
+    )
+    row = cur.fetchone()
+    return None if row is None or row[0] is None else (int(row[0]), row[1])

@@ -23,6 +23,7 @@ from harness import (
     wait_until,
 )
 
+from replicator.proof.status import read_status, render
 from replicator.proof.verify import Verifier, VerifyReport
 
 ITEMS = """
@@ -88,6 +89,10 @@ def test_an_incremental_verify_reads_only_the_changed_rows(tmp_path: Path, pg_ds
         wait_until(lambda: not daemon.daemon.tail.pruning(), 10, "the prune to end")
     kept = sqlite3.connect(path).execute("SELECT count(*) FROM _replicator_changelog")
     assert kept.fetchone()[0] == 4
+    # status says the log is held back, and why: it grows until the hold ends.
+    held = read_status(daemon_config(path, pg_dsn))
+    assert held.log_kept is not None and "verify --changed" in held.log_kept
+    assert "change log: kept from position" in render(held)
     # The target goes wrong on a changed row after the daemon applied it.
     with psycopg.connect(pg_dsn, autocommit=True) as pg:
         pg.execute("UPDATE items SET price = 99.25 WHERE id = 8")
@@ -141,6 +146,8 @@ def test_a_log_pruned_past_the_mark_makes_it_a_full_verify(tmp_path: Path, pg_ds
         _app(path, "UPDATE items SET name = 'and again' WHERE id = 5")
         daemon.wait_caught_up()
 
+    # The mark is recent, but the log was pruned past it: status claims no hold.
+    assert read_status(daemon_config(path, pg_dsn)).log_kept is None
     report = _verify(path, pg_dsn, changed=True)
 
     assert report.ok, report.render()
