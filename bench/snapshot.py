@@ -925,8 +925,10 @@ def main() -> int:
         "before:\n" + bench.top_before + "\n\nafter:\n" + bench.top_after + "\n"
     )
     if not args.no_write:
-        bl.write_section(args.out, "snapshot", section)
-        bl.log(f"wrote the snapshot section of {args.out}")
+        # A run of one schema keeps the other schemas' sections as they were.
+        name = "snapshot" if args.schema == "all" else f"snapshot-{args.schema}"
+        bl.write_section(args.out, name, section)
+        bl.log(f"wrote the {name} section of {args.out}")
     return 0
 
 
