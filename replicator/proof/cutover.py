@@ -36,10 +36,11 @@ class Check:
 
 
 @dataclass
-class CutoverReport:
+class GateReport:
+    """A go / no-go: every check passed, or not; `cutover` and `rollback` are both one."""
+
     checks: list[Check] = field(default_factory=list)
     dry_run: bool = False
-    position: int | None = None
 
     @property
     def go(self) -> bool:
@@ -49,13 +50,33 @@ class CutoverReport:
         return {**asdict(self), "go": self.go}
 
     def render(self) -> str:
-        lines = []
-        for c in self.checks:
-            mark = "PASS" if c.ok else "FAIL"
-            lines.append(f"[{mark}] {c.name:<28} {c.detail}")
+        lines = [f"[{'PASS' if c.ok else 'FAIL'}] {c.name:<28} {c.detail}" for c in self.checks]
         mode = " (dry run: nothing written)" if self.dry_run else ""
         lines.append(f"verdict: {'GO' if self.go else 'NO-GO'}{mode}")
         return "\n".join(lines)
+
+
+@dataclass
+class CutoverReport(GateReport):
+    position: int | None = None
+
+
+def run_check(
+    report: GateReport,
+    name: str,
+    fn: Callable[[], tuple[bool, str]],
+    out: Callable[[str], None],
+) -> bool:
+    """Run one check into ``report``; an exception is a failed check with its reason,
+    never a crash of the gate."""
+    started = time.monotonic()
+    try:
+        ok, detail = fn()
+    except Exception as exc:
+        ok, detail = False, f"{type(exc).__name__}: {first_line(exc)}"
+    report.checks.append(Check(name, ok, detail, round(time.monotonic() - started, 2)))
+    out(f"[{'PASS' if ok else 'FAIL'}] {name:<28} {detail}")
+    return ok
 
 
 class Cutover:
@@ -78,15 +99,7 @@ class Cutover:
         self.schema = config.target.state_schema
 
     def _step(self, report: CutoverReport, name: str, fn: Callable[[], tuple[bool, str]]) -> bool:
-        started = time.monotonic()
-        try:
-            ok, detail = fn()
-        except Exception as exc:  # a failed check is a no-go with its reason, not a crash
-            ok, detail = False, f"{type(exc).__name__}: {first_line(exc)}"
-        check = Check(name, ok, detail, round(time.monotonic() - started, 2))
-        report.checks.append(check)
-        self.out(f"[{'PASS' if ok else 'FAIL'}] {name:<28} {detail}")
-        return ok
+        return run_check(report, name, fn, self.out)
 
     def run(self) -> CutoverReport:
         report = CutoverReport(dry_run=self.dry_run)

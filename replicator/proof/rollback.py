@@ -16,8 +16,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from psycopg import sql
 
@@ -25,11 +24,12 @@ from replicator.config import Config
 from replicator.identifiers import pg_ident
 from replicator.plan.ddl import target_sequences
 from replicator.plan.tables import TablePlan, build_plans
+from replicator.proof.cutover import GateReport, run_check
 from replicator.proof.verify import Verifier
 from replicator.reverse.setup import read_reverse_status, require_captured
 from replicator.source.sqlite import open_source
 from replicator.state import reverse as state
-from replicator.target.connection import Connection, connect, first_line
+from replicator.target.connection import Connection, connect
 
 NEXT_STEPS = (
     "keep the application from writing to PostgreSQL (maintenance mode or read-only role)",
@@ -41,30 +41,11 @@ NEXT_STEPS = (
 
 
 @dataclass
-class Check:
-    name: str
-    ok: bool
-    detail: str
-    seconds: float = 0.0
-
-
-@dataclass
-class RollbackReport:
-    checks: list[Check] = field(default_factory=list)
-    dry_run: bool = False
+class RollbackReport(GateReport):
     next_steps: tuple[str, ...] = ()
 
-    @property
-    def go(self) -> bool:
-        return bool(self.checks) and all(c.ok for c in self.checks)
-
-    def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "go": self.go}
-
     def render(self) -> str:
-        lines = [f"[{'PASS' if c.ok else 'FAIL'}] {c.name:<28} {c.detail}" for c in self.checks]
-        mode = " (dry run: nothing written)" if self.dry_run else ""
-        lines.append(f"verdict: {'GO' if self.go else 'NO-GO'}{mode}")
+        lines = [super().render()]
         lines.extend(f"  {i}. {s}" for i, s in enumerate(self.next_steps, 1))
         return "\n".join(lines)
 
@@ -86,14 +67,7 @@ class Rollback:
         self._head: int | None = None  # capture head when the lag reached zero
 
     def _step(self, report: RollbackReport, name: str, fn: Callable[[], tuple[bool, str]]) -> bool:
-        started = time.monotonic()
-        try:
-            ok, detail = fn()
-        except Exception as exc:  # a failed check is a no-go with its reason, not a crash
-            ok, detail = False, f"{type(exc).__name__}: {first_line(exc)}"
-        report.checks.append(Check(name, ok, detail, round(time.monotonic() - started, 2)))
-        self.out(f"[{'PASS' if ok else 'FAIL'}] {name:<28} {detail}")
-        return ok
+        return run_check(report, name, fn, self.out)
 
     def run(self) -> RollbackReport:
         report = RollbackReport(dry_run=self.dry_run)

@@ -50,17 +50,8 @@ def save_mark(cur: Cursor, schema: str, mark: VerifyMark) -> None:
 def keep_from(cur: Cursor, schema: str, within_seconds: float) -> int | None:
     """The lowest position of a verify mark set within the last ``within_seconds``:
     the change log is kept after it for the next incremental verify (None: no such mark)."""
-    if within_seconds <= 0:
-        return None
-    cur.execute(
-        sql.SQL(
-            "SELECT min(position) FROM {} WHERE identical "
-            "AND verified_at > now() - make_interval(secs => %s)"
-        ).format(pg_ident(schema, "verify_marks")),
-        (within_seconds,),
-    )
-    row = cur.fetchone()
-    return None if row is None or row[0] is None else int(row[0])
+    hold = log_hold(cur, schema, within_seconds)
+    return None if hold is None else hold[0]
 
 
 def log_hold(cur: Cursor, schema: str, within_seconds: float) -> tuple[int, datetime] | None:
