@@ -12,12 +12,13 @@ prints: the commands are in :mod:`replicator.cli.commands` and, for the
 
 from __future__ import annotations
 
+import json
 import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -25,6 +26,9 @@ from replicator import __version__
 from replicator.config import Config, load_config
 from replicator.errors import ReplicatorError
 from replicator.logs import configure, scrub
+
+if TYPE_CHECKING:
+    from replicator.proof.cutover import GateReport
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -133,6 +137,16 @@ def main(
         },
         debug=debug,
     )
+
+
+def gate_exit(report: GateReport, *, as_json: bool, dry_run: bool) -> int:
+    """The end of a go / no-go command (cutover, rollback): the report as JSON, or the
+    verdict line after the checks printed as they ran; exit 0 on go, 1 on no-go."""
+    if as_json:
+        click.echo(json.dumps(report.to_json(), default=str, indent=2))
+    else:
+        click.echo(f"verdict: {'GO' if report.go else 'NO-GO'}" + (" (dry run)" if dry_run else ""))
+    return EXIT_OK if report.go else EXIT_FAILURE
 
 
 # The command modules add their commands to ``main`` as they load, using the

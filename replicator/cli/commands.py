@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from replicator.cli import EXIT_FAILURE, EXIT_OK, main, run_guarded
+from replicator.cli import EXIT_FAILURE, EXIT_OK, gate_exit, main, run_guarded
 
 
 @main.command()
@@ -367,13 +367,7 @@ def cutover(
             queries=queries_file,
             out=(lambda _line: None) if as_json else click.echo,
         ).run()
-        if as_json:
-            click.echo(json.dumps(report.to_json(), default=str, indent=2))
-        else:
-            click.echo(
-                f"verdict: {'GO' if report.go else 'NO-GO'}" + (" (dry run)" if dry_run else "")
-            )
-        return EXIT_OK if report.go else EXIT_FAILURE
+        return gate_exit(report, as_json=as_json, dry_run=dry_run)
 
     run_guarded(ctx, go)
 

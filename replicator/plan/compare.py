@@ -87,17 +87,24 @@ def row_digest(rows: Iterable[tuple[Any, ...]]) -> str:
     return h.hexdigest()
 
 
-def target_chunk_queries(plan: TablePlan) -> tuple[sql.Composed, sql.Composed, sql.Composed]:
-    """Target rows of one key range, ordered as SQLite orders the source keys
-    (text keys in the "C" collation): (first chunk, a middle chunk, the tail)."""
+def target_key_order(plan: TablePlan) -> list[sql.Composable]:
+    """The target's key columns as SQLite orders the source keys (text in the "C"
+    collation, byte order as SQLite's BINARY)."""
     text_kinds = (Kind.TEXT, Kind.VARCHAR, Kind.CHAR)
-    keys = []
+    keys: list[sql.Composable] = []
     for name in plan.target_key:
         col = next(c for c in plan.columns if c.target == name)
         ident = pg_ident(name)
         keys.append(
             sql.SQL('{} COLLATE "C"').format(ident) if col.type.kind in text_kinds else ident
         )
+    return keys
+
+
+def target_chunk_queries(plan: TablePlan) -> tuple[sql.Composed, sql.Composed, sql.Composed]:
+    """Target rows of one key range, in :func:`target_key_order`: (first chunk, a middle
+    chunk, the tail)."""
+    keys = target_key_order(plan)
     key_list = sql.SQL(", ").join(keys)
     marks = sql.SQL(", ").join(sql.Placeholder() for _ in keys)
     base = sql.SQL("SELECT {} FROM {}").format(plan.target_column_list(), plan.table)

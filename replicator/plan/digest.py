@@ -54,6 +54,7 @@ from psycopg import sql
 
 from replicator.coerce import Kind
 from replicator.identifiers import pg_ident, sqlite_ident
+from replicator.plan.compare import target_key_order
 from replicator.plan.tables import TablePlan
 from replicator.source.sqlite import ROWID
 
@@ -413,13 +414,7 @@ def digest_plan(plan: TablePlan) -> DigestPlan | None:
     text = " || ".join(f"({p})" for p in sq_parts) if sq_parts else "''"
     select = ", ".join([*keys, text, *py_cols])
     row = sql.SQL(" || ").join([*pg_sq, *pg_py]) if pg_sq or pg_py else sql.SQL("''")
-    order = []
-    for name in plan.target_key:
-        col = next(c for c in plan.columns if c.target == name)
-        ident = pg_ident(name)
-        order.append(
-            sql.SQL('{} COLLATE "C"').format(ident) if col.type.kind in _TEXT_KINDS else ident
-        )
+    order = target_key_order(plan)
     return DigestPlan(
         source_select=select,
         key_width=len(keys),

@@ -39,7 +39,14 @@ class DeadLetter:
         return f"{where}: {self.error}"
 
 
-def record(cur: psycopg.Cursor[Any], schema: str, letters: Iterable[DeadLetter]) -> int:
+def record(
+    cur: psycopg.Cursor[Any],
+    schema: str,
+    letters: Iterable[DeadLetter],
+    direction: str = "forward",
+) -> int:
+    """Store refused rows; ``direction = 'reverse'`` for rows SQLite refused (their key is
+    the source key)."""
     rows = [
         (
             d.table,
@@ -51,6 +58,7 @@ def record(cur: psycopg.Cursor[Any], schema: str, letters: Iterable[DeadLetter])
             d.stage,
             Jsonb(d.change) if d.change is not None else None,
             d.position,
+            direction,
         )
         for d in letters
     ]
@@ -59,7 +67,7 @@ def record(cur: psycopg.Cursor[Any], schema: str, letters: Iterable[DeadLetter])
     cur.executemany(
         sql.SQL(
             "INSERT INTO {} (table_name, key, column_name, raw_value, error, sqlstate, stage,"
-            " change, position) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " change, position, direction) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
         ).format(pg_ident(schema, "dead_letters")),
         rows,
     )
@@ -67,18 +75,23 @@ def record(cur: psycopg.Cursor[Any], schema: str, letters: Iterable[DeadLetter])
 
 
 def resolve_keys(
-    cur: psycopg.Cursor[Any], schema: str, table: str, keys: Sequence[Sequence[object]], how: str
+    cur: psycopg.Cursor[Any],
+    schema: str,
+    table: str,
+    keys: Sequence[Sequence[object]],
+    how: str,
+    direction: str = "forward",
 ) -> int:
-    """Mark open dead letters of these keys resolved (a later write healed them).
-    Only the forward direction's: a reverse letter is healed by a reverse write."""
+    """Mark open dead letters of these keys resolved (a later write healed them), of one
+    direction: a forward letter is healed by a forward write, a reverse one by a reverse."""
     if not keys:
         return 0
     cur.execute(
         sql.SQL(
             "UPDATE {} SET resolved_at = now(), resolution = %s WHERE resolved_at IS NULL"
-            " AND direction = 'forward' AND table_name = %s AND key = ANY(%s::jsonb[])"
+            " AND direction = %s AND table_name = %s AND key = ANY(%s::jsonb[])"
         ).format(pg_ident(schema, "dead_letters")),
-        (how, table, [Jsonb(json_key(k)) for k in keys]),
+        (how, direction, table, [Jsonb(json_key(k)) for k in keys]),
     )
     return cur.rowcount
 

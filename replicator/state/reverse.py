@@ -28,10 +28,9 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.types.json import Jsonb
 
-from replicator.coerce import encode_raw, json_key
 from replicator.identifiers import pg_ident
+from replicator.state import deadletter
 from replicator.state.checkpoint import save_meta
 from replicator.state.deadletter import DeadLetter
 
@@ -299,57 +298,20 @@ def depth_by_table(cur: psycopg.Cursor[Any], schema: str) -> dict[str, tuple[int
 
 def record_letters(cur: psycopg.Cursor[Any], schema: str, letters: Iterable[DeadLetter]) -> int:
     """Rows SQLite refused, with ``direction = 'reverse'`` (the key is the source key)."""
-    rows = [
-        (
-            d.table,
-            Jsonb(json_key(d.key)),
-            d.column,
-            Jsonb(encode_raw(d.raw_value)) if d.column is not None else None,
-            d.error,
-            d.sqlstate,
-            d.stage,
-            Jsonb(d.change) if d.change is not None else None,
-            d.position,
-        )
-        for d in letters
-    ]
-    if rows:
-        cur.executemany(
-            sql.SQL(
-                "INSERT INTO {} (table_name, key, column_name, raw_value, error, sqlstate, stage,"
-                " change, position, direction)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, 'reverse')"
-            ).format(pg_ident(schema, "dead_letters")),
-            rows,
-        )
-    return len(rows)
+    return deadletter.record(cur, schema, letters, direction="reverse")
 
 
 def resolve_letters(
     cur: psycopg.Cursor[Any], schema: str, table: str, keys: Sequence[Sequence[object]]
 ) -> int:
     """Open reverse letters of these keys are healed: a later apply wrote the row."""
-    if not keys:
-        return 0
-    cur.execute(
-        sql.SQL(
-            "UPDATE {} SET resolved_at = now(), resolution = 'healed by a later change' "
-            "WHERE resolved_at IS NULL AND direction = 'reverse' AND table_name = %s "
-            "AND key = ANY(%s::jsonb[])"
-        ).format(pg_ident(schema, "dead_letters")),
-        (table, [Jsonb(json_key(k)) for k in keys]),
+    return deadletter.resolve_keys(
+        cur, schema, table, keys, "healed by a later change", direction="reverse"
     )
-    return cur.rowcount
 
 
 def count_open_letters(cur: psycopg.Cursor[Any], schema: str) -> int:
-    cur.execute(
-        sql.SQL(
-            "SELECT count(*) FROM {} WHERE resolved_at IS NULL AND direction = 'reverse'"
-        ).format(pg_ident(schema, "dead_letters"))
-    )
-    row = cur.fetchone()
-    return int(row[0]) if row else 0
+    return sum(deadletter.count_open(cur, schema, "reverse").values())
 
 
 # -- one reverse daemon per state schema ----------------------------------------------
